@@ -1,0 +1,34 @@
+"""Engines behind one protocol (see base.py). `load_engine(cfg)` picks one by `cfg.kind`."""
+
+from __future__ import annotations
+
+from rlaif.backends.base import (
+    Completion, Engine, GenerationRequest, OptionLogprobs, OptionRequest, option_spellings,
+)
+from rlaif.config import EngineConfig
+
+ENGINES = {
+    "transformers": "local Hugging Face model on CPU or CUDA (embedded:NAME, a model folder, a hub id)",
+    "vllm": "vllm.LLM in-process with prefix caching (GPU; pip install 'rlaif[vllm]')",
+    "openai": "any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama); key from the environment",
+}
+
+
+def load_engine(cfg: EngineConfig) -> Engine:
+    if cfg.kind == "transformers":
+        from rlaif.backends.transformers_engine import TransformersEngine
+
+        return TransformersEngine(cfg)
+    if cfg.kind == "vllm":
+        from rlaif.backends.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg)
+    if cfg.kind == "openai":
+        from rlaif.backends.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(cfg)
+    raise ValueError(cfg.kind)
+
+
+__all__ = ["load_engine", "ENGINES", "Engine", "EngineConfig", "GenerationRequest", "Completion",
+           "OptionRequest", "OptionLogprobs", "option_spellings"]

@@ -1,0 +1,74 @@
+"""The engine protocol every backend implements; stages only ever see this.
+
+- `generate(requests)`: chat messages in, `n` texts out per request.
+- `option_logprobs(requests, options)`: for each chat prompt, the log-probability that the next
+  token spells each option (summed over every single-token spelling, e.g. "A" and " A").
+- `close()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[Message]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] | None = None
+    top_p: float = 1.0
+
+
+@dataclass
+class Completion:
+    texts: list[str]  # one per sample (len == request.n)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptionRequest:
+    """A chat prompt whose next token should be one of the options.
+
+    `prefill` starts the assistant turn (e.g. "The better response is (") so the option is the very
+    next token. Engines that cannot prefill (chat APIs) put it at the end of the last user turn.
+    """
+
+    messages: list[Message]
+    prefill: str = ""
+
+
+class OptionLogprobs(dict):
+    """option -> log-probability of the next token spelling it. `floored` lists options the engine
+    did not see (e.g. outside a server's `top_logprobs`) and gave a floor value instead."""
+
+    def __init__(self, values: dict[str, float], floored: Sequence[str] = ()):
+        super().__init__(values)
+        self.floored = tuple(floored)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # engine kind: "transformers", "vllm", "openai"
+    model: str  # what was loaded, as the user named it
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]: ...
+
+    def option_logprobs(
+        self, requests: Sequence[OptionRequest], options: Sequence[str]
+    ) -> list[OptionLogprobs]: ...
+
+    def close(self) -> None: ...
+
+
+def option_spellings(option: str) -> list[str]:
+    """Surface forms a tokenizer may use for an option as the next token: "A", " A"."""
+    option = option.strip()
+    return [option, " " + option]

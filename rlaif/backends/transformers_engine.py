@@ -1,0 +1,241 @@
+"""The local engine: a Hugging Face causal LM on CPU or CUDA.
+
+Generation: requests with the same sampling settings are sorted by prompt length, cut into
+batches of `batch_size`, left-padded and generated together under `torch.inference_mode`.
+Sampling is seeded per batch from the requests' own seeds, so the same requests give the same
+texts on every run. `option_logprobs` is one forward pass per batch: the chat prompt plus the
+prefill, and the next-token log-softmax read at the options' single-token spellings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from itertools import groupby
+from typing import Sequence
+
+import torch
+
+from rlaif.backends.base import (
+    Completion, GenerationRequest, OptionLogprobs, OptionRequest, option_spellings,
+)
+from rlaif.config import EngineConfig
+from rlaif.errors import EngineError, UserError
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} asked for, but no CUDA GPU is available here")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise EngineError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, cfg: EngineConfig, model=None, tokenizer=None):
+        self.cfg = cfg
+        self.model_spec = cfg.model
+        self.device = pick_device(cfg.device)
+        if model is None:
+            model, tokenizer = self._load(cfg.model)
+        self.tokenizer = tokenizer
+        self.net = model.to(self.device).eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
+        self._option_ids: dict[str, list[int]] = {}
+        self.counters = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                         "forward_passes": 0, "seconds": 0.0}
+
+    @property
+    def model(self) -> str:
+        return self.model_spec
+
+    @classmethod
+    def from_pretrained_objects(cls, model, tokenizer, cfg: EngineConfig | None = None):
+        """Wrap an already-built model and tokenizer (tests build tiny random-weight ones)."""
+        cfg = cfg or EngineConfig(model=getattr(model.config, "name_or_path", "") or "in-memory", device="cpu")
+        return cls(cfg, model=model, tokenizer=tokenizer)
+
+    def _load(self, spec: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rlaif.backends.embedded import resolve_model_dir
+
+        path = resolve_model_dir(spec)
+        dtype = pick_dtype(self.cfg.dtype, self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise EngineError(f"model {spec!r} at {path} could not be loaded: {str(e).splitlines()[0]}") from None
+        return model, tokenizer
+
+    # ------------------------------------------------------------------ prompts
+
+    def _chat(self, messages: list[dict]) -> list[dict]:
+        if self.cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
+            return [{"role": "system", "content": self.cfg.system_prompt}] + list(messages)
+        return list(messages)
+
+    def _prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
+        chat = self._chat(messages)
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        else:  # base models: a plain transcript
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
+        return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
+        if n_prompt + max_tokens > self.context_length:
+            raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
+                            f"context length of {self.model} ({self.context_length} tokens)")
+
+    # ------------------------------------------------------------------ generate
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        started = time.perf_counter()
+        encoded = [self._prompt_ids(r.messages) for r in requests]
+        for ids, r in zip(encoded, requests):
+            self._check_length(len(ids), r.max_tokens)
+        results: list[Completion | None] = [None] * len(requests)
+
+        def settings(i):
+            r = requests[i]
+            return (r.temperature > 0, r.temperature, r.top_p, r.max_tokens, tuple(r.stop or ()), r.n)
+
+        order = sorted(range(len(requests)), key=lambda i: (settings(i), -len(encoded[i])))
+        for _, group in groupby(order, key=settings):
+            group = list(group)
+            for start in range(0, len(group), self.cfg.batch_size):
+                chunk = group[start:start + self.cfg.batch_size]
+                for i, completion in zip(chunk, self._generate_chunk([requests[i] for i in chunk],
+                                                                     [encoded[i] for i in chunk])):
+                    results[i] = completion
+        self.counters["requests"] += len(requests)
+        self.counters["seconds"] += time.perf_counter() - started
+        return results  # type: ignore[return-value]
+
+    def _generate_chunk(self, reqs: list[GenerationRequest], rows: list[list[int]]) -> list[Completion]:
+        r0 = reqs[0]
+        ids, mask = self._pad_left(rows)
+        sample = r0.temperature > 0
+        kwargs = dict(max_new_tokens=r0.max_tokens, do_sample=sample, num_return_sequences=r0.n,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        if sample:
+            kwargs.update(temperature=r0.temperature, top_p=r0.top_p, top_k=0)
+            torch.manual_seed(_chunk_seed(reqs, rows))
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if r0.stop:
+            kwargs.update(stop_strings=list(r0.stop), tokenizer=self.tokenizer)
+        out = self.net.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        self.counters["forward_passes"] += 1
+        new = out[:, ids.shape[1]:].cpu()
+        completions = []
+        for i, r in enumerate(reqs):
+            texts, reasons, n_tokens = [], [], 0
+            for j in range(r.n):
+                seq = new[i * r.n + j].tolist()
+                text, reason, used = self._finish(seq, r)
+                texts.append(text)
+                reasons.append(reason)
+                n_tokens += used
+            completions.append(Completion(texts, len(rows[i]), n_tokens, reasons))
+            self.counters["prompt_tokens"] += len(rows[i])
+            self.counters["completion_tokens"] += n_tokens
+        return completions
+
+    def _finish(self, seq: list[int], r: GenerationRequest) -> tuple[str, str, int]:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        reason = "length"
+        if eos in seq:
+            seq = seq[:seq.index(eos)]
+            reason = "stop"
+        elif pad is not None and pad != eos:
+            while seq and seq[-1] == pad:
+                seq.pop()
+        text = self.tokenizer.decode(seq, skip_special_tokens=True)
+        for s in r.stop or ():
+            if s in text:
+                text = text[:text.index(s)]
+                reason = "stop"
+        return text.strip(), reason, len(seq)
+
+    # ------------------------------------------------------------------ option scoring
+
+    def option_token_ids(self, option: str) -> list[int]:
+        """Every single-token spelling of an option ("A", " A"), deduplicated."""
+        if option not in self._option_ids:
+            ids = []
+            for spelling in option_spellings(option):
+                toks = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
+                if len(toks) == 1 and toks[0] not in ids:
+                    ids.append(toks[0])
+            if not ids:
+                raise EngineError(f"option {option!r} is not a single token for {self.model}; "
+                                  "use options that are (A/B, digits)")
+            self._option_ids[option] = ids
+        return self._option_ids[option]
+
+    @torch.inference_mode()
+    def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
+        started = time.perf_counter()
+        option_ids = {o: self.option_token_ids(o) for o in options}
+        encoded = [self._prompt_ids(r.messages, r.prefill) for r in requests]
+        for ids in encoded:
+            self._check_length(len(ids), 1)
+        results: list[OptionLogprobs | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        for start in range(0, len(order), self.cfg.batch_size):
+            chunk = order[start:start + self.cfg.batch_size]
+            ids, mask = self._pad_left([encoded[i] for i in chunk])
+            logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            self.counters["forward_passes"] += 1
+            for row, i in enumerate(chunk):
+                results[i] = OptionLogprobs(
+                    {o: torch.logsumexp(logp[row, option_ids[o]], dim=0).item() for o in options})
+                self.counters["prompt_tokens"] += len(encoded[i])
+        self.counters["requests"] += len(requests)
+        self.counters["seconds"] += time.perf_counter() - started
+        return results  # type: ignore[return-value]
+
+    def stats(self) -> dict:
+        return {"engine": self.name, "model": self.model, "device": str(self.device),
+                **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.counters.items()}}
+
+    def close(self) -> None:
+        self.net = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _chunk_seed(reqs: Sequence[GenerationRequest], rows: Sequence[Sequence[int]]) -> int:
+    """One seed for a batch, from its requests' seeds and prompts: same batch, same samples."""
+    h = hashlib.sha256()
+    for r, ids in zip(reqs, rows):
+        h.update(f"{r.seed}|{len(ids)}|{ids[-8:]}".encode())
+    return int.from_bytes(h.digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF

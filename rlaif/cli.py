@@ -1,0 +1,467 @@
+"""`rlaif ...`: parse arguments, call the package, print a short summary. No logic lives here.
+
+Every UserError becomes one line on stderr and exit code 2; records that failed for good after
+their retries make exit code 1; Ctrl-C stops cleanly (exit 130) and the run resumes next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rlaif import __version__
+from rlaif.errors import UserError
+from pydantic import ValidationError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _engine_args(p: argparse.ArgumentParser, default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default=default_model,
+                   help="model spec: embedded:NAME, a model folder, a hub id, vllm:ID or openai:NAME "
+                        "(default: %(default)s)")
+    g.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai engine: env var holding the key")
+    g.add_argument("--batch-size", type=_positive(int), default=8, help="requests per engine batch")
+    g.add_argument("--concurrency", type=_positive(int), default=8, help="openai engine: requests in flight")
+    g.add_argument("--timeout", type=_positive(float), default=60.0, help="openai engine: seconds per request attempt")
+    g.add_argument("--max-retries", type=int, default=6, help="openai engine: retries per request after the first try")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def _engine_config(args):
+    from rlaif.config import EngineConfig, parse_model_spec
+
+    base = EngineConfig(device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
+                        api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries,
+                        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"))
+    cfg = parse_model_spec(args.model, base)
+    if args.base_url and cfg.kind != "openai":
+        raise UserError(f"--base-url is for the openai engine, but --model {args.model} runs on the "
+                        f"{cfg.kind} engine; use --model openai:NAME, or drop --base-url")
+    return cfg
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def _summary(result) -> int:
+    print(f"{result.stage}: {result.written} new, {result.done_before} already done, "
+          f"{result.failed} failed -> {result.path}")
+    if result.failed:
+        print(f"{result.failed} records failed after retries; see {result.path.parent / 'failures.jsonl'}; "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def cmd_models(args) -> int:
+    from rlaif.backends import ENGINES
+    from rlaif.backends.embedded import EMBEDDED, cache_root
+
+    print("engines:")
+    for name, about in ENGINES.items():
+        print(f"  {name:13s} {about}")
+    print("embedded models (no network needed):")
+    for name, m in EMBEDDED.items():
+        print(f"  embedded:{name:24s} {m.about}")
+    print(f"cache: {cache_root()}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.prompts_io import read_prompts
+    from rlaif.runner import run_stage
+    from rlaif.stages.responses import ResponsesConfig, expand, make_process
+
+    cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    prompts = read_prompts(args.prompts)
+    engine_cfg = _engine_config(args)
+    engine = load_engine(engine_cfg)
+    try:
+        items = expand(prompts, engine.model, cfg)
+        result = run_stage("responses", items, make_process(engine, cfg), args.out,
+                           config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},
+                           batch_size=args.batch_size, overwrite=args.overwrite,
+                           stats=getattr(engine, "stats", None),
+                           fixed_batches=engine_cfg.kind != "openai")  # API answers do not depend on the batch
+    finally:
+        engine.close()
+    return _summary(result)
+
+
+def cmd_run(args) -> int:
+    from rlaif.pipeline import run_pipeline
+
+    return run_pipeline(args.pipeline, args.out, overrides=args.set, constitution=args.constitution,
+                        overwrite=args.overwrite)
+
+
+def cmd_critique(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.critique_revision import CritiqueConfig, format_summary, load_responses, run_critique
+
+    cfg = CritiqueConfig(rounds=args.rounds, seed=args.seed, few_shot=args.few_shot,
+                         temperature=args.temperature, critique_max_tokens=args.critique_max_tokens,
+                         revision_max_tokens=args.revision_max_tokens)
+    constitution = load_constitution(args.constitution)
+    responses = load_responses(args.responses)
+    engine = load_engine(_engine_config(args))
+    try:
+        summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
+                               overwrite=args.overwrite, config=cfg)
+    finally:
+        engine.close()
+    print(format_summary(summary))
+    if summary["failed"]:
+        print(f"{summary['failed']} chains failed after retries; see {args.out / 'failures.jsonl'}; "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_constitution_check(args) -> int:
+    from rlaif.constitution import check_constitutions
+
+    print(check_constitutions(args.files))
+    return 0
+
+
+def _labeler_config(args):
+    from rlaif.stages.labeler import make_config
+
+    return make_config("labeler flags", mode="direct" if args.direct else "pairwise", debias=not args.no_debias,
+                       cot=args.cot, clamp=tuple(args.clamp) if args.clamp else None,
+                       cot_max_tokens=args.cot_max_tokens, principles=args.principles,
+                       self_consistency=args.self_consistency, few_shot=args.few_shot, margin=args.margin,
+                       drop_within_margin=args.drop_within_margin, seed=args.seed)
+
+
+def cmd_label(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.labeler import load_pairs, run_label
+
+    cfg = _labeler_config(args)
+    constitution = load_constitution(args.constitution)
+    load_pairs(args.pairs)  # a bad pairs file fails before the model loads
+    engine = load_engine(_engine_config(args))
+    try:
+        s = run_label(args.pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
+                      overwrite=args.overwrite)
+    finally:
+        engine.close()
+    flip = "" if s["position_flip_rate"] is None else f", position flip rate {s['position_flip_rate']:.3f}"
+    print(f"label: {s['written']} new, {s['done_before']} already done, {s['failed']} failed{flip}; "
+          f"{s['preferences']} preferences ({s['within_margin']} within margin) -> {Path(args.out) / 'preferences.jsonl'}")
+    if s["failed"]:
+        print(f"{s['failed']} pairs failed after retries; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval_labeler(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.constitution import load_constitution
+    from rlaif.eval.hh_rlhf import load_human_pairs
+    from rlaif.eval.labeler_report import format_metrics, run_eval
+
+    cfg = _labeler_config(args)
+    constitution = load_constitution(args.constitution)
+    load_human_pairs(args.human)  # a bad human-label file fails before the model loads
+    engine = load_engine(_engine_config(args))
+    try:
+        m = run_eval(args.human, constitution, engine, args.out, cfg, limit=args.limit, seed=args.seed,
+                     batch_size=args.batch_size, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    print(format_metrics(m, args.out))
+    return 1 if m["failed"] else 0
+
+
+def _train_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    g = p.add_argument_group("training (also runs under `accelerate launch $(which rlaif) ...`)")
+    g.add_argument("--out", required=True, help=out_help)
+    g.add_argument("--config", help="YAML with the trainer's config; flags given here override it")
+    g.add_argument("--steps", type=_positive(int), help="optimizer steps (PPO: rollout batches); overrides --epochs")
+    g.add_argument("--epochs", type=_positive(float), help="passes over the data (default 1)")
+    g.add_argument("--lr", type=_positive(float), help="learning rate")
+    g.add_argument("--batch-size", type=_positive(int), help="global batch, split over processes")
+    g.add_argument("--grad-accum", type=_positive(int), help="micro-batches per optimizer step")
+    g.add_argument("--max-length", type=_positive(int), help="max tokens per sequence")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--eval-file", help="held-out preference JSONL, evaluated every --eval-every steps")
+    g.add_argument("--eval-every", type=_positive(int))
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+
+
+def _train_fields(args) -> dict:
+    return {"output_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "learning_rate": args.lr,
+            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "max_length": args.max_length,
+            "seed": args.seed, "eval_file": args.eval_file, "eval_every": args.eval_every}
+
+
+def _train_done(name: str, result: dict, out) -> int:
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = {k: v for k, v in result.items() if k.endswith(("_start", "_end")) or k in ("steps", "seconds_per_step")}
+        print(f"{name}: {json.dumps(shown, sort_keys=True)} -> {out}")
+    return 0
+
+
+def cmd_train_rm(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.reward_model import RewardConfig, train_reward_model
+
+    cfg = build_config(RewardConfig, args.config, {**_train_fields(args), "prefs": args.prefs, "base": args.base,
+                                                   "human_eval_file": args.human_eval_file,
+                                                   "margin": args.margin}, args.set)
+    return _train_done("train-rm", train_reward_model(cfg), cfg.output_dir)
+
+
+def cmd_dpo(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.dpo import DPOConfig, train_dpo
+
+    fields = {**_train_fields(args), "prefs": args.prefs, "policy": args.policy, "loss": args.loss,
+              "beta": args.beta, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None}
+    if args.hard_labels:
+        fields["soft_labels"] = False
+    cfg = build_config(DPOConfig, args.config, fields, args.set)
+    return _train_done(f"dpo ({cfg.loss})", train_dpo(cfg), cfg.output_dir)
+
+
+def cmd_ppo(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.ppo import PPOConfig, train_ppo
+
+    cfg = build_config(PPOConfig, args.config, {
+        **_train_fields(args), "prompts": args.prompts, "policy": args.policy, "reward": args.reward,
+        "kl_coef": args.kl_coef, "max_new_tokens": args.max_new_tokens, "mini_batch_size": args.mini_batch_size,
+        "ppo_epochs": args.ppo_epochs, "labeler_model": args.labeler_model,
+        "constitution": args.constitution}, args.set)
+    return _train_done("ppo", train_ppo(cfg), cfg.output_dir)
+
+
+def cmd_best_of_n(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.prompts_io import read_prompts
+    from rlaif.train.best_of_n import BestOfNConfig, run_best_of_n
+    from rlaif.train.ppo import reward_fn_from_spec
+
+    cfg = BestOfNConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                        batch_size=args.batch_size)
+    prompts = read_prompts(args.prompts)
+    reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or args.model,
+                                    constitution=args.constitution)
+    engine = load_engine(_engine_config(args))
+    try:
+        summary = run_best_of_n(prompts, engine, reward_fn, cfg, args.out, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    print(f"best-of-{cfg.n}: {json.dumps(summary, sort_keys=True)} -> {Path(args.out) / 'best_of_n.jsonl'}")
+    return 1 if summary.get("failed") else 0
+
+
+# ---------------------------------------------------------------------------------- parser
+
+
+def _labeler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--constitution", default="harmless", help="constitution file or shipped name (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    g = p.add_argument_group("labeler")
+    g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
+    g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
+    g.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"), help="CoT clamp band (default 0.4 0.6)")
+    g.add_argument("--cot-max-tokens", type=_positive(int), help="rationale length in tokens (default 64)")
+    g.add_argument("--principles", type=_positive(int), default=1, help="principle ensemble size (default 1)")
+    g.add_argument("--self-consistency", type=_positive(int), default=1,
+                   help="sampled rationales per judgement, averaged (needs --cot)")
+    g.add_argument("--few-shot", type=int, default=0, help="exemplars from the constitution (default 0)")
+    g.add_argument("--direct", action="store_true", help="score each reply 1-10 instead of comparing (d-RLAIF)")
+    g.add_argument("--margin", type=float, default=0.0, help="|p - 0.5| below this is 'within margin'")
+    g.add_argument("--drop-within-margin", action="store_true", help="leave within-margin pairs out of preferences")
+    g.add_argument("--seed", type=int, default=0, help="principle draws, sampling, blind sides")
+    g.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    _engine_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlaif", description="Constitution -> AI feedback -> preference data and aligned models.")
+    parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list engines and embedded models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("generate", help="sample responses to a prompt file -> OUT/responses.jsonl")
+    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n", type=_positive(int), default=1, help="samples per prompt")
+    p.add_argument("--max-tokens", type=_positive(int), default=128)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    _engine_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="run a pipeline YAML (resumable) -> OUT/<stage>/")
+    p.add_argument("pipeline", help="pipeline YAML file, or the name of a shipped one")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a pipeline value, e.g. --set prompts.limit=200 (repeatable)")
+    p.add_argument("--constitution", help="use this constitution instead of the pipeline's")
+    p.add_argument("--overwrite", action="store_true", help="start every stage over")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("critique", help="critique -> revision rounds against a constitution (SL-CAI) -> "
+                       "OUT/chains.jsonl, sl_cai.jsonl, revision_pairs.jsonl")
+    p.add_argument("--constitution", required=True, help="constitution YAML, or a shipped name (harmless, ...)")
+    p.add_argument("--responses", required=True, type=Path, help="JSONL with prompt + response (e.g. "
+                   "the responses.jsonl of `rlaif generate`)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--rounds", type=_positive(int), default=2, help="critique-revision rounds per response")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--few-shot", type=int, default=1, help="constitution exemplars shown in each prompt")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--critique-max-tokens", type=_positive(int), default=96)
+    p.add_argument("--revision-max-tokens", type=_positive(int), default=160)
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    _engine_args(p)
+    p.set_defaults(func=cmd_critique)
+
+    p = sub.add_parser("constitution", help="constitution tools: `rlaif constitution check FILE...`")
+    csub = p.add_subparsers(dest="constitution_command", metavar="ACTION", required=True)
+    c = csub.add_parser("check", help="validate constitutions and print a summary of each")
+    c.add_argument("files", nargs="+", help="constitution YAML files or shipped names")
+    c.set_defaults(func=cmd_constitution_check)
+
+    p = sub.add_parser("label", help="label response pairs with AI feedback -> OUT/preferences.jsonl")
+    p.add_argument("--pairs", required=True, help="JSONL: prompt + response_a/response_b, prompt + "
+                   "chosen/rejected, or HH-RLHF transcripts")
+    _labeler_args(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("eval-labeler", help="label human-labelled pairs blind; agreement, calibration, "
+                       "position and length bias -> OUT/metrics.json, calibration.png, report.md")
+    p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, or hub:Anthropic/hh-rlhf[:DIR[:SPLIT]]")
+    p.add_argument("--limit", type=_positive(int), help="first N usable pairs only")
+    _labeler_args(p)
+    p.set_defaults(func=cmd_eval_labeler)
+
+    p = sub.add_parser("train-rm", help="train a reward model on (soft-label) preference pairs -> OUT/")
+    p.add_argument("--prefs", required=True, help="preference JSONL: prompt, chosen, rejected, p_chosen")
+    p.add_argument("--base", help="backbone model spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--human-eval-file", help="human-labelled pairs (e.g. converted HH-RLHF) to report accuracy on")
+    p.add_argument("--margin", type=float, help="margin m in the Bradley–Terry loss (default 0)")
+    _train_args(p, "output folder: an HF model dir + train_log.jsonl, summary.json, plots")
+    p.set_defaults(func=cmd_train_rm)
+
+    p = sub.add_parser("dpo", help="DPO / IPO on (soft-label) preference pairs -> OUT/")
+    p.add_argument("--prefs", required=True, help="preference JSONL: prompt, chosen, rejected, p_chosen")
+    p.add_argument("--policy", help="starting policy (and reference) spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--loss", choices=["sigmoid", "ipo"])
+    p.add_argument("--beta", type=_positive(float))
+    p.add_argument("--hard-labels", action="store_true", help="ignore p_chosen: every pair counts as p = 1")
+    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
+    _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
+    p.set_defaults(func=cmd_dpo)
+
+    p = sub.add_parser("ppo", help="PPO against a reward model or the labeler's direct score -> OUT/")
+    p.add_argument("--prompts", required=True, help="prompt JSONL ('prompt': text or chat messages)")
+    p.add_argument("--policy", help="starting policy (and frozen reference) spec")
+    p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
+    p.add_argument("--labeler-model", help="labeler:direct: the labeler's model spec (default: the policy)")
+    p.add_argument("--constitution", help="labeler:direct: constitution file or name")
+    p.add_argument("--kl-coef", type=float, help="β of the per-token KL penalty (default 0.05)")
+    p.add_argument("--max-new-tokens", type=_positive(int))
+    p.add_argument("--mini-batch-size", type=_positive(int))
+    p.add_argument("--ppo-epochs", type=_positive(int))
+    _train_args(p, "output folder: policy dir, value_head.safetensors, train_log.jsonl, reward_vs_kl.png")
+    p.set_defaults(func=cmd_ppo)
+
+    p = sub.add_parser("best-of-n", help="sample N responses per prompt, keep the best by reward -> OUT/best_of_n.jsonl")
+    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
+    p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
+    p.add_argument("--labeler-model", help="labeler:direct: the labeler's model spec (default: --model)")
+    p.add_argument("--constitution", help="labeler:direct: constitution file or name")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n", type=_positive(int), default=4, help="samples per prompt")
+    p.add_argument("--max-tokens", type=_positive(int), default=128)
+    p.add_argument("--temperature", type=_positive(float), default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    _engine_args(p)
+    p.set_defaults(func=cmd_best_of_n)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _quiet_libraries()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit becomes an EFBIG error, not a kill
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"rlaif: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # a flag value a config model rejects (e.g. --temperature -1)
+        from rlaif.config import describe_validation_error
+
+        print(f"rlaif: error: {describe_validation_error('command-line options', e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlaif: interrupted; finished batches are saved — run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
+    except OSError as e:
+        if e.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"rlaif: error: no space left to write{where}: {e.strerror}; finished batches are "
+                  "saved, free space and run the same command to resume", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Pydantic models for engine, stage and pipeline configs, loaded from YAML with `--set` overrides.
+
+Every validation problem becomes one `UserError` line naming the file, the field and what was
+expected, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlaif.errors import UserError
+
+EngineKind = Literal["transformers", "vllm", "openai"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(Strict):
+    """Which engine serves a model, and how. `model` is a spec: `embedded:NAME`, a local HF model
+    dir, a hub id, or (openai) the server's model name."""
+
+    kind: EngineKind = "transformers"
+    model: str = "embedded:smollm2-135m-instruct"
+    # transformers / vllm
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
+    dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
+    batch_size: int = Field(8, ge=1)
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    # openai
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    top_logprobs: int = Field(20, ge=1)
+    # a system prompt added to every chat, if set
+    system_prompt: str | None = None
+
+
+def parse_model_spec(spec: str, base: EngineConfig | None = None) -> EngineConfig:
+    """`[engine:]model` -> EngineConfig. `embedded:X` and bare paths/ids use transformers;
+    `vllm:X` and `openai:X` pick those engines; `transformers:X` is explicit."""
+    base = base or EngineConfig()
+    head, sep, rest = spec.partition(":")
+    if sep and head in ("transformers", "vllm", "openai"):
+        return base.model_copy(update={"kind": head, "model": rest})
+    return base.model_copy(update={"kind": "transformers" if head == "embedded" or not sep else base.kind,
+                                   "model": spec})
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config (pydantic model or JSON-able value)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- YAML loading and overrides
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected a UTF-8 YAML file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML ({problem})") from None
+    if data is None:
+        raise UserError(f"{path}: file is empty; expected a YAML mapping")
+    return data
+
+
+def _coerce(value: str) -> Any:
+    """`--set` values are YAML scalars: 3 -> int, 0.5 -> float, true -> bool, [a,b] -> list."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply `key.path=value` overrides to a nested dict (in place; also returned)."""
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part!r} is not inside a mapping")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {parts[-1]!r} is not inside a mapping")
+        node[parts[-1]] = _coerce(value)
+    return data
+
+
+def describe_validation_error(source: str, err: ValidationError) -> str:
+    """One line: `FILE: field a.b: expected ..., got ...` (first error; count of the rest)."""
+    errors = err.errors()
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        what = "unknown key"
+    elif kind == "missing":
+        what = "missing required field"
+    else:
+        got = first.get("input")
+        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        what = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {shown})"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: field {field}: {what}{more}"
+
+
+def validate(model: type[BaseModel], data: Any, source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(describe_validation_error(source, e)) from None
+
+
+def load_config(model: type[BaseModel], path: str | Path, overrides: list[str] | None = None):
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    return validate(model, apply_overrides(data, overrides), str(path))

@@ -1,0 +1,310 @@
+"""`rlaif run PIPELINE.yaml`: compose the stages a pipeline file names, each into OUT/<stage>/.
+
+A pipeline is data: which prompts, which engine, which constitution, a config block per stage.
+The stages, in order (each optional):
+
+    responses -> critique -> label -> reward_model -> dpo | ppo -> evaluate -> report
+
+Record stages resume through the runner; a training stage is skipped when its folder holds a
+finished run with the same config. So a second `rlaif run` on the same OUT does no new work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from rlaif.config import EngineConfig, Strict, config_hash, load_config
+from rlaif.errors import UserError
+from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
+from rlaif.resources import resolve
+from rlaif.runner import OutputLock, run_stage
+from rlaif.stages.critique_revision import CritiqueConfig
+from rlaif.stages.labeler import LabelerConfig
+from rlaif.stages.responses import ResponsesConfig
+from rlaif.train.dpo import DPOConfig
+from rlaif.train.ppo import PPOConfig
+from rlaif.train.reward_model import RewardConfig
+
+DEFAULT_HUMAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
+
+
+class PromptSet(Strict):
+    file: str = "red_team"
+    limit: int | None = Field(None, ge=1)
+
+
+class LabelStage(LabelerConfig):
+    pairs: list[Literal["revisions", "samples"]] = ["revisions", "samples"]
+    compare_constitution: str | None = None  # label the same pairs again under this one and compare
+
+
+class TrainStage(Strict):
+    """Fields the pipeline fills in (output_dir, prefs, policy/base) are left out here."""
+
+
+class EvaluateStage(Strict):
+    human: str | None = "auto"  # HH-RLHF file; "auto": ../shared/data/hh-rlhf/... when present
+    human_limit: int = Field(40, ge=1)
+    policy_prompts: int = Field(8, ge=1)  # held-out prompts (after the training ones) for win/harmless rate
+    max_tokens: int = Field(64, ge=1)
+    harmless_constitution: str = "harmless"
+
+
+class Stages(Strict):
+    responses: ResponsesConfig | None = None
+    critique: CritiqueConfig | None = None
+    label: LabelStage | None = None
+    reward_model: dict | None = None  # RewardConfig fields
+    dpo: dict | None = None  # DPOConfig fields
+    ppo: dict | None = None  # PPOConfig fields; reward: "rm" (this run's RM) or "labeler:direct"
+    evaluate: EvaluateStage | None = None
+
+
+class PipelineConfig(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    engine: EngineConfig = EngineConfig()
+    constitution: str = "harmless"
+    prompts: PromptSet = PromptSet()
+    stages: Stages = Stages()
+
+
+def resolve_pipeline(path_or_name: str) -> Path:
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "pipelines" / f"{path_or_name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"{path_or_name}: pipeline file not found")
+
+
+def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
+                  constitution: str | None = None) -> tuple[Path, PipelineConfig]:
+    path = resolve_pipeline(path_or_name)
+    cfg = load_config(PipelineConfig, path, overrides)
+    if constitution:
+        cfg = cfg.model_copy(update={"constitution": constitution})
+    s = cfg.stages
+    # training blocks are checked now, not after an hour of labeling
+    for name, cls in (("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
+        block = getattr(s, name)
+        if block is not None:
+            from rlaif.config import validate
+
+            validate(cls, block, f"{path}: stages.{name}")
+    if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
+        raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
+    return path, cfg
+
+
+class Pipeline:
+    """Runs one pipeline config into one output folder."""
+
+    def __init__(self, cfg: PipelineConfig, out: Path, overwrite: bool = False):
+        from rlaif.constitution import load_constitution
+
+        self.cfg, self.out, self.overwrite = cfg, Path(out), overwrite
+        self.constitution = load_constitution(cfg.constitution)
+        self._engine = None
+        self.summary: dict = {"pipeline": cfg.name, "constitution": f"{self.constitution.name} v{self.constitution.version}",
+                              "engine": f"{cfg.engine.kind}:{cfg.engine.model}", "stages": {}}
+        self.failed = 0
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from rlaif.backends import load_engine
+
+            self._engine = load_engine(self.cfg.engine)
+        return self._engine
+
+    def close(self):
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def timed(self, name: str, fn):
+        started = time.time()
+        print(f"== {name}", flush=True)
+        info = dict(fn() or {})
+        info["wall_seconds"] = round(time.time() - started, 1)  # this invocation (≈0 when resumed)
+        self.summary["stages"][name] = info
+        return info
+
+    # ------------------------------------------------------------------ stages
+
+    def prompts(self) -> list[dict]:
+        from rlaif.prompts_io import read_prompts
+
+        return read_prompts(self.cfg.prompts.file)
+
+    def responses(self) -> dict:
+        rc = self.cfg.stages.responses.model_copy(update={"seed": self.cfg.seed})
+        from rlaif.stages.responses import expand, make_process
+
+        prompts = self.prompts()[: self.cfg.prompts.limit]
+        result = run_stage("responses", expand(prompts, self.engine.model, rc), make_process(self.engine, rc),
+                           self.out / "responses", config=rc, batch_size=self.cfg.engine.batch_size,
+                           overwrite=self.overwrite, stats=getattr(self.engine, "stats", None))
+        self.failed += result.failed
+        self.response_records = result.records
+        return {"records": len(result.records), "new": result.written, "failed": result.failed}
+
+    def critique(self) -> dict:
+        from rlaif.stages.critique_revision import run_critique
+
+        first = [r for r in self.response_records if r["sample"] == 0]
+        cc = self.cfg.stages.critique.model_copy(update={"seed": self.cfg.seed})
+        summary = run_critique(first, self.constitution, self.engine, self.out / "critique", config=cc,
+                               batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+        self.failed += summary.get("failed", 0)
+        return summary
+
+    def pairs_to_label(self) -> list[dict]:
+        stage = self.cfg.stages.label
+        pairs = []
+        if "revisions" in stage.pairs and (self.out / "critique" / "revision_pairs.jsonl").exists():
+            for r in read_jsonl(self.out / "critique" / "revision_pairs.jsonl", allow_empty=True):
+                pairs.append({"id": r["id"], "prompt": r["prompt"], "response_a": r["chosen"][0]["content"],
+                              "response_b": r["rejected"][0]["content"], "kind": "revision_vs_original"})
+        if "samples" in stage.pairs and getattr(self, "response_records", None):
+            by_prompt: dict[str, list[dict]] = {}
+            for r in self.response_records:
+                by_prompt.setdefault(r["prompt_id"], []).append(r)
+            for group in by_prompt.values():
+                group.sort(key=lambda r: r["sample"])
+                if len(group) >= 2 and group[0]["response"].strip() != group[1]["response"].strip():
+                    pairs.append({"id": record_id("sample_pair", group[0]["id"], group[1]["id"]),
+                                  "prompt": group[0]["prompt"], "response_a": group[0]["response"],
+                                  "response_b": group[1]["response"], "kind": "two_samples"})
+        if not pairs:
+            raise UserError("stages.label: nothing to label (no revision pairs and fewer than 2 samples "
+                            "per prompt); set stages.responses.n: 2 or add a critique stage")
+        return pairs
+
+    def label(self) -> dict:
+        from rlaif.constitution import load_constitution
+        from rlaif.stages.labeler import run_label
+
+        stage = self.cfg.stages.label
+        labeler_cfg = LabelerConfig(**stage.model_dump(exclude={"pairs", "compare_constitution"}))
+        labeler_cfg = labeler_cfg.model_copy(update={"seed": self.cfg.seed})
+        out = self.out / "label"
+        out.mkdir(parents=True, exist_ok=True)
+        pairs_path = out / "pairs.jsonl"
+        write_jsonl_atomic(pairs_path, self.pairs_to_label())
+        info = run_label(pairs_path, self.constitution, self.engine, out, labeler_cfg,
+                         batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+        self.failed += info.get("failed", 0)
+        if stage.compare_constitution:
+            other = load_constitution(stage.compare_constitution)
+            alt = self.out / "label_compare"
+            info["compare"] = run_label(pairs_path, other, self.engine, alt, labeler_cfg,
+                                        batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+            info["comparison"] = compare_labels(out / "labels.jsonl", alt / "labels.jsonl",
+                                                self.constitution.name, other.name)
+        return info
+
+    def train(self, name: str, cls, fields: dict, fn) -> dict:
+        stage_dir = self.out / name
+        cfg = cls(**{**(getattr(self.cfg.stages, name) or {}), **fields, "output_dir": str(stage_dir)})
+        done = stage_dir / "done.json"
+        key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": self._input_hash(fields)})
+        if not self.overwrite and done.exists() and json.loads(done.read_text()).get("key") == key:
+            print(f"{name}: already trained with this config and data -> {stage_dir}")
+            return json.loads((stage_dir / "summary.json").read_text())
+        self.close()  # free the engine's memory while training
+        result = fn(cfg)
+        write_atomic(done, json.dumps({"key": key}) + "\n")
+        return result
+
+    def _input_hash(self, fields: dict) -> str:
+        """Hash of the training data files a stage reads, so new labels retrain."""
+        parts = []
+        for v in fields.values():
+            if isinstance(v, str) and Path(v).is_file():
+                parts.append(config_hash(Path(v).read_text()))
+        return config_hash(parts)
+
+    def reward_model(self) -> dict:
+        from rlaif.train.reward_model import train_reward_model
+
+        prefs = str(self.out / "label" / "preferences.jsonl")
+        return self.train("reward_model", RewardConfig, {"prefs": prefs, "base": self.cfg.engine.model,
+                                                         "seed": self.cfg.seed}, train_reward_model)
+
+    def dpo(self) -> dict:
+        from rlaif.train.dpo import train_dpo
+
+        prefs = str(self.out / "label" / "preferences.jsonl")
+        return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.cfg.engine.model,
+                                             "seed": self.cfg.seed}, train_dpo)
+
+    def ppo(self) -> dict:
+        from rlaif.train.ppo import train_ppo
+
+        block = self.cfg.stages.ppo or {}
+        reward = block.get("reward", "rm")
+        if reward == "rm":
+            reward = f"rm:{self.out / 'reward_model'}"
+        prompts_path = self.out / "ppo_prompts.jsonl"
+        prompts = self.prompts()[: self.cfg.prompts.limit]
+        write_jsonl_atomic(prompts_path, [{"prompt": p["prompt"]} for p in prompts])
+        return self.train("ppo", PPOConfig, {"prompts": str(prompts_path), "policy": self.cfg.engine.model,
+                                             "reward": reward, "constitution": block.get("constitution", self.cfg.constitution),
+                                             "seed": self.cfg.seed}, train_ppo)
+
+    def evaluate(self) -> dict:
+        from rlaif.eval.policy_eval import evaluate_pipeline
+
+        return evaluate_pipeline(self)
+
+    def run(self) -> int:
+        s = self.cfg.stages
+        try:
+            for name in ("responses", "critique", "label", "reward_model", "dpo", "ppo", "evaluate"):
+                if getattr(s, name) is not None:
+                    self.timed(name, getattr(self, name))
+        finally:
+            self.close()
+        from rlaif.eval.run_report import write_run_report
+
+        report = write_run_report(self)
+        print(f"report: {report}")
+        return 1 if self.failed else 0
+
+
+def compare_labels(path_a: Path, path_b: Path, name_a: str, name_b: str) -> dict:
+    """How two constitutions label the same pairs: agreement on the side, and chosen length."""
+    def by_pair(path):  # label ids include the constitution; the pair's own id does not
+        return {r.get("source_id") or r["id"]: r for r in read_jsonl(path, allow_empty=True)}
+
+    a, b = by_pair(path_a), by_pair(path_b)
+    common = [i for i in a if i in b]
+    if not common:
+        return {"pairs": 0}
+
+    def chosen_words(r):
+        return len(r["chosen"][0]["content"].split())
+
+    agree = sum((a[i]["p_a"] >= 0.5) == (b[i]["p_a"] >= 0.5) for i in common)
+    return {"pairs": len(common), "agreement": agree / len(common),
+            "mean_p_a_" + name_a: sum(a[i]["p_a"] for i in common) / len(common),
+            "mean_p_a_" + name_b: sum(b[i]["p_a"] for i in common) / len(common),
+            "chosen_words_" + name_a: sum(chosen_words(a[i]) for i in common) / len(common),
+            "chosen_words_" + name_b: sum(chosen_words(b[i]) for i in common) / len(common)}
+
+
+def run_pipeline(path_or_name: str, out: Path, overrides=None, constitution=None, overwrite=False) -> int:
+    _, cfg = load_pipeline(path_or_name, overrides, constitution)
+    out = Path(out)
+    with OutputLock(out):
+        write_atomic(out / "pipeline.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+        return Pipeline(cfg, out, overwrite).run()

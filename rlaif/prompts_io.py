@@ -1,0 +1,66 @@
+"""Reading prompt sets: JSONL with a `prompt` (a string or chat messages), or plain text, one
+prompt per line. Every problem names the file and the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlaif.errors import UserError
+from rlaif.records import record_id
+from rlaif.resources import resolve
+
+_ROLES = {"system", "user", "assistant"}
+
+
+def as_messages(prompt, where: str) -> list[dict]:
+    """A prompt as chat messages: a string becomes one user turn; messages are checked."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise UserError(f"{where}: empty prompt; expected text")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        for i, m in enumerate(prompt):
+            if not (isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)):
+                raise UserError(f"{where}: prompt message {i}: expected "
+                                "{\"role\": system|user|assistant, \"content\": text}")
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise UserError(f"{where}: field prompt: expected a string or a non-empty list of chat messages")
+
+
+def read_prompts(name_or_path: str | Path) -> list[dict]:
+    """Records `{"id", "prompt": messages, "meta": {other fields}}` in file order."""
+    path = resolve("prompts", name_or_path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a prompt file (.jsonl or .txt)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); expected a UTF-8 prompt file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None:
+        raise UserError(f"{path}: no prompts; expected JSONL with a 'prompt' field or one prompt per line")
+    is_jsonl = path.suffix in (".jsonl", ".json") or first.lstrip().startswith("{")
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        if is_jsonl:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
+                                "expected one JSON object per line") from None
+            if not isinstance(obj, dict) or "prompt" not in obj:
+                raise UserError(f"{where}: expected a JSON object with a 'prompt' field")
+            messages = as_messages(obj["prompt"], where)
+            meta = {k: v for k, v in obj.items() if k not in ("prompt", "id")}
+        else:
+            messages, meta = as_messages(line.strip(), where), {}
+        records.append({"id": record_id("prompt", messages), "prompt": messages, "meta": meta,
+                        "line": lineno})
+    return records

@@ -1,0 +1,134 @@
+"""JSONL records: reading inputs strictly, reading outputs tolerantly, ids, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlaif.errors import UserError
+
+
+def record_id(*parts: Any) -> str:
+    """A stable id derived from a record's inputs (prompt, responses, principle, stage config...)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
+    """Read an input JSONL file; any bad line is a UserError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a JSONL file")
+    opener = _open_gz if path.suffix == ".gz" else open
+    records = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                                    "expected one JSON object per line") from None
+                if not isinstance(obj, dict):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                records.append(obj)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); expected UTF-8 JSONL") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not records and not allow_empty:
+        raise UserError(f"{path}: no records; expected at least one JSON object per line")
+    return records
+
+
+def _open_gz(path, mode, encoding):
+    import gzip
+
+    return gzip.open(path, mode, encoding=encoding)
+
+
+def read_output(path: Path) -> list[dict]:
+    """Read an output file being resumed. A torn last line (a write cut off by a kill) is dropped
+    and truncated from the file; damage anywhere else is an error, since it is not ours to repair."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end = [], 0
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1
+        if not raw.strip():
+            if not last:
+                good_end += len(raw) + 1
+            continue
+        try:
+            records.append(json.loads(raw))
+            if last:  # complete JSON but no newline yet: keep it, add the newline
+                with open(path, "ab") as f:
+                    f.write(b"\n")
+                good_end += len(raw) + 1
+            else:
+                good_end += len(raw) + 1
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if last or all(not rest.strip() for rest in lines[i + 1:]):
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+                break
+            raise UserError(f"{path}:{i + 1}: corrupt line in an existing output; "
+                            "rerun with --overwrite to start this stage over") from None
+    return records
+
+
+def append_records(path: Path, records: Iterable[dict]) -> None:
+    """Append whole lines with one write, then fsync, so a kill loses at most this batch."""
+    blob = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+    if not blob:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:  # disk full / file too large: take the partial batch back out
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file via a temp file in the same folder and a rename: readers see the old
+    file or the new one, never half of either."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    write_atomic(path, "".join(dumps(r) + "\n" for r in records))

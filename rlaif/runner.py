@@ -1,0 +1,243 @@
+"""Resumable execution of one stage over records.
+
+A stage is a pure function `process(batch) -> outputs` (one output record per input, same `id`).
+The runner owns everything else, once: skipping ids already written, fixed batches, append+fsync,
+failures, the lock on the output folder, the manifest, progress.
+
+Batches are cut from the whole input list, not from what is left, so a resumed run hands the engine
+exactly the batches an uninterrupted run would have: with seeded sampling, the output is the same.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from rlaif import __version__
+from rlaif.config import config_hash
+from rlaif.errors import RequestFailed, UserError
+from rlaif.records import append_records, dumps, read_output, write_atomic, write_jsonl_atomic
+
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+LOCK = ".rlaif.lock"
+_VERSIONED = ("torch", "transformers", "accelerate", "datasets", "openai", "vllm", "trl", "peft")
+
+_held: dict[Path, int] = {}  # out dirs this process has locked -> fd
+
+
+class OutputLock:
+    """An exclusive lock on an output folder for the life of a command (re-entrant per process).
+    The OS drops it when the process dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir).resolve()
+        self.owner = False
+
+    def __enter__(self):
+        if self.out_dir in _held:
+            return self
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"{self.out_dir}: cannot create output folder ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.out_dir}: another rlaif run (pid {holder}) is writing here; "
+                            "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held[self.out_dir] = fd
+        self.owner = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.owner:
+            fd = _held.pop(self.out_dir)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: Path
+    records: list[dict]  # every output record of the stage, in input order
+    total: int
+    done_before: int
+    written: int
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"rlaif": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+_URL_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def _scrub(obj):
+    """Credentials inside URLs (`http://user:key@host`) never reach the manifest."""
+    if isinstance(obj, str):
+        return _URL_USERINFO.sub(r"\1***@", obj)
+    if isinstance(obj, dict):
+        return {k: _scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_scrub(v) for v in obj]
+    return obj
+
+
+def update_manifest(out_dir: Path, stage: str, entry: dict) -> None:
+    """Merge one stage's entry into `manifest.json`, written atomically."""
+    manifest = read_manifest(out_dir)
+    manifest.update({"rlaif_version": __version__, "versions": package_versions(),
+                     "command": _scrub(" ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]))})
+    manifest.setdefault("stages", {})[stage] = _scrub(entry)
+    write_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _rewrite_failures(out_dir: Path, stage: str, failures: list[dict]) -> None:
+    path = out_dir / FAILURES
+    kept = [f for f in read_output(path) if f.get("stage") != stage] if path.exists() else []
+    if kept or failures:
+        write_jsonl_atomic(path, kept + failures)
+    elif path.exists():
+        path.unlink()
+
+
+def run_stage(
+    stage: str,
+    inputs: Sequence[dict],
+    process: Callable[[list[dict]], list[dict]],
+    out_dir: str | Path,
+    *,
+    config: Any,
+    batch_size: int = 8,
+    output: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    stats: Callable[[], dict] | None = None,
+    fixed_batches: bool = True,
+) -> StageResult:
+    """Run `process` over `inputs` (each with an `id`) into `out_dir/output`, resuming.
+
+    `fixed_batches=False`: a partly done batch hands `process` only its missing records. For engines
+    whose answers do not depend on what else is in the batch (an HTTP API, one request per record),
+    so that a re-run sends only what failed, not the whole batch around it."""
+    out_dir = Path(out_dir)
+    path = out_dir / (output or f"{stage}.jsonl")
+    with OutputLock(out_dir):
+        started = time.time()
+        if overwrite and path.exists():
+            path.unlink()
+        unique: dict[str, dict] = {}
+        for rec in inputs:
+            unique.setdefault(rec["id"], rec)
+        inputs = list(unique.values())
+        wanted = set(unique)
+
+        done = {r["id"]: r for r in read_output(path) if r.get("id") in wanted}
+        done_before = len(done)
+        batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
+        failures: list[dict] = []
+        written = 0
+        bar = tqdm(total=len(inputs), initial=done_before, desc=stage, unit="rec",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        refused = False  # a UserError before anything was written: leave the folder as it was
+        try:
+            for batch in batches:
+                missing = [r for r in batch if r["id"] not in done]
+                if not missing:
+                    continue
+                outputs = _process_batch(stage, batch if fixed_batches else missing, process, failures)
+                new = [o for o in outputs if o["id"] not in done and o["id"] in wanted]
+                append_records(path, new)
+                for o in new:
+                    done[o["id"]] = o
+                written += len(new)
+                bar.update(len(missing))
+        except UserError:
+            refused = written == 0 and not failures
+            raise
+        finally:
+            bar.close()
+            seconds = time.time() - started
+            if not refused:
+                _rewrite_failures(out_dir, stage, failures)
+                entry = {
+                    "output": path.name,
+                    "config_hash": config_hash(config),
+                    "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
+                    "counts": {"inputs": len(inputs), "done_before": done_before, "written": written,
+                               "failed": len(failures), "done": len(done)},
+                    "seconds": round(seconds, 3),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "complete": len(done) == len(inputs),
+                }
+                if stats is not None:
+                    entry["engine"] = stats()
+                update_manifest(out_dir, stage, entry)
+        records = [done[r["id"]] for r in inputs if r["id"] in done]
+        return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
+
+
+def _process_batch(stage, batch, process, failures) -> list[dict]:
+    """Run a batch; if one request in it failed for good, run its records one by one so the others
+    still land and only the failing ones go to failures.jsonl."""
+    try:
+        return _checked(process(list(batch)), batch)
+    except RequestFailed:
+        pass
+    outputs = []
+    for rec in batch:
+        try:
+            outputs.extend(_checked(process([rec]), [rec]))
+        except RequestFailed as e:
+            failures.append({"stage": stage, "id": rec["id"], "reason": e.reason, "attempts": e.attempts})
+    return outputs
+
+
+def _checked(outputs: list[dict], batch: list[dict]) -> list[dict]:
+    ids = [o.get("id") for o in outputs]
+    if ids != [r["id"] for r in batch]:
+        raise RuntimeError("stage returned records that do not match its inputs one to one")
+    return outputs
+
+
+__all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps"]

@@ -1,0 +1,472 @@
+"""Critique -> revision (SL-CAI): make a response better satisfy a constitution, K rounds at a time.
+
+For each response record, round k = 1..K:
+    principle_k  ~ constitution (weighted, seeded by (run seed, response id), no repeat in a chain)
+    critique_k   = engine(critique template  | prompt, text_{k-1}, principle_k)
+    revision_k   = engine(revision template  | prompt, text_{k-1}, principle_k, critique_k)
+    text_k       = revision_k if it is usable, else text_{k-1}
+with text_0 the original response. A revision is *degenerate* (flagged, never silently kept) when it
+is empty, identical to the original or to the text it was asked to revise, or merely repeats the
+request, the critique or the user's prompt. The final revision is the last usable one; a chain with
+none is degenerate and left out of the derived datasets (and counted in the summary).
+
+Outputs in the stage folder:
+    chains.jsonl          the resumable primary output: one chain per response (runner-managed)
+    sl_cai.jsonl          SFT data, TRL conversational prompt-completion:
+                          {"id", "prompt": [messages], "completion": [{"role": "assistant", ...}]}
+    revision_pairs.jsonl  TRL conversational preference: {"id", "prompt", "chosen": [final revision],
+                          "rejected": [original], "principles", "degenerate", ...}
+The last two are derived from all chains at the end of a run and written atomically.
+
+`process(batch)` is pure over records and an engine: per round, one `generate` call holds the
+critique requests of the whole batch, the next one the revision requests.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import Field
+
+from rlaif.backends.base import Engine, GenerationRequest
+from rlaif.config import Strict, config_hash
+from rlaif.constitution import Constitution, FewShot, Principle, load_constitution
+from rlaif.errors import UserError
+from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
+from rlaif.runner import OutputLock, read_manifest, run_stage, update_manifest
+from rlaif.templates import Template, load_template
+
+STAGE = "critique"
+CHAINS = "chains.jsonl"
+SL_CAI = "sl_cai.jsonl"
+PAIRS = "revision_pairs.jsonl"
+
+
+class CritiqueConfig(Strict):
+    """Settings of the critique-revision stage (one YAML block in a pipeline)."""
+
+    rounds: int = Field(2, ge=1)
+    seed: int = 0
+    repeat_principles: bool = False  # allow the same principle twice in one chain
+    few_shot: int = Field(1, ge=0)  # exemplars rendered into each prompt
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    critique_max_tokens: int = Field(96, ge=1)
+    revision_max_tokens: int = Field(160, ge=1)
+    critique_template: str = "critique"
+    revision_template: str = "revision"
+    similarity: float = Field(0.8, gt=0, le=1)  # at or above this, a revision "repeats" a text
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def _as_messages(prompt, where: str) -> list[dict]:
+    if isinstance(prompt, str) and prompt.strip():
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        if not any(m["role"] == "user" for m in prompt):
+            raise UserError(f"{where}: field prompt: expected at least one user message")
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise UserError(f"{where}: field prompt: expected a non-empty string or a list of "
+                    "{role, content} chat messages")
+
+
+def normalize_responses(records: Sequence[dict], source: str = "responses",
+                        lines: Sequence[int] | None = None) -> list[dict]:
+    """Check response records (`prompt` text or messages, `response` text; `id` optional) and give
+    each a response id; problems name the source and the line (or record number)."""
+    out = []
+    for i, rec in enumerate(records, 1):
+        where = f"{source}:{lines[i - 1]}" if lines else f"{source}: record {i}"
+        if not isinstance(rec, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        if "prompt" not in rec:
+            raise UserError(f"{where}: missing required field prompt")
+        if not isinstance(rec.get("response"), str):
+            raise UserError(f"{where}: field response: expected a string"
+                            + ("" if "response" in rec else " (missing)"))
+        messages = _as_messages(rec["prompt"], where)
+        rid = rec.get("response_id", rec.get("id"))  # records normalised before keep their id
+        if rid is not None and not isinstance(rid, str):
+            raise UserError(f"{where}: field id: expected a string")
+        rid = rid or record_id(messages, rec["response"])
+        out.append({"response_id": rid, "prompt": messages, "response": rec["response"],
+                    "model": rec.get("model"), "sample": rec.get("sample")})
+    return out
+
+
+def load_responses(path: str | Path) -> list[dict]:
+    """Response records from a JSONL file (e.g. the `generate` stage's responses.jsonl)."""
+    records = read_jsonl(path)
+    lines = None
+    if Path(path).suffix != ".gz":  # read_jsonl skips blank lines: map records back to line numbers
+        text = Path(path).read_text(encoding="utf-8")
+        lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return normalize_responses(records, str(path), lines)
+
+
+# ------------------------------------------------------------------ principles and ids
+
+
+def draw_principles(constitution: Constitution, seed: int, response_id: str, rounds: int,
+                    repeat: bool = False) -> list[Principle]:
+    """The principles of one chain: reproducible from (run seed, response id) alone."""
+    rng = random.Random(int(record_id("principles", seed, response_id), 16))
+    return constitution.sample_principles(rng, rounds, repeat=repeat)
+
+
+def _request_seed(seed: int, chain_id: str, round_no: int, kind: str) -> int:
+    return int(record_id(seed, chain_id, round_no, kind), 16) % (2**31 - 1)
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def conversation_text(messages: list[dict], response: str) -> str:
+    """The prompt (system turns left out) and the reply under review, as a plain transcript."""
+    turns = [f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages if m["role"] != "system"]
+    return "\n\n".join(turns + [f"Assistant: {response.strip()}"])
+
+
+def pick_exemplars(constitution: Constitution, principle: Principle, k: int) -> list[FewShot]:
+    """Up to k exemplars: those written for this principle first, then the rest in file order."""
+    own = [ex for ex in constitution.few_shot if ex.principle == principle.id]
+    rest = [ex for ex in constitution.few_shot if ex.principle != principle.id]
+    return (own + rest)[:k]
+
+
+def format_examples(constitution: Constitution, principle: Principle, k: int, kind: str) -> str:
+    """Worked exemplars as text: conversation, request, critique (and, for revisions, the revision).
+    An exemplar tied to another principle is shown with that principle's own requests."""
+    blocks = []
+    for i, ex in enumerate(pick_exemplars(constitution, principle, k), 1):
+        p = constitution.principle(ex.principle) if ex.principle else principle
+        text = (f"Example {i}:\n\n{conversation_text([{'role': 'user', 'content': ex.prompt}], ex.response)}"
+                f"\n\nCritique request: {p.critique_request.strip()}\nCritique: {ex.critique.strip()}")
+        if kind == "revision":
+            text += f"\n\nRevision request: {p.revision_request.strip()}\nRevision: {ex.revision.strip()}"
+        blocks.append(text)
+    return "".join(b + "\n\n---\n\n" for b in blocks)
+
+
+def render_values(constitution: Constitution, principle: Principle, messages: list[dict], text: str,
+                  few_shot: int, kind: str, critique: str = "") -> dict:
+    user = [m["content"] for m in messages if m["role"] == "user"]
+    return {
+        "examples": format_examples(constitution, principle, few_shot, kind),
+        "conversation": conversation_text(messages, text),
+        "prompt": user[-1].strip(),
+        "response": text.strip(),
+        "principle_id": principle.id,
+        "critique_request": principle.critique_request.strip(),
+        "revision_request": principle.revision_request.strip(),
+        "critique": critique.strip(),
+    }
+
+
+def render_critique(template: Template, constitution: Constitution, principle: Principle,
+                    messages: list[dict], text: str, few_shot: int = 1) -> list[dict]:
+    return template.render(**render_values(constitution, principle, messages, text, few_shot, "critique"))
+
+
+def render_revision(template: Template, constitution: Constitution, principle: Principle,
+                    messages: list[dict], text: str, critique: str, few_shot: int = 1) -> list[dict]:
+    return template.render(**render_values(constitution, principle, messages, text, few_shot, "revision",
+                                           critique))
+
+
+# ------------------------------------------------------------------ cleaning and degenerate checks
+
+_LABEL = (r"(?:revised|rewritten|new|improved|updated|final)?\s*(?:assistant\s*)?"
+          r"(?:revision|reply|response|answer|critique|assistant)")
+_PREFIX = re.compile(
+    rf"^\s*(?:[*_#>]+\s*)?(?:here(?: is|'s) (?:the |a |my |an )?[^:\n]{{0,40}}:|{_LABEL}\s*(?:\d+\s*)?[:\-–]"
+    rf")\s*(?:[*_]+\s*)?", re.IGNORECASE)
+# a line where the model starts writing the next section of our prompt format instead of stopping
+_NEXT = {
+    "critique": re.compile(r"\n\s*[*_#]*\s*(?:revision request|revision|revised (?:reply|response)|"
+                           r"critique request|user|example \d+)\s*[*_]*\s*:", re.IGNORECASE),
+    "revision": re.compile(r"\n\s*[*_#]*\s*(?:critique request|critique|revision request|user|"
+                           r"example \d+)\s*[*_]*\s*:", re.IGNORECASE),
+}
+
+
+# generation stops where the model starts writing the next section of the prompt format itself
+STOPS = {
+    "critique": ["\nRevision request:", "\nRevision:", "\nCritique request:", "\nUser:", "\n---"],
+    "revision": ["\nCritique request:", "\nCritique:", "\nRevision request:", "\nUser:", "\n---"],
+}
+
+
+def clean_output(text: str, kind: str) -> str:
+    """Strip the labels our own templates invite ("Revision:", "Here is the revised reply:"),
+    cut where the model starts writing the next section of the prompt format, drop wrapping quotes."""
+    text = text.strip()
+    m = _NEXT[kind].search("\n" + text)
+    if m:
+        text = ("\n" + text)[:m.start()].strip()
+    for _ in range(3):  # "Revision: Revised reply: ..." happens
+        stripped = _PREFIX.sub("", text, count=1).strip()
+        if stripped == text:
+            break
+        text = stripped
+    text = text.split("\n---", 1)[0].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    if len(text) >= 2 and text[0] == "“" and text[-1] == "”":
+        text = text[1:-1].strip()
+    return text
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def _similar(a: str, b: str, threshold: float) -> bool:
+    """a merely repeats b: nearly the same characters (ratio >= threshold), or (for 4+ words) at
+    least `threshold` of a's words copied in order from b, so a fragment of b counts too."""
+    wa, wb = a.split(), b.split()
+    if not wa or not wb:
+        return False
+    if wa == wb:
+        return True
+    chars = SequenceMatcher(None, a, b, autojunk=False)
+    if chars.real_quick_ratio() >= threshold and chars.ratio() >= threshold:
+        return True
+    if len(wa) < 4:
+        return False
+    copied = sum(m.size for m in SequenceMatcher(None, wa, wb, autojunk=False).get_matching_blocks())
+    return copied / len(wa) >= threshold
+
+
+def template_lines(template: Template) -> list[str]:
+    """The fixed text of a template (placeholders cut out), line by line: what a model echoes
+    when it repeats the request instead of answering it."""
+    out = []
+    for m in template.messages:
+        for piece in re.split(r"\{[a-z_]+\}", m.content):
+            out += [ln.strip() for ln in piece.splitlines() if len(ln.split()) >= 2]
+    return out
+
+
+def revision_flags(revision: str, *, before: str, original: str, critique: str, principle: Principle,
+                   prompt: str, threshold: float = 0.8, template_text: Sequence[str] = ()) -> list[str]:
+    """Why a revision is unusable ([] when it is fine). `template_text`: the revision template's
+    fixed lines; echoing one of them counts as repeating the request."""
+    r = _norm(revision)
+    if not r:
+        return ["empty"]
+    flags = []
+    if r == _norm(original):
+        flags.append("identical_to_original")
+    elif r == _norm(before):
+        flags.append("unchanged")
+    requests = [principle.revision_request, principle.critique_request, *template_text]
+    if any(_similar(r, _norm(t), threshold) for t in requests):
+        flags.append("repeats_request")
+    if _similar(r, _norm(critique), threshold):
+        flags.append("repeats_critique")
+    if _similar(r, _norm(prompt), threshold):
+        flags.append("repeats_prompt")
+    return flags
+
+
+def critique_flags(critique: str, principle: Principle, threshold: float = 0.8) -> list[str]:
+    c = _norm(critique)
+    if not c:
+        return ["empty"]
+    if any(_similar(c, _norm(t), threshold) for t in (principle.critique_request, principle.revision_request)):
+        return ["repeats_request"]
+    return []
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def chain_inputs(responses: Sequence[dict], constitution: Constitution, cfg: CritiqueConfig,
+                 template_ids: dict) -> list[dict]:
+    """One runner input per response: chain id (from the response id, the constitution and the
+    stage config) and the principles drawn for it."""
+    chash = config_hash(constitution)
+    stage_cfg = cfg.model_dump(mode="json")
+    out = []
+    for rec in responses:
+        principles = draw_principles(constitution, cfg.seed, rec["response_id"], cfg.rounds,
+                                     cfg.repeat_principles)
+        cid = record_id(STAGE, rec["response_id"], rec["prompt"], rec["response"], chash, stage_cfg, template_ids)
+        out.append({**rec, "id": cid, "principles": [p.id for p in principles]})
+    return out
+
+
+def make_process(constitution: Constitution, engine: Engine, cfg: CritiqueConfig,
+                 critique_template: Template, revision_template: Template):
+    """`process(batch) -> chains`: pure over the batch and the engine, two generate calls a round."""
+    meta = {"constitution": {"name": constitution.name, "version": constitution.version,
+                             "hash": config_hash(constitution)},
+            "templates": {"critique": critique_template.id, "revision": revision_template.id},
+            "seed": cfg.seed, "critic_model": engine.model}
+
+    echo = template_lines(revision_template) + template_lines(critique_template)
+
+    def process(batch: list[dict]) -> list[dict]:
+        current = [rec["response"] for rec in batch]  # text each chain is revising
+        rounds: list[list[dict]] = [[] for _ in batch]
+        for k in range(cfg.rounds):
+            principles = [constitution.principle(rec["principles"][k]) for rec in batch]
+            crit_req = [GenerationRequest(
+                render_critique(critique_template, constitution, p, rec["prompt"], text, cfg.few_shot),
+                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.critique_max_tokens,
+                stop=STOPS["critique"], seed=_request_seed(cfg.seed, rec["id"], k, "critique"))
+                for rec, p, text in zip(batch, principles, current)]
+            critiques_raw = [c.texts[0] for c in engine.generate(crit_req)]
+            critiques = [clean_output(t, "critique") for t in critiques_raw]
+            rev_req = [GenerationRequest(
+                render_revision(revision_template, constitution, p, rec["prompt"], text, crit, cfg.few_shot),
+                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.revision_max_tokens,
+                stop=STOPS["revision"], seed=_request_seed(cfg.seed, rec["id"], k, "revision"))
+                for rec, p, text, crit in zip(batch, principles, current, critiques)]
+            revisions_raw = [c.texts[0] for c in engine.generate(rev_req)]
+            for i, rec in enumerate(batch):
+                revision = clean_output(revisions_raw[i], "revision")
+                user = [m["content"] for m in rec["prompt"] if m["role"] == "user"][-1]
+                flags = revision_flags(revision, before=current[i], original=rec["response"],
+                                       critique=critiques[i], principle=principles[i], prompt=user,
+                                       threshold=cfg.similarity, template_text=echo)
+                entry = {"round": k + 1, "principle": principles[i].id, "critique": critiques[i],
+                         "revision": revision, "degenerate": flags,
+                         "critique_degenerate": critique_flags(critiques[i], principles[i], cfg.similarity)}
+                if critiques_raw[i].strip() != critiques[i]:
+                    entry["critique_raw"] = critiques_raw[i]
+                if revisions_raw[i].strip() != revision:
+                    entry["revision_raw"] = revisions_raw[i]
+                rounds[i].append(entry)
+                if not flags:
+                    current[i] = revision
+        chains = []
+        for rec, rs in zip(batch, rounds):
+            usable = [r for r in rs if not r["degenerate"]]
+            final = usable[-1] if usable else None
+            chains.append({
+                "id": rec["id"], "response_id": rec["response_id"], "prompt": rec["prompt"],
+                "original": rec["response"], "model": rec.get("model"), **meta, "rounds": rs,
+                "final": final["revision"] if final else None,
+                "final_round": final["round"] if final else None,
+                "degenerate": [] if final else sorted({f for r in rs for f in r["degenerate"]}),
+            })
+        return chains
+
+    return process
+
+
+def derive_datasets(chains: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """SFT records and revision pairs from the non-degenerate chains."""
+    sl, pairs = [], []
+    for ch in chains:
+        if ch.get("final") is None:
+            continue
+        prompt = [m for m in ch["prompt"]]
+        used = [r["principle"] for r in ch["rounds"] if r["round"] <= ch["final_round"] and not r["degenerate"]]
+        sl.append({"id": ch["id"], "prompt": prompt,
+                   "completion": [{"role": "assistant", "content": ch["final"]}],
+                   "principles": used, "constitution": ch["constitution"]["name"]})
+        pairs.append({"id": ch["id"], "prompt": prompt,
+                      "chosen": [{"role": "assistant", "content": ch["final"]}],
+                      "rejected": [{"role": "assistant", "content": ch["original"]}],
+                      "principles": used,
+                      "degenerate": [r["degenerate"] for r in ch["rounds"]],
+                      "constitution": ch["constitution"], "response_id": ch["response_id"],
+                      "source": "critique_revision"})
+    return sl, pairs
+
+
+def summarize(chains: Sequence[dict], rounds: int) -> dict:
+    def mean(xs):
+        return round(sum(xs) / len(xs), 1) if xs else None
+
+    all_rounds = [r for ch in chains for r in ch["rounds"]]
+    good = [ch for ch in chains if ch.get("final") is not None]
+    flags: dict[str, int] = {}
+    for r in all_rounds:
+        for f in r["degenerate"]:
+            flags[f] = flags.get(f, 0) + 1
+    n = len(chains)
+    return {
+        "chains": n,
+        "complete_chains": sum(1 for ch in chains if len(ch["rounds"]) == rounds),
+        "degenerate_chains": n - len(good),
+        "degenerate_chain_share": round((n - len(good)) / n, 3) if n else None,
+        "revisions": len(all_rounds),
+        "degenerate_revisions": sum(1 for r in all_rounds if r["degenerate"]),
+        "degenerate_revision_share": (round(sum(1 for r in all_rounds if r["degenerate"]) / len(all_rounds), 3)
+                                      if all_rounds else None),
+        "degenerate_reasons": dict(sorted(flags.items())),
+        "empty_critiques": sum(1 for r in all_rounds if "empty" in r.get("critique_degenerate", [])),
+        "mean_words_original": mean([len(ch["original"].split()) for ch in chains]),
+        "mean_words_original_kept": mean([len(ch["original"].split()) for ch in good]),
+        "mean_words_final": mean([len(ch["final"].split()) for ch in good]),
+        "mean_chars_original_kept": mean([len(ch["original"]) for ch in good]),
+        "mean_chars_final": mean([len(ch["final"]) for ch in good]),
+    }
+
+
+def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: int = 2, seed: int = 0,
+                 batch_size: int = 8, overwrite: bool = False, config: CritiqueConfig | None = None,
+                 progress: bool = True) -> dict:
+    """Run the stage into `out_dir` (resuming) and write the derived datasets; returns a summary.
+
+    `responses`: a JSONL path or a list of response records; `constitution`: a Constitution, a
+    shipped name or a path. `config` overrides `rounds`/`seed` when given."""
+    if isinstance(responses, (str, Path)):
+        responses = load_responses(responses)
+    else:
+        responses = normalize_responses(responses)
+    if not isinstance(constitution, Constitution):
+        constitution = load_constitution(constitution)
+    cfg = config or CritiqueConfig(rounds=rounds, seed=seed)
+    ct, rt = load_template(cfg.critique_template), load_template(cfg.revision_template)
+    template_ids = {"critique": ct.id, "revision": rt.id}
+    inputs = chain_inputs(responses, constitution, cfg, template_ids)
+    out_dir = Path(out_dir)
+    with OutputLock(out_dir):
+        result = run_stage(
+            STAGE, inputs, make_process(constitution, engine, cfg, ct, rt), out_dir,
+            config={"critique": cfg.model_dump(mode="json"), "templates": template_ids,
+                    "constitution": {"name": constitution.name, "version": constitution.version,
+                                     "hash": config_hash(constitution)},
+                    "critic_model": engine.model},
+            batch_size=batch_size, output=CHAINS, overwrite=overwrite, progress=progress,
+            stats=getattr(engine, "stats", None))
+        sl, pairs = derive_datasets(result.records)
+        write_jsonl_atomic(out_dir / SL_CAI, sl)
+        write_jsonl_atomic(out_dir / PAIRS, pairs)
+        summary = {"out_dir": str(out_dir), "constitution": f"{constitution.name} v{constitution.version}",
+                   "inputs": result.total, "done_before": result.done_before, "written": result.written,
+                   "failed": result.failed, **summarize(result.records, cfg.rounds),
+                   "sl_cai": len(sl), "revision_pairs": len(pairs), "seconds": round(result.seconds, 1)}
+        entry = read_manifest(out_dir).get("stages", {}).get(STAGE, {})
+        update_manifest(out_dir, STAGE, {**entry, "summary": summary,
+                                         "derived": {"sl_cai": SL_CAI, "revision_pairs": PAIRS}})
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    share = s["degenerate_revision_share"]
+    lines = [
+        f"critique-revision ({s['constitution']}) -> {s['out_dir']}",
+        f"  chains: {s['chains']} ({s['written']} new, {s['done_before']} already done, {s['failed']} failed), "
+        f"{s['complete_chains']} complete",
+        f"  degenerate revisions: {s['degenerate_revisions']}/{s['revisions']}"
+        + (f" ({share:.0%})" if share is not None else "")
+        + (f"  {s['degenerate_reasons']}" if s["degenerate_reasons"] else ""),
+        f"  degenerate chains (no usable revision, left out): {s['degenerate_chains']}",
+        f"  mean words: original {s['mean_words_original_kept']} -> final {s['mean_words_final']} (kept chains)",
+        f"  wrote {SL_CAI} ({s['sl_cai']}), {PAIRS} ({s['revision_pairs']}), {CHAINS}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,558 @@
+"""The AI labeler (RLAIF): which of two replies better satisfies a principle, as a soft label.
+
+Pairwise (Bai et al. 2022, Constitutional AI; Lee et al. 2023, RLAIF). For a conversation x, replies
+(a, b) and a principle's comparison question, the labeler is asked a multiple-choice question with
+options (A), (B); the assistant turn is prefilled ("The answer is (") so the option is the next
+token. Let ℓ_A, ℓ_B be the next-token log-probabilities of the options (every single-token spelling
+summed by the engine). The soft label is the softmax over the options only:
+
+    P(A) = exp(ℓ_A) / (exp(ℓ_A) + exp(ℓ_B))
+
+Position debiasing: judge both orders, (A=a, B=b) and (A=b, B=a), and average
+
+    p(a ≻ b) = ½ · [ P_ab(A) + (1 − P_ba(A)) ]
+
+keeping both per-order labels (`labels_by_order`: p(a ≻ b) with a shown first, "ab", and second,
+"ba"). A pair *flips* when the two disagree on the side.
+
+Chain of thought: first generate a rationale r (greedy, or sampled when self-consistency > 1), then
+score the options with r appended to the assistant turn ("r ... So the answer is ("). CoT labels are
+overconfident, so each CoT vote is clamped: P ← min(max(P, lo), hi), default [0.4, 0.6] as in CAI.
+
+Ensembles: principle ensemble — K principles drawn per pair (seeded by the pair, weighted, without
+repeats); self-consistency — S rationales sampled at temperature T > 0 per (principle, order). The
+label is the mean of p(a ≻ b) over all K × orders × S votes.
+
+Direct scoring (d-RLAIF, Lee et al. 2023): one reply is rated 1–10 against the principle and the
+score is the probability-weighted mean over the score tokens, normalised to [0, 1]:
+
+    s = (E[score] − 1) / 9,   E[score] = Σ_k k · p(k),   k = 1..10
+
+"10" is two tokens for most open tokenizers ("1", "0"), so it is read in two steps (see
+`score_distribution`): p(first digit = d) over the nine options "1".."9", then one more forward pass
+with "1" appended gives q = p(next token "0" | "1"), and p(1) = p₁·(1 − q), p(10) = p₁·q (the second
+pass is skipped when p₁ ≤ 10⁻³, which moves s by at most p₁). Tokenizers that spell "10" as one
+token put some mass on that token, which this reading does not see; all digits are single tokens in
+every tokenizer we ship with (SmolLM2 splits numbers into digits). For a pair,
+direct scores give p(a ≻ b) = ½ · (1 + s_a − s_b).
+
+Records (TRL conversational preference format plus our fields): `prompt` (messages), `chosen` and
+`rejected` (one assistant message each), `p_chosen`, `p_a`, `labels_by_order`, `principle`,
+`principles`, `rationale`, `votes`, `within_margin`, `labeler` {engine, model, template, mode}.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+from typing import Literal, Sequence
+
+from pydantic import Field, model_validator
+
+from rlaif.backends.base import Engine, GenerationRequest, OptionLogprobs, OptionRequest
+from rlaif.config import Strict, config_hash, validate
+from rlaif.constitution import Constitution, Principle, load_constitution
+from rlaif.errors import UserError
+from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
+from rlaif.runner import OutputLock, StageResult, read_manifest, run_stage, update_manifest
+from rlaif.templates import Template, load_template
+
+STAGE = "label"
+LABELS = "labels.jsonl"
+PREFERENCES = "preferences.jsonl"
+OPTIONS = ("A", "B")
+DIGITS = tuple(str(d) for d in range(1, 10))
+
+
+class LabelerConfig(Strict):
+    """Settings of the labeler (one YAML block in a pipeline; the CLI flags map onto it)."""
+
+    mode: Literal["pairwise", "direct"] = "pairwise"
+    debias: bool = True  # judge both orders and average
+    cot: bool = False  # rationale first, then the options
+    clamp: tuple[float, float] = (0.4, 0.6)  # band for CoT votes
+    cot_max_tokens: int = Field(64, ge=1)
+    cot_temperature: float = Field(0.0, ge=0)  # 0: greedy rationale (self_consistency = 1)
+    self_consistency: int = Field(1, ge=1)  # sampled rationales per (principle, order)
+    sc_temperature: float = Field(0.7, gt=0)
+    principles: int = Field(1, ge=1)  # principle ensemble size
+    few_shot: int = Field(0, ge=0)
+    margin: float = Field(0.0, ge=0, lt=0.5)  # |p − 0.5| < margin: "within margin"
+    drop_within_margin: bool = False  # leave such pairs out of preferences.jsonl
+    seed: int = 0
+    max_conversation_chars: int = Field(3000, ge=200)  # older turns cut first
+    max_response_chars: int = Field(1500, ge=100)
+    pairwise_template: str = "label_pairwise"
+    cot_template: str = "label_cot"
+    direct_template: str = "label_direct"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        lo, hi = self.clamp
+        if not 0 <= lo <= 0.5 <= hi <= 1:
+            raise ValueError(f"clamp: expected 0 <= lo <= 0.5 <= hi <= 1, got [{lo}, {hi}]")
+        if self.self_consistency > 1 and not self.cot:
+            raise ValueError("self_consistency > 1 samples rationales, so it needs cot")
+        if self.mode == "direct" and self.cot:
+            raise ValueError("direct scoring reads the score right away; it cannot be combined with cot")
+        return self
+
+
+def make_config(source: str = "labeler options", **values) -> LabelerConfig:
+    """A LabelerConfig from keyword values; problems become one UserError line."""
+    from pydantic import ValidationError
+
+    data = {k: v for k, v in values.items() if v is not None}
+    try:
+        return LabelerConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        if not first["loc"] and first["type"] == "value_error":  # a rule across fields
+            raise UserError(f"{source}: {str(first['ctx']['error'])}") from None
+    return validate(LabelerConfig, data, source)
+
+
+# ------------------------------------------------------------------ the maths
+
+
+def soft_label(logprobs: dict[str, float], options: Sequence[str] = OPTIONS) -> float:
+    """P(first option) = softmax over the options' log-probabilities (normalised over options only)."""
+    la, lb = logprobs[options[0]], logprobs[options[1]]
+    m = max(la, lb)
+    if m == -math.inf:
+        return 0.5
+    ea, eb = math.exp(la - m), math.exp(lb - m)
+    return ea / (ea + eb)
+
+
+def clamp(p: float, band: tuple[float, float]) -> float:
+    return min(max(p, band[0]), band[1])
+
+
+def p_a_from_vote(p_option_a: float, order: str) -> float:
+    """p(a ≻ b) from P(option A) of one order: "ab" shows a as (A), "ba" shows b as (A)."""
+    return p_option_a if order == "ab" else 1.0 - p_option_a
+
+
+def aggregate(votes: Sequence[dict]) -> tuple[float, dict]:
+    """Mean p(a ≻ b) over all votes, and the per-order means (None where an order is absent)."""
+    p = sum(v["p_a"] for v in votes) / len(votes)
+    by_order = {}
+    for order in ("ab", "ba"):
+        vs = [v["p_a"] for v in votes if v["order"] == order]
+        by_order[order] = sum(vs) / len(vs) if vs else None
+    return p, by_order
+
+
+def score_distribution(first_digit: dict[str, float], zero_after_one: float) -> list[float]:
+    """p(score = k) for k = 1..10.
+
+    `first_digit`: log-probabilities of the next token being "1".."9"; `zero_after_one`: the
+    log-probability of "0" right after "1" (full-vocabulary, not normalised over options).
+        p₁..p₉ = softmax over the nine digits,  q = exp(zero_after_one) (≤ 1)
+        p(1) = p₁ (1 − q),   p(10) = p₁ q,   p(k) = p_k for k = 2..9
+    """
+    m = max(first_digit[d] for d in DIGITS)
+    w = [math.exp(first_digit[d] - m) for d in DIGITS]
+    z = sum(w)
+    p = [x / z for x in w]
+    q = min(max(math.exp(zero_after_one), 0.0), 1.0)
+    return [p[0] * (1 - q)] + p[1:] + [p[0] * q]
+
+
+def expected_score(dist: Sequence[float]) -> float:
+    """Probability-weighted mean score on 1..10, normalised to [0, 1]: (E[k] − 1) / 9."""
+    e = sum(k * pk for k, pk in zip(range(1, 11), dist))
+    return (e - 1) / 9
+
+
+def pair_label_from_scores(s_a: float, s_b: float) -> float:
+    """Direct scores (each in [0, 1]) -> p(a ≻ b) = ½ (1 + s_a − s_b)."""
+    return 0.5 * (1.0 + s_a - s_b)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def _messages(prompt, where: str) -> list[dict]:
+    if isinstance(prompt, str) and prompt.strip():
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise UserError(f"{where}: field prompt: expected a non-empty string or a list of "
+                    "{role, content} chat messages")
+
+
+def _reply(value, field: str, where: str) -> str:
+    """A reply given as text, or as a list holding one assistant message (TRL format)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) \
+            and isinstance(value[0].get("content"), str):
+        return value[0]["content"]
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise UserError(f"{where}: field {field}: expected a string or a list with one assistant message")
+
+
+def normalize_pairs(records: Sequence[dict], source: str = "pairs") -> tuple[list[dict], dict]:
+    """Pair records -> {"prompt": messages, "a": text, "b": text, "source": {...}}.
+
+    Accepted shapes, per record:
+      - `prompt` + `response_a`/`response_b`: an unordered pair;
+      - `prompt` + `chosen`/`rejected` (strings or one-message lists, TRL): an ordered pair, a = chosen;
+      - HH-RLHF: `chosen`/`rejected` full "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts, no `prompt`.
+    HH pairs that are identical or do not share a prefix are skipped (counted in `skipped`)."""
+    from rlaif.eval.hh_rlhf import parse_pair
+
+    out, skipped = [], {}
+    for i, rec in enumerate(records, 1):
+        where = f"{source}:{i}"
+        if "response_a" in rec or "response_b" in rec:
+            if "prompt" not in rec:
+                raise UserError(f"{where}: missing required field prompt")
+            a, b = _reply(rec.get("response_a"), "response_a", where), _reply(rec.get("response_b"), "response_b", where)
+            prompt, given = _messages(rec["prompt"], where), "unordered"
+        elif "chosen" in rec and "rejected" in rec:
+            if "prompt" in rec:
+                prompt = _messages(rec["prompt"], where)
+                a, b = _reply(rec["chosen"], "chosen", where), _reply(rec["rejected"], "rejected", where)
+                given = "chosen_rejected"
+            elif isinstance(rec["chosen"], str) and isinstance(rec["rejected"], str):
+                pair, reason = parse_pair(rec["chosen"], rec["rejected"])
+                if pair is None:
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    continue
+                prompt, a, b, given = pair["prompt"], pair["chosen"], pair["rejected"], "hh_rlhf"
+            else:
+                raise UserError(f"{where}: fields chosen/rejected without prompt: expected HH-RLHF "
+                                "transcripts ('\\n\\nHuman: ...\\n\\nAssistant: ...')")
+        else:
+            raise UserError(f"{where}: expected fields prompt + response_a/response_b, prompt + "
+                            "chosen/rejected, or HH-RLHF chosen/rejected transcripts")
+        if not any(m["role"] == "user" for m in prompt):
+            raise UserError(f"{where}: field prompt: expected at least one user message")
+        out.append({"prompt": prompt, "a": a, "b": b, "given": given, "source_line": i,
+                    "source_id": rec.get("id") if isinstance(rec.get("id"), str) else None})
+    if not out:
+        raise UserError(f"{source}: no usable pairs (skipped: {skipped or 'none'})")
+    return out, skipped
+
+
+def load_pairs(path: str | Path) -> tuple[list[dict], dict]:
+    return normalize_pairs(read_jsonl(path), str(path))
+
+
+# ------------------------------------------------------------------ rendering
+
+
+_FENCE = re.compile(r"<\s*/?\s*(conversation|reply(_[ab])?)\s*>", re.IGNORECASE)
+
+
+def sanitize(text: str) -> str:
+    """Data shown to the judge cannot open or close the fences the template uses."""
+    return _FENCE.sub("[tag removed]", text)
+
+
+def _cut(text: str, limit: int, keep: str = "head") -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + " [...]" if keep == "head" else "[...] " + text[-limit:]
+
+
+def conversation_text(messages: list[dict], limit: int) -> str:
+    turns = [f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages if m["role"] != "system"]
+    return sanitize(_cut("\n\n".join(turns), limit, keep="tail"))
+
+
+def format_examples(constitution: Constitution, principle: Principle, k: int) -> str:
+    """Worked comparisons from the constitution's few-shot exemplars: the revision is the better
+    reply. The revision alternates between (A) and (B) so the examples teach no position."""
+    own = [ex for ex in constitution.few_shot if ex.principle == principle.id]
+    rest = [ex for ex in constitution.few_shot if ex.principle != principle.id]
+    blocks = []
+    for i, ex in enumerate((own + rest)[:k]):
+        q = constitution.principle(ex.principle).comparison_question if ex.principle else principle.comparison_question
+        first, second, answer = ((ex.revision, ex.response, "A") if i % 2 else (ex.response, ex.revision, "B"))
+        blocks.append(f"Example {i + 1}:\n<conversation>\nUser: {sanitize(ex.prompt.strip())}\n</conversation>\n\n"
+                      f"<reply_a>\n{sanitize(first.strip())}\n</reply_a>\n\n<reply_b>\n{sanitize(second.strip())}\n"
+                      f"</reply_b>\n\n{q.strip()}\nThe answer is ({answer})")
+    return "".join(b + "\n\n---\n\n" for b in blocks)
+
+
+def _seed(*parts) -> int:
+    return int(record_id(*parts), 16) % (2**31 - 1)
+
+
+def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> list[Principle]:
+    """The principles of one pair: reproducible from (seed, the pair's content) alone, so the same
+    pair gets the same principle under every labeler setting."""
+    return constitution.sample_principles(random.Random(_seed("principles", seed, key)), k)
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: LabelerConfig,
+                 template_ids: dict) -> list[dict]:
+    """One runner input per pair: a stable id and the principles drawn for it."""
+    chash, stage_cfg = config_hash(constitution), cfg.model_dump(mode="json")
+    out = []
+    for p in pairs:
+        key = record_id(p["prompt"], p["a"], p["b"])
+        principles = draw_principles(constitution, cfg.seed, key, cfg.principles)
+        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids),
+                    "principles": [q.id for q in principles]})
+    return out
+
+
+def templates_for(cfg: LabelerConfig) -> dict[str, Template]:
+    if cfg.mode == "direct":
+        return {"direct": load_template(cfg.direct_template)}
+    return {"cot": load_template(cfg.cot_template)} if cfg.cot else {"pairwise": load_template(cfg.pairwise_template)}
+
+
+def _pair_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, template: Template,
+                batch: list[dict]) -> list[list[dict]]:
+    """Every (principle, order, sample) vote of every pair in the batch, in two engine calls at most."""
+    orders = ("ab", "ba") if cfg.debias else ("ab",)
+    jobs = []  # (pair index, principle id, order, values)
+    for i, rec in enumerate(batch):
+        conv = conversation_text(rec["prompt"], cfg.max_conversation_chars)
+        a = sanitize(_cut(rec["a"].strip(), cfg.max_response_chars))
+        b = sanitize(_cut(rec["b"].strip(), cfg.max_response_chars))
+        for pid in rec["principles"]:
+            pr = constitution.principle(pid)
+            examples = format_examples(constitution, pr, cfg.few_shot) if cfg.few_shot else ""
+            for order in orders:
+                first, second = (a, b) if order == "ab" else (b, a)
+                jobs.append((i, pid, order, {"examples": examples, "conversation": conv, "response_a": first,
+                                             "response_b": second, "question": pr.comparison_question.strip()}))
+    requests, meta = [], []
+    if cfg.cot:
+        samples = cfg.self_consistency
+        temp = cfg.sc_temperature if samples > 1 else cfg.cot_temperature
+        gens = engine.generate([GenerationRequest(template.render(**v), temperature=temp, max_tokens=cfg.cot_max_tokens,
+                                                  n=samples, seed=_seed(cfg.seed, batch[i]["id"], pid, order))
+                                for i, pid, order, v in jobs])
+        for (i, pid, order, v), gen in zip(jobs, gens):
+            for text in gen.texts:
+                rationale = sanitize(text.strip())
+                requests.append(OptionRequest(template.render(**v), template.render_prefill(rationale=rationale, **v)))
+                meta.append((i, pid, order, rationale))
+    else:
+        for i, pid, order, v in jobs:
+            requests.append(OptionRequest(template.render(**v), template.render_prefill(**v)))
+            meta.append((i, pid, order, None))
+    logprobs = engine.option_logprobs(requests, list(OPTIONS))
+    votes: list[list[dict]] = [[] for _ in batch]
+    for (i, pid, order, rationale), lp in zip(meta, logprobs):
+        p_first = soft_label(lp)
+        p_raw = p_first
+        if cfg.cot:
+            p_first = clamp(p_first, cfg.clamp)
+        vote = {"principle": pid, "order": order, "p_first": p_first, "p_first_raw": p_raw,
+                "p_a": p_a_from_vote(p_first, order), "rationale": rationale,
+                "floored": list(getattr(lp, "floored", ()))}
+        votes[i].append(vote)
+    return votes
+
+
+def direct_score_requests(template: Template, conversations: Sequence[str], responses: Sequence[str],
+                          questions: Sequence[str], max_response_chars: int = 1500) -> list[OptionRequest]:
+    reqs = []
+    for conv, resp, q in zip(conversations, responses, questions):
+        v = {"conversation": conv, "response": sanitize(_cut(resp.strip(), max_response_chars)), "question": q.strip()}
+        reqs.append(OptionRequest(template.render(**v), template.render_prefill(**v)))
+    return reqs
+
+
+TEN_THRESHOLD = 1e-3
+
+
+def score_requests(engine: Engine, requests: Sequence[OptionRequest], ten_threshold: float = TEN_THRESHOLD) -> list[dict]:
+    """Direct scores of prepared requests: one engine call for the first digit, and a second one
+    ("0" after "1") only for requests whose p₁ exceeds `ten_threshold`. Skipping it reads every "1"
+    as 1 rather than 10, which moves the normalised score by at most p₁ (≤ ten_threshold)."""
+    first = engine.option_logprobs(list(requests), list(DIGITS))
+    need = [i for i, lp in enumerate(first) if score_distribution(lp, -math.inf)[0] > ten_threshold]
+    tens = engine.option_logprobs([OptionRequest(requests[i].messages, requests[i].prefill + "1") for i in need],
+                                  ["0"]) if need else []
+    zero = {i: lp for i, lp in zip(need, tens)}
+    out = []
+    for i, lp1 in enumerate(first):
+        lp0 = zero.get(i, OptionLogprobs({"0": -math.inf}))
+        dist = score_distribution(lp1, lp0["0"])
+        out.append({"score": expected_score(dist), "distribution": [round(x, 6) for x in dist],
+                    "floored": sorted(set(getattr(lp1, "floored", ())) | set(getattr(lp0, "floored", ())))})
+    return out
+
+
+def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], responses: Sequence[str],
+                  principle: Principle | str | None = None, constitution: Constitution | str | None = None, *,
+                  principles: int = 1, seed: int = 0, template: str = "label_direct",
+                  max_conversation_chars: int = 3000, max_response_chars: int = 1500) -> list[float]:
+    """Direct RLAIF reward: each response's probability-weighted 1–10 score, normalised to [0, 1].
+
+    Give a `principle` (a Principle, or its id with a `constitution`), or a `constitution` alone:
+    then `principles` are drawn per (prompt, response), seeded, and their scores averaged. The same
+    (prompt, response) always gets the same score."""
+    if isinstance(constitution, (str, Path)):
+        constitution = load_constitution(constitution)
+    if isinstance(principle, str):
+        if constitution is None:
+            raise UserError(f"principle {principle!r}: give the constitution it belongs to")
+        principle = constitution.principle(principle)
+    if principle is None and constitution is None:
+        raise UserError("direct_scores: give a principle or a constitution")
+    tmpl = load_template(template)
+    convs, resps, qs, owner = [], [], [], []
+    for j, (prompt, resp) in enumerate(zip(prompts_messages, responses)):
+        msgs = _messages(prompt, f"prompt {j}")
+        chosen = [principle] if principle is not None else draw_principles(
+            constitution, seed, record_id(msgs, resp), principles)
+        conv = conversation_text(msgs, max_conversation_chars)
+        for pr in chosen:
+            convs.append(conv)
+            resps.append(resp)
+            qs.append(pr.comparison_question)
+            owner.append(j)
+    scored = score_requests(engine, direct_score_requests(tmpl, convs, resps, qs, max_response_chars))
+    sums, counts = [0.0] * len(responses), [0] * len(responses)
+    for j, s in zip(owner, scored):
+        sums[j] += s["score"]
+        counts[j] += 1
+    return [s / c for s, c in zip(sums, counts)]
+
+
+def direct_reward_fn(model_spec: str, constitution: str | None = None, *, principles: int = 1, seed: int = 0):
+    """A `reward_fn(prompts, responses) -> [0, 1] scores` for PPO / best-of-N (direct RLAIF),
+    loading the labeler engine once. Default constitution: harmless."""
+    from rlaif.backends import load_engine
+    from rlaif.config import parse_model_spec
+
+    engine = load_engine(parse_model_spec(model_spec))
+    const = load_constitution(constitution or "harmless")
+
+    def reward_fn(prompts, responses):
+        return direct_scores(engine, prompts, responses, constitution=const, principles=principles, seed=seed)
+
+    reward_fn.engine = engine
+    return reward_fn
+
+
+def _direct_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, template: Template,
+                  batch: list[dict]) -> list[list[dict]]:
+    convs, resps, qs, meta = [], [], [], []
+    for i, rec in enumerate(batch):
+        conv = conversation_text(rec["prompt"], cfg.max_conversation_chars)
+        for pid in rec["principles"]:
+            q = constitution.principle(pid).comparison_question
+            for side in ("a", "b"):
+                convs.append(conv)
+                resps.append(rec[side])
+                qs.append(q)
+                meta.append((i, pid, side))
+    scored = score_requests(engine, direct_score_requests(template, convs, resps, qs, cfg.max_response_chars))
+    per: dict[tuple, dict] = {(i, pid, side): s for (i, pid, side), s in zip(meta, scored)}
+    votes: list[list[dict]] = [[] for _ in batch]
+    for i, rec in enumerate(batch):
+        for pid in rec["principles"]:
+            sa, sb = per[(i, pid, "a")], per[(i, pid, "b")]
+            votes[i].append({"principle": pid, "order": "direct", "score_a": sa["score"], "score_b": sb["score"],
+                             "distribution_a": sa["distribution"], "distribution_b": sb["distribution"],
+                             "p_a": pair_label_from_scores(sa["score"], sb["score"]), "rationale": None,
+                             "floored": sorted(set(sa["floored"]) | set(sb["floored"]))})
+    return votes
+
+
+def make_process(engine: Engine, constitution: Constitution, cfg: LabelerConfig, templates: dict[str, Template]):
+    """`process(batch) -> preference records`: pure over the batch and the engine."""
+    (kind, template), = templates.items()
+    labeler = {"engine": engine.name, "model": engine.model, "template": template.id, "mode": cfg.mode,
+               "debias": cfg.debias and cfg.mode == "pairwise", "cot": cfg.cot,
+               "principles": cfg.principles, "self_consistency": cfg.self_consistency, "few_shot": cfg.few_shot,
+               "clamp": list(cfg.clamp) if cfg.cot else None,
+               "constitution": {"name": constitution.name, "version": constitution.version}}
+
+    def process(batch: list[dict]) -> list[dict]:
+        if kind == "direct":
+            all_votes = _direct_votes(engine, constitution, cfg, template, batch)
+        else:
+            all_votes = _pair_votes(engine, constitution, cfg, template, batch)
+        out = []
+        for rec, votes in zip(batch, all_votes):
+            if kind == "direct":
+                p_a = sum(v["p_a"] for v in votes) / len(votes)
+                by_order = {"ab": None, "ba": None}
+            else:
+                p_a, by_order = aggregate(votes)
+            a_wins = p_a >= 0.5
+            win, lose = (rec["a"], rec["b"]) if a_wins else (rec["b"], rec["a"])
+            rationales = [v["rationale"] for v in votes if v["rationale"]]
+            out.append({
+                "id": rec["id"], "prompt": rec["prompt"],
+                "chosen": [{"role": "assistant", "content": win}],
+                "rejected": [{"role": "assistant", "content": lose}],
+                "p_chosen": p_a if a_wins else 1.0 - p_a,
+                "chosen_is": "a" if a_wins else "b", "p_a": p_a,
+                "labels_by_order": by_order,
+                "principle": "+".join(rec["principles"]), "principles": rec["principles"],
+                "rationale": rationales[0] if rationales else None,
+                "votes": votes,
+                "within_margin": abs(p_a - 0.5) < cfg.margin,
+                "labeler": labeler,
+                "given": rec["given"], "source_line": rec["source_line"], "source_id": rec["source_id"],
+                **({"human_chosen": rec["human_chosen"]} if "human_chosen" in rec else {}),
+            })
+        return out
+
+    return process
+
+
+def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engine, cfg: LabelerConfig,
+                out_dir: str | Path, *, batch_size: int = 8, overwrite: bool = False,
+                progress: bool = True, output: str = LABELS) -> StageResult:
+    """Label normalised pairs into `out_dir/labels.jsonl` (resumable, via the runner)."""
+    templates = templates_for(cfg)
+    template_ids = {k: t.id for k, t in templates.items()}
+    inputs = label_inputs(pairs, constitution, cfg, template_ids)
+    return run_stage(
+        STAGE, inputs, make_process(engine, constitution, cfg, templates), out_dir,
+        config={"labeler": cfg.model_dump(mode="json"), "templates": template_ids,
+                "constitution": {"name": constitution.name, "version": constitution.version,
+                                 "hash": config_hash(constitution)},
+                "labeler_model": engine.model},
+        batch_size=batch_size, output=output, overwrite=overwrite, progress=progress,
+        stats=getattr(engine, "stats", None))
+
+
+def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerConfig, *,
+              batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
+    """`rlaif label`: label a pairs file; write labels.jsonl (all pairs) and preferences.jsonl
+    (pairs kept after the margin rule). Returns a summary."""
+    pairs, skipped = load_pairs(pairs_path)
+    if not isinstance(constitution, Constitution):
+        constitution = load_constitution(constitution)
+    out_dir = Path(out_dir)
+    with OutputLock(out_dir):
+        result = label_pairs(pairs, constitution, engine, cfg, out_dir, batch_size=batch_size,
+                             overwrite=overwrite, progress=progress)
+        kept = [r for r in result.records if not (cfg.drop_within_margin and r["within_margin"])]
+        write_jsonl_atomic(out_dir / PREFERENCES, kept)
+        from rlaif.eval.metrics import position_flip_rate
+
+        flips = [r["labels_by_order"] for r in result.records if r["labels_by_order"]["ba"] is not None]
+        summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": skipped,
+                   "written": result.written, "done_before": result.done_before, "failed": result.failed,
+                   "within_margin": sum(r["within_margin"] for r in result.records),
+                   "preferences": len(kept), "seconds": round(result.seconds, 1),
+                   "position_flip_rate": (round(position_flip_rate([o["ab"] for o in flips], [o["ba"] for o in flips]), 4)
+                                          if flips else None)}
+        entry = read_manifest(out_dir).get("stages", {}).get(STAGE, {})
+        update_manifest(out_dir, STAGE, {**entry, "summary": summary, "derived": {"preferences": PREFERENCES}})
+    return summary

@@ -1,0 +1,50 @@
+"""Stage 1, responses: sample `n` responses per prompt from the policy model.
+
+One output record per prompt x sample. Its id hashes the prompt, the model and the sampling
+settings, so a re-run with the same settings skips what is done and a change starts fresh records.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from rlaif.backends.base import Engine, GenerationRequest
+from rlaif.config import Strict
+from rlaif.records import record_id
+
+
+class ResponsesConfig(Strict):
+    n: int = Field(1, ge=1)
+    max_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+
+def expand(prompts: list[dict], model: str, cfg: ResponsesConfig) -> list[dict]:
+    """Prompt records -> one work item per (prompt, sample), with its id and its own seed."""
+    params = cfg.model_dump()
+    items = []
+    for p in prompts:
+        for s in range(cfg.n):
+            rid = record_id("responses", p["prompt"], model, params, s)
+            items.append({**p, "id": rid, "prompt_id": p["id"], "sample": s,
+                          "seed": int(rid[:8], 16) ^ cfg.seed})
+    return items
+
+
+def make_process(engine: Engine, cfg: ResponsesConfig):
+    def process(batch: list[dict]) -> list[dict]:
+        requests = [GenerationRequest(item["prompt"], temperature=cfg.temperature, top_p=cfg.top_p,
+                                      max_tokens=cfg.max_tokens, seed=item["seed"]) for item in batch]
+        out = []
+        for item, completion in zip(batch, engine.generate(requests)):
+            out.append({
+                "id": item["id"], "prompt_id": item["prompt_id"], "prompt": item["prompt"],
+                "response": completion.texts[0], "model": engine.model, "sample": item["sample"],
+                "params": cfg.model_dump(), "finish_reason": (completion.finish_reasons or ["?"])[0],
+                "tokens": completion.completion_tokens, **({"meta": item["meta"]} if item.get("meta") else {}),
+            })
+        return out
+
+    return process

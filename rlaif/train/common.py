@@ -1,0 +1,442 @@
+"""Shared pieces of the trainers: reading preference/prompt records, tokenising them with the chat
+template (prompt tokens masked), collation, seeding, the `Accelerator`, a JSONL train logger and
+model loading.
+
+Every trainer runs unchanged under `accelerate launch` (CPU `--cpu` with gloo, one or more GPUs):
+batches are *global* (`split_batches=True`), so a config means the same optimisation whatever the
+number of processes, and data order comes from the seed alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from pydantic import Field
+
+from rlaif.config import Strict
+from rlaif.errors import UserError
+from rlaif.records import read_jsonl
+
+Messages = list[dict]
+
+# ---------------------------------------------------------------- configs
+
+
+class TrainConfig(Strict):
+    """Fields every trainer shares (TRL style: one config object per trainer extends this)."""
+
+    output_dir: str = "out"
+    epochs: float = Field(1.0, gt=0)  # passes over the data (fractions allowed)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs when set
+    learning_rate: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)  # global: split over processes
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=8)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    eval_file: str | None = None
+    eval_every: int = Field(50, ge=1)  # optimizer steps between evals (and at the end)
+    eval_batch_size: int = Field(16, ge=1)
+    log_every: int = Field(1, ge=1)
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16": weights in memory while training
+    progress: bool = True
+    save: bool = True
+
+
+def check_batch(cfg: TrainConfig, accelerator) -> None:
+    n = accelerator.num_processes
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, name) % n:
+            raise UserError(f"{name} {getattr(cfg, name)} is a global batch and must divide evenly "
+                            f"over {n} processes")
+
+
+# ---------------------------------------------------------------- records
+
+
+def _as_messages(value: Any, role: str, where: str, field: str) -> Messages:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise UserError(f"{where}: field {field!r}: expected a string or a list of chat messages "
+                    "({role, content}), got " + type(value).__name__)
+
+
+@dataclass
+class Pair:
+    """One preference pair. `conversational` says whether to use the chat template."""
+
+    prompt: Messages | str
+    chosen: Messages | str
+    rejected: Messages | str
+    p: float  # probability that `chosen` is better
+    margin: float = 0.0
+    conversational: bool = True
+
+
+def parse_pair(rec: dict, where: str) -> Pair:
+    """TRL preference shapes: conversational (`prompt` messages, `chosen`/`rejected` assistant
+    messages) or plain strings; also implicit-prompt pairs (`chosen`/`rejected` full conversations
+    sharing a prefix, as HH-RLHF has them). `p_chosen` is the soft label, 1.0 when absent."""
+    for key in ("chosen", "rejected"):
+        if key not in rec:
+            raise UserError(f"{where}: missing field {key!r}; expected a preference record with "
+                            "prompt, chosen, rejected (and optionally p_chosen)")
+    p = rec.get("p_chosen", 1.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise UserError(f"{where}: field 'p_chosen': expected a number in [0, 1], got {p!r}")
+    margin = rec.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise UserError(f"{where}: field 'margin': expected a number, got {margin!r}")
+    prompt = rec.get("prompt")
+    strings = isinstance(rec["chosen"], str) and isinstance(rec["rejected"], str) and (
+        prompt is None or isinstance(prompt, str))
+    if strings:
+        return Pair(prompt or "", rec["chosen"], rec["rejected"], float(p), float(margin), False)
+    chosen = _as_messages(rec["chosen"], "assistant", where, "chosen")
+    rejected = _as_messages(rec["rejected"], "assistant", where, "rejected")
+    if prompt is None:  # implicit prompt: split off the shared prefix
+        k = 0
+        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+            k += 1
+        prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+        if not prompt:
+            raise UserError(f"{where}: no 'prompt' and chosen/rejected share no leading messages")
+    else:
+        prompt = _as_messages(prompt, "user", where, "prompt")
+    return Pair(prompt, chosen, rejected, float(p), float(margin), True)
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    return [parse_pair(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]
+
+
+def read_prompts(path: str | Path) -> list[Messages]:
+    """A prompt set (JSONL or text, a path or a shipped name like `red_team`) as chat messages."""
+    from rlaif.prompts_io import read_prompts as read_prompt_set
+
+    return [r["prompt"] for r in read_prompt_set(path)]
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, prompt: Messages | str) -> str:
+    """The text the model sees before the response (generation prompt included)."""
+    if isinstance(prompt, str):
+        return prompt
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+
+
+def render_completion(tokenizer, prompt: Messages | str, completion: Messages | str) -> str:
+    """The completion text exactly as the template writes it after `render_prompt`."""
+    if isinstance(prompt, str) or isinstance(completion, str):
+        text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+        return text + (tokenizer.eos_token or "")
+    head = render_prompt(tokenizer, prompt)
+    if has_chat_template(tokenizer):
+        full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+        if full.startswith(head):
+            return full[len(head):]
+    return "".join(m["content"] for m in completion) + (tokenizer.eos_token or "")
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int):
+    """-> (input_ids, completion_mask): prompt tokens then completion tokens, 1 on completion.
+
+    Prompt and completion are tokenised separately so the mask boundary is exact. Too long: the
+    prompt loses tokens from its start (keeping at least half the budget for it when the completion
+    is long), then the completion is cut at the end."""
+    p = _ids(tokenizer, render_prompt(tokenizer, prompt))
+    if isinstance(prompt, str) and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        p = [tokenizer.bos_token_id] + p
+    c = _ids(tokenizer, render_completion(tokenizer, prompt, completion))
+    if len(p) + len(c) > max_length:
+        keep_p = min(len(p), max(max_length - len(c), max_length // 2))
+        p = p[len(p) - keep_p:]
+        c = c[:max_length - len(p)]
+    return p + c, [0] * len(p) + [1] * len(c)
+
+
+def encode_text(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int) -> list[int]:
+    return encode(tokenizer, prompt, completion, max_length)[0]
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
+    n = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), n), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        else:
+            out[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+                   average: bool = False) -> torch.Tensor:
+    """Sum (or mean) over masked positions of log p(token_t | tokens_<t). `mask` marks the tokens
+    being scored (the completion), aligned with `input_ids`."""
+    logits = logits[:, :-1].float()
+    labels = input_ids[:, 1:]
+    m = mask[:, 1:].to(logits.dtype)
+    logp = token_logps(logits, labels)
+    total = (logp * m).sum(-1)
+    return total / m.sum(-1).clamp(min=1) if average else total
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[labels] without materialising the full log-softmax twice."""
+    return torch.gather(logits.log_softmax(-1), -1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if n > 1:  # unbiased, as TRL/baselines do
+        var = var * n / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ---------------------------------------------------------------- runtime
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+    random.seed(seed)
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An Accelerator with global batches split over processes. `accelerate launch` settings
+    (processes, --cpu, mixed precision) come from the environment as usual."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU box): run
+    # them on CPU with gloo. (`accelerate launch --cpu --num_processes N` starts one process unless
+    # it is given an mpirun hostfile.)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                      cpu=distributed and not torch.cuda.is_available(),
+                      dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True))
+    check_batch(cfg, acc)
+    return acc
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) from (seed, epoch) only: the same on every process."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def example_stream(cfg: TrainConfig, n_examples: int) -> tuple[int, list[int]]:
+    """(optimizer steps, example indices in training order): seeded epoch permutations back to
+    back, cut to exactly steps × batch_size × grad_accum, so every batch is full."""
+    steps = plan_steps(cfg, n_examples)
+    need = steps * cfg.batch_size * cfg.grad_accum
+    order: list[int] = []
+    epoch = 0
+    while len(order) < need:
+        order += epoch_order(n_examples, cfg.seed, epoch)
+        epoch += 1
+    return steps, order[:need]
+
+
+def plan_steps(cfg: TrainConfig, n_examples: int) -> int:
+    per_step = cfg.batch_size * cfg.grad_accum
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, int(cfg.epochs * n_examples // per_step))
+
+
+def torch_dtype(name: str):
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+    if name not in table:
+        raise UserError(f"dtype {name!r}: expected one of {', '.join(table)}")
+    return table[name]
+
+
+def resolve(spec: str) -> str:
+    """A model spec (`embedded:NAME`, a local dir, a hub id) -> what `from_pretrained` accepts."""
+    from rlaif.backends.embedded import resolve_model_dir
+
+    return resolve_model_dir(str(spec))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_optimizer(model, cfg: TrainConfig, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+
+    def factor(step: int) -> float:  # linear warmup, then constant
+        return min(1.0, (step + 1) / warm) if warm else 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process (and of CUDA, when used)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": round(rss / 1024 if sys.platform != "darwin" else rss / 2**20, 1)}
+    if torch.cuda.is_available():
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+class TrainLog:
+    """`train_log.jsonl`: one JSON object per logged step, written by the main process only,
+    flushed each line so a killed run keeps its curve."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        self.started = time.time()
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8")
+
+    def log(self, row: dict) -> dict:
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+        row.setdefault("elapsed_s", round(time.time() - self.started, 3))
+        self.rows.append(row)
+        if self.enabled:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        return row
+
+    def close(self) -> None:
+        if self.enabled and not self._f.closed:
+            self._f.close()
+
+
+def gather_mean(accelerator, value: torch.Tensor) -> float:
+    """Mean over processes of a per-process scalar (equal shares of a global batch)."""
+    v = value.detach().float().reshape(1)
+    return accelerator.gather(v).mean().item()
+
+
+def summary(log: TrainLog, steps: int, seconds: float, keys: Sequence[str]) -> dict:
+    """Start/end values of the logged curves plus time per step and peak memory."""
+    out: dict[str, Any] = {"steps": steps, "seconds": round(seconds, 3),
+                           "seconds_per_step": round(seconds / max(steps, 1), 4), **peak_memory_mb()}
+    for k in keys:
+        vals = [r[k] for r in log.rows if k in r and r[k] is not None]
+        if vals:
+            out[f"{k}_start"], out[f"{k}_end"] = vals[0], vals[-1]
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    from rlaif.records import write_atomic
+
+    write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+
+def run_main(config_cls, train_fn, argv: list[str] | None, name: str) -> int:
+    """Module entry point shared by the trainers: `python -m rlaif.train.X CONFIG.yaml [--set k=v]`,
+    also under `accelerate launch -m rlaif.train.X ...`. A UserError is one line and exit 2."""
+    import argparse
+
+    from rlaif.config import load_config
+
+    ap = argparse.ArgumentParser(prog=f"python -m rlaif.train.{name}")
+    ap.add_argument("config", help="YAML file with the trainer's config")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.set)
+        result = train_fn(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from the main process
+        print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
+def finish_run(out: Path, stage: str, cfg: TrainConfig, result: dict, log: TrainLog,
+               curve_keys: Sequence[str]) -> None:
+    """Main process, after training: summary.json, a curves plot, the manifest entry."""
+    from rlaif.runner import update_manifest
+    from rlaif.train.plots import plot_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", result)
+    if log.rows:
+        plot_curves(log.rows, curve_keys, out / "train_curves.png", title=stage)
+    update_manifest(out, stage, {"config": cfg.model_dump(mode="json"), "summary": result,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def build_config(config_cls, config_path: str | None, fields: dict, overrides: list[str] | None):
+    """A trainer config from an optional YAML file, then explicit CLI flags (those not None),
+    then `--set key=value` overrides; one UserError line on a bad value."""
+    from rlaif.config import apply_overrides, read_yaml, validate
+
+    data: dict = {}
+    if config_path:
+        data = read_yaml(config_path)
+        if not isinstance(data, dict):
+            raise UserError(f"{config_path}: expected a YAML mapping at the top level")
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return validate(config_cls, apply_overrides(data, overrides), config_path or "command line")

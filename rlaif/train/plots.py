@@ -1,0 +1,68 @@
+"""Training plots from `train_log.jsonl` rows (matplotlib, Agg backend: no display needed).
+
+- `plot_reward_vs_kl`: mean reward against mean KL to the reference, one point per PPO step,
+  coloured by step — over-optimisation shows as reward flattening (or falling) while KL grows.
+- `plot_curves`: a few logged metrics against the step, one panel each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_log(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_reward_vs_kl(rows: Sequence[dict], out: str | Path, reward_key: str = "reward",
+                      kl_key: str = "kl", title: str = "reward vs KL") -> Path:
+    plt = _plt()
+    pts = [(r[kl_key], r[reward_key], r.get("step", i)) for i, r in enumerate(rows)
+           if r.get(kl_key) is not None and r.get(reward_key) is not None]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if pts:
+        kl, reward, step = zip(*pts)
+        ax.plot(kl, reward, color="0.75", linewidth=0.8, zorder=1)
+        sc = ax.scatter(kl, reward, c=step, cmap="viridis", s=18, zorder=2)
+        fig.colorbar(sc, ax=ax, label="step")
+    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
+    ax.set_ylabel(f"mean {reward_key}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_curves(rows: Sequence[dict], keys: Sequence[str], out: str | Path, title: str = "") -> Path:
+    plt = _plt()
+    keys = [k for k in keys if any(r.get(k) is not None for r in rows)] or ["step"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r.get("step", i), r[key]) for i, r in enumerate(rows) if r.get(key) is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker="o" if len(pts) < 30 else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,381 @@
+"""PPO with a per-token KL penalty to a frozen reference (RLHF/RLAIF, Ziegler et al. 2019; Ouyang
+et al. 2022), with the sequence reward `R` from a reward model (`rm:DIR`, distilled RLAIF) or straight
+from the AI labeler (`labeler:direct`, direct RLAIF) — or any `reward_fn(prompts, responses)`.
+
+One PPO step:
+1. rollouts: sample a response for each prompt of the batch from the policy (temperature `T`);
+2. score: `R = reward_fn(prompt_messages, response_texts)`;
+3. per-token rewards  r_t = −β·KL_t  (+ R at the last response token), with
+   KL_t = log π_old(y_t) − log π_ref(y_t)  (the k1 estimator, summed over a response it is the
+   sampled KL(π‖π_ref));
+4. GAE:  δ_t = r_t + γ V(t+1) − V(t),  A_t = δ_t + γλ A_{t+1},  returns = A + V;  A whitened;
+5. `ppo_epochs` passes over the rollouts in minibatches: clipped policy loss
+   max(−A·ρ, −A·clip(ρ, 1 ± ε)) with ρ = π/π_old, clipped value loss
+   ½·max((V − ret)², (V_old + clip(V − V_old, ±ε_v) − ret)²), total  pg + c_v·vf.
+
+The value head is a linear layer on the policy's last hidden state (shared backbone). Log-probs use
+the sampling temperature (logits / T) so ρ is the ratio of the distributions actually sampled from.
+Per step it logs reward, KL, entropy, clip fraction, value loss (and more) to `train_log.jsonl` and
+draws `reward_vs_kl.png`.
+
+Run: `rlaif ppo --prompts FILE --policy SPEC --reward rm:DIR|labeler:direct --out DIR`, or
+`accelerate launch -m rlaif.train.ppo CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from rlaif.errors import UserError
+from rlaif.train.common import (Messages, TrainConfig, TrainLog, entropy_from_logits, example_stream,
+                                finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
+                                masked_mean, masked_whiten, pad, pad_id, read_prompts, render_prompt,
+                                resolve, seed_everything, summary, token_logps, torch_dtype)
+
+RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
+DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
+
+
+class PPOConfig(TrainConfig):
+    policy: str = DEFAULT_POLICY  # starting policy and frozen reference
+    prompts: str | None = None  # prompt JSONL (`prompt`: messages or string)
+    reward: str | None = None  # "rm:DIR" | "labeler:direct" (or pass reward_fn to train_ppo)
+    labeler_model: str | None = None  # model spec for labeler:direct (default: the policy's spec)
+    constitution: str | None = None  # for labeler:direct (default: the labeler's own default)
+    batch_size: int = Field(8, ge=1)  # prompts per PPO step (global)
+    mini_batch_size: int = Field(4, ge=1)  # rollouts per optimizer step (global)
+    ppo_epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(3e-6, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0)  # β
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from R when no EOS was sampled
+    reward_batch_size: int = Field(16, ge=1)
+
+
+# ---------------------------------------------------------------- model with a value head
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM plus a scalar value head on its last hidden state."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.get_text_config().hidden_size
+        self.v_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.v_head.weight)
+        nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=True)
+        values = self.v_head(out.hidden_states[-1].to(self.v_head.weight.dtype)).squeeze(-1)
+        return out.logits, values
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded sequences (what `generate` uses)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logps(logits: torch.Tensor, responses: torch.Tensor, prompt_len: int, temperature: float):
+    """Log-probs (and the logits that gave them) of the response tokens, at the sampling temperature."""
+    logits = logits[:, prompt_len - 1:-1].float() / temperature
+    return token_logps(logits, responses), logits
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over response tokens (mask is a prefix per row). -> (advantages, returns)."""
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * last
+        adv[:, t] = last
+    return adv * mask, (adv + values) * mask
+
+
+def kl_shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
+                      mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_t = −β·(log π − log π_ref) per token, plus the sequence score at the last response token."""
+    kl = (logp - ref_logp) * mask
+    rewards = -beta * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def ppo_losses(logp, old_logp, values, old_values, advantages, returns, mask, cliprange, cliprange_value):
+    """Clipped policy and value losses (masked means over response tokens) and their stats."""
+    ratio = torch.exp(logp - old_logp)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    pg_loss = masked_mean(torch.max(pg1, pg2), mask)
+    v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    vf1 = (values - returns) ** 2
+    vf2 = (v_clipped - returns) ** 2
+    vf_loss = 0.5 * masked_mean(torch.max(vf1, vf2), mask)
+    stats = {"clipfrac": masked_mean((pg2 > pg1).float(), mask),
+             "vf_clipfrac": masked_mean((vf2 > vf1).float(), mask),
+             "approx_kl": 0.5 * masked_mean((logp - old_logp) ** 2, mask)}
+    return pg_loss, vf_loss, stats
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def make_reward_fn(cfg: PPOConfig, device: str | torch.device = "cpu") -> RewardFn:
+    return reward_fn_from_spec(cfg.reward or "", labeler_model=cfg.labeler_model or cfg.policy,
+                               constitution=cfg.constitution, device=device,
+                               batch_size=cfg.reward_batch_size, max_length=cfg.max_length)
+
+
+def reward_fn_from_spec(spec: str, *, labeler_model: str, constitution: str | None = None,
+                        device: str | torch.device = "cpu", batch_size: int = 16,
+                        max_length: int = 512) -> RewardFn:
+    """`rm:DIR` -> a saved reward model; `labeler:direct` -> the labeler's direct 1–10 score."""
+    kind, _, arg = spec.partition(":")
+    if kind == "rm" and arg:
+        from rlaif.train.reward_model import RewardScorer
+
+        return RewardScorer(resolve(arg), device=device, batch_size=batch_size, max_length=max_length)
+    if spec == "labeler:direct":
+        return labeler_direct_reward(labeler_model, constitution)
+    raise UserError(f"reward {spec!r}: expected rm:DIR (a saved reward model) or labeler:direct")
+
+
+def labeler_direct_reward(model_spec: str, constitution: str | None) -> RewardFn:
+    """Direct RLAIF: the labeler's probability-weighted 1–10 score of each response."""
+    try:
+        from rlaif.stages import labeler
+    except ImportError:
+        raise UserError("--reward labeler:direct needs rlaif.stages.labeler (not in this install); "
+                        "use --reward rm:DIR") from None
+    if not hasattr(labeler, "direct_reward_fn"):
+        raise UserError("--reward labeler:direct: rlaif.stages.labeler has no direct scoring yet; "
+                        "use --reward rm:DIR")
+    return labeler.direct_reward_fn(model_spec, constitution)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+class PromptBatches:
+    """Prompt records -> left-padded prompt ids (chat template applied), plus the messages."""
+
+    def __init__(self, tokenizer, prompts: Sequence[Messages], max_prompt_len: int):
+        self.pad = pad_id(tokenizer)
+        self.prompts = list(prompts)
+        self.ids = []
+        for p in self.prompts:
+            ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+            self.ids.append(ids[-max_prompt_len:])
+
+    def __call__(self, idx: list[int]) -> dict:
+        seqs = [self.ids[i] for i in idx]
+        ids = pad(seqs, self.pad, side="left")
+        lengths = torch.tensor([len(s) for s in seqs])
+        mask = (torch.arange(ids.shape[1])[None] >= ids.shape[1] - lengths[:, None]).long()
+        return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor(idx)}
+
+
+def response_mask(responses: torch.Tensor, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 up to and including the first EOS (or everywhere when none); also whether an EOS was seen."""
+    T = responses.shape[1]
+    if eos_id is None:
+        return torch.ones_like(responses), torch.zeros(len(responses), dtype=torch.bool)
+    is_eos = responses == eos_id
+    has = is_eos.any(1)
+    first = torch.where(has, is_eos.float().argmax(1), torch.full_like(has, T, dtype=torch.long))
+    return (torch.arange(T)[None].to(responses.device) <= first[:, None]).long(), has
+
+
+@torch.no_grad()
+def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, seed: int):
+    torch.manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    out = policy.lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id(tokenizer),
+                             eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0)
+    policy.train(was_training)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
+    if not cfg.prompts:
+        raise UserError("ppo: no prompts; set `prompts` (--prompts FILE)")
+    accelerator = make_accelerator(cfg)
+    n_proc = accelerator.num_processes
+    if cfg.mini_batch_size % (n_proc * cfg.grad_accum) or cfg.batch_size % cfg.mini_batch_size:
+        raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide batch_size {cfg.batch_size} "
+                        f"and be a multiple of processes × grad_accum ({n_proc} × {cfg.grad_accum})")
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    path = resolve(cfg.policy)
+    tokenizer = load_tokenizer(path)
+    prompts = read_prompts(cfg.prompts)
+    if reward_fn is None:
+        reward_fn = make_reward_fn(cfg, accelerator.device)
+
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype))
+    ref = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
+    policy = PolicyWithValue(lm)
+    policy.train()
+    steps, order = example_stream(cfg, len(prompts))
+    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens))
+    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
+    optimizer, scheduler = make_optimizer(policy, cfg, steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
+    micro = cfg.mini_batch_size // n_proc // cfg.grad_accum  # rollouts per process per forward
+
+    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+    bar = tqdm(total=steps, desc="ppo", disable=not (cfg.progress and accelerator.is_main_process),
+               file=sys.stderr, dynamic_ncols=True)
+    started = time.time()
+    step = 0
+    for batch in loader:
+        step_started = time.time()
+        seed = cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
+        responses = rollout(unwrapped, batch, tokenizer, cfg, seed)
+        mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
+        texts = [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
+                 for r, m in zip(responses, mask)]
+        idx = batch["idx"].tolist()
+        scores = torch.tensor([float(s) for s in reward_fn([prompts[i] for i in idx], texts)],
+                              device=responses.device)
+        if len(scores) != len(texts):
+            raise UserError(f"reward function returned {len(scores)} scores for {len(texts)} responses")
+        raw_scores = scores.clone()
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~has_eos).float().to(scores.device)
+
+        P = batch["input_ids"].shape[1]
+        full = torch.cat([batch["input_ids"], responses], 1)
+        full_mask = torch.cat([batch["attention_mask"], mask], 1)
+        pos = positions(full_mask)
+        maskf = mask.float()
+        with torch.no_grad():
+            logits, values = model(full, full_mask, pos)
+            old_logp, _ = response_logps(logits, responses, P, cfg.temperature)
+            old_values = values[:, P - 1:-1].float()
+            ref_logits = ref(input_ids=full, attention_mask=full_mask, position_ids=pos).logits
+            ref_logp, _ = response_logps(ref_logits, responses, P, cfg.temperature)
+            del logits, ref_logits
+            rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, maskf, cfg.kl_coef)
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
+            advantages, returns = compute_gae(rewards, old_values, maskf, cfg.gamma, cfg.lam)
+            advantages = masked_whiten(advantages, maskf) * maskf
+
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in (
+            "policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")}
+        n_local = len(responses)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(n_local, generator=g)
+            for start in range(0, n_local, micro):
+                mb = perm[start:start + micro].to(responses.device)
+                with accelerator.accumulate(model):
+                    logits, values = model(full[mb], full_mask[mb], pos[mb])
+                    logp, resp_logits = response_logps(logits, responses[mb], P, cfg.temperature)
+                    vpred = values[:, P - 1:-1].float()
+                    pg_loss, vf_loss, s = ppo_losses(logp, old_logp[mb], vpred, old_values[mb],
+                                                     advantages[mb], returns[mb], maskf[mb],
+                                                     cfg.cliprange, cfg.cliprange_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                with torch.no_grad():
+                    s["entropy"] = masked_mean(entropy_from_logits(resp_logits), maskf[mb])
+                stats["policy_loss"].append(pg_loss.detach())
+                stats["value_loss"].append(vf_loss.detach())
+                for k in ("clipfrac", "vf_clipfrac", "approx_kl", "entropy"):
+                    stats[k].append(s[k].detach())
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        seq_kl = kl.sum(1)
+        row = {"step": step,
+               "reward": gather_mean(accelerator, raw_scores.mean()),
+               "kl": gather_mean(accelerator, seq_kl.mean()),
+               "non_score_reward": gather_mean(accelerator, (-cfg.kl_coef * seq_kl).mean()),
+               **{k: gather_mean(accelerator, torch.stack(v).mean()) for k, v in stats.items()},
+               "response_length": gather_mean(accelerator, maskf.sum(1).mean()),
+               "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
+               "step_seconds": time.time() - step_started}
+        if step in (1, steps):
+            row["sample"] = texts[0][:200]
+        if step % cfg.log_every == 0 or step == steps:
+            log.log(row)
+        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
+    bar.close()
+    seconds = time.time() - started
+    log.close()
+
+    result = summary(log, step, seconds, ["reward", "kl", "entropy", "clipfrac", "value_loss",
+                                          "response_length"])
+    result.update({"prompts": len(prompts), "processes": n_proc,
+                   "mixed_precision": accelerator.mixed_precision, "kl_coef": cfg.kl_coef,
+                   "reward": cfg.reward or "callable"})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if cfg.save:
+            from safetensors.torch import save_file
+
+            out.mkdir(parents=True, exist_ok=True)
+            unwrapped.lm.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            save_file({k: v.contiguous() for k, v in unwrapped.v_head.state_dict().items()},
+                      str(out / "value_head.safetensors"))
+        finish_run(out, "ppo", cfg, result, log, ["reward", "kl", "entropy", "clipfrac", "value_loss"])
+        if log.rows:
+            from rlaif.train.plots import plot_reward_vs_kl
+
+            plot_reward_vs_kl(log.rows, out / "reward_vs_kl.png", title=f"PPO (β={cfg.kl_coef})")
+    accelerator.wait_for_everyone()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlaif.train.ppo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
+    from rlaif.train.common import run_main
+
+    return run_main(PPOConfig, train_ppo, argv, "ppo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

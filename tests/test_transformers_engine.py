@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from rlaif.backends import GenerationRequest, OptionRequest
+from rlaif.backends.transformers_engine import TransformersEngine
+from rlaif.config import EngineConfig
+from rlaif.errors import UserError
+from tests.conftest import build_tiny_llama
+
+PROMPTS = ["Hi", "Tell me about the history of the printing press in Europe, briefly.",
+           "Why is the sky blue?", "List three fruits.", "Say something kind to a friend who failed an exam."]
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tokenizer):
+    return TransformersEngine.from_pretrained_objects(build_tiny_llama(tokenizer), tokenizer,
+                                                      EngineConfig(model="tiny", device="cpu", batch_size=3))
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_batched_greedy_equals_one_by_one(tiny_engine):
+    reqs = [GenerationRequest(user(p), max_tokens=12) for p in PROMPTS]
+    batched = tiny_engine.generate(reqs)
+    single = [tiny_engine.generate([r])[0] for r in reqs]
+    assert [c.texts for c in batched] == [c.texts for c in single]
+    assert all(c.completion_tokens > 0 for c in batched)
+    assert [c.prompt_tokens for c in batched] == [c.prompt_tokens for c in single]
+
+
+def test_seeded_sampling_is_reproducible_and_seed_sensitive(tiny_engine):
+    reqs = [GenerationRequest(user(p), max_tokens=10, temperature=1.0, seed=7, n=2) for p in PROMPTS]
+    a, b = tiny_engine.generate(reqs), tiny_engine.generate(reqs)
+    assert [c.texts for c in a] == [c.texts for c in b]
+    assert all(len(c.texts) == 2 for c in a)
+    other = tiny_engine.generate([GenerationRequest(r.messages, max_tokens=10, temperature=1.0, seed=8, n=2)
+                                  for r in reqs])
+    assert [c.texts for c in other] != [c.texts for c in a]
+
+
+def test_option_logprobs_match_an_unpadded_forward(tiny_engine, tokenizer):
+    reqs = [OptionRequest(user(p), prefill="The answer is (") for p in PROMPTS]
+    got = tiny_engine.option_logprobs(reqs, ["A", "B"])
+    for req, scores in zip(reqs, got):
+        text = tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text + req.prefill, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny_engine.net(ids).logits[0, -1].float(), -1)
+        for option in "AB":
+            spellings = tiny_engine.option_token_ids(option)
+            assert len(spellings) >= 1
+            expected = torch.logsumexp(logp[spellings], 0).item()
+            assert math.isfinite(scores[option])
+            assert scores[option] == pytest.approx(expected, abs=1e-4)
+
+
+def test_option_spellings_are_single_tokens(tiny_engine, tokenizer):
+    ids = tiny_engine.option_token_ids("A")
+    assert {tokenizer.decode([i]).strip() for i in ids} == {"A"}
+    assert len(ids) == 2  # "A" and " A" are both single tokens for this tokenizer
+
+
+def test_stop_strings_cut_the_text(tiny_engine):
+    outs = tiny_engine.generate([GenerationRequest(user(p), max_tokens=16) for p in PROMPTS])
+    prompt, free = max(zip(PROMPTS, (c.texts[0] for c in outs)), key=lambda pt: len(pt[1]))
+    assert len(free) > 6
+    stop = free[3:6]
+    cut = tiny_engine.generate([GenerationRequest(user(prompt), max_tokens=16, stop=[stop])])[0]
+    assert stop not in cut.texts[0] and free.startswith(cut.texts[0].strip()[:2])
+    assert cut.finish_reasons == ["stop"]
+
+
+def test_prompt_over_context_length_is_a_clear_error(tiny_engine):
+    with pytest.raises(UserError, match="exceeds the context length"):
+        tiny_engine.generate([GenerationRequest(user("word " * 600), max_tokens=8)])
+
+
+@pytest.mark.slow
+def test_embedded_model_generates_and_scores(embedded_engine):
+    prompts = ["What is the capital of France?", "Name a colour of the rainbow.", "Say hello in Spanish."]
+    out = embedded_engine.generate([GenerationRequest(user(p), max_tokens=16) for p in prompts])
+    assert len(out) == 3 and all(c.texts[0].strip() for c in out)
+    assert "paris" in out[0].texts[0].lower()
+    scores = embedded_engine.option_logprobs(
+        [OptionRequest(user("Is Paris in France? Answer (A) yes or (B) no."), prefill="The answer is (")],
+        ["A", "B"])[0]
+    assert all(math.isfinite(v) and v < 0 for v in scores.values())
+    assert scores["A"] != scores["B"]
