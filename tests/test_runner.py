@@ -4,7 +4,7 @@ import os
 import pytest
 
 from rlaif.errors import RequestFailed, UserError
-from rlaif.records import append_records, read_jsonl, read_output, record_id
+from rlaif.records import append_records, read_jsonl, read_output, record_id, write_atomic
 from rlaif.runner import FAILURES, MANIFEST, OutputLock, run_stage
 
 
@@ -19,6 +19,16 @@ def square(batch):
 def test_ids_are_stable_and_input_derived():
     assert record_id("a", [1, {"b": 2}]) == record_id("a", [1, {"b": 2}])
     assert record_id("a", 1) != record_id("a", 2)
+
+
+def test_atomic_writes_get_the_same_mode_as_plain_writes(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    write_atomic(tmp_path / "atomic.txt", "x")
+    write_atomic(tmp_path / "atomic.txt", "y")  # replacing keeps it
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("atomic.txt") == mode("plain.txt")
+    assert (tmp_path / "atomic.txt").read_text() == "y"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
 def test_resume_skips_done_ids_and_keeps_input_order(tmp_path):
