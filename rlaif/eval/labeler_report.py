@@ -98,8 +98,8 @@ def plot_calibration(bins: list[dict], path: Path, title: str) -> None:
             label="mean p in bin")
     for b in full:
         ax.annotate(str(b["count"]), ((b["lo"] + b["hi"]) / 2, b["frequency"]), ha="center", va="bottom", fontsize=7)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="labeler probability", ylabel="human agreement frequency",
-           title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="labeler probability (each pair counted from both sides)",
+           ylabel="human agreement frequency", title=title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
