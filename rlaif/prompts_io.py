@@ -13,8 +13,9 @@ from rlaif.resources import resolve
 _ROLES = {"system", "user", "assistant"}
 
 
-def as_messages(prompt, where: str) -> list[dict]:
-    """A prompt as chat messages: a string becomes one user turn; messages are checked."""
+def as_messages(prompt, where: str, require_user: bool = False) -> list[dict]:
+    """A prompt as chat messages: a string becomes one user turn; messages are checked (and, with
+    `require_user`, must include a user turn). Every stage that reads prompts goes through here."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise UserError(f"{where}: empty prompt; expected text")
@@ -24,6 +25,8 @@ def as_messages(prompt, where: str) -> list[dict]:
             if not (isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)):
                 raise UserError(f"{where}: prompt message {i}: expected "
                                 "{\"role\": system|user|assistant, \"content\": text}")
+        if require_user and not any(m["role"] == "user" for m in prompt):
+            raise UserError(f"{where}: field prompt: expected at least one user message")
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
     raise UserError(f"{where}: field prompt: expected a string or a non-empty list of chat messages")
 

@@ -100,7 +100,7 @@ def test_response_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(UserError, match=rf"{path}:3: field response: expected a string \(missing\)"):
         load_responses(path)
     path.write_text('{"prompt": [{"role": "user"}], "response": "hello"}\n')
-    with pytest.raises(UserError, match=rf"{path}:1: field prompt"):
+    with pytest.raises(UserError, match=rf"{path}:1: prompt message 0: expected"):
         load_responses(path)
     path.write_text('{"prompt": "hi", "response": "hello"}\n')
     (rec,) = load_responses(path)

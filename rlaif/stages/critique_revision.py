@@ -36,6 +36,7 @@ from rlaif.backends.base import Engine, GenerationRequest
 from rlaif.config import Strict, config_hash
 from rlaif.constitution import Constitution, FewShot, Principle, load_constitution
 from rlaif.errors import UserError
+from rlaif.prompts_io import as_messages
 from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
 from rlaif.runner import OutputLock, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
@@ -65,19 +66,6 @@ class CritiqueConfig(Strict):
 # ------------------------------------------------------------------ inputs
 
 
-def _as_messages(prompt, where: str) -> list[dict]:
-    if isinstance(prompt, str) and prompt.strip():
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt):
-        if not any(m["role"] == "user" for m in prompt):
-            raise UserError(f"{where}: field prompt: expected at least one user message")
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise UserError(f"{where}: field prompt: expected a non-empty string or a list of "
-                    "{role, content} chat messages")
-
-
 def normalize_responses(records: Sequence[dict], source: str = "responses",
                         lines: Sequence[int] | None = None) -> list[dict]:
     """Check response records (`prompt` text or messages, `response` text; `id` optional) and give
@@ -92,7 +80,7 @@ def normalize_responses(records: Sequence[dict], source: str = "responses",
         if not isinstance(rec.get("response"), str):
             raise UserError(f"{where}: field response: expected a string"
                             + ("" if "response" in rec else " (missing)"))
-        messages = _as_messages(rec["prompt"], where)
+        messages = as_messages(rec["prompt"], where, require_user=True)
         rid = rec.get("response_id", rec.get("id"))  # records normalised before keep their id
         if rid is not None and not isinstance(rid, str):
             raise UserError(f"{where}: field id: expected a string")

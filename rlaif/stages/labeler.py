@@ -55,6 +55,7 @@ from rlaif.backends.base import Engine, GenerationRequest, OptionLogprobs, Optio
 from rlaif.config import Strict, config_hash, validate
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.errors import UserError
+from rlaif.prompts_io import as_messages
 from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
 from rlaif.runner import OutputLock, StageResult, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
@@ -176,17 +177,6 @@ def pair_label_from_scores(s_a: float, s_b: float) -> float:
 # ------------------------------------------------------------------ inputs
 
 
-def _messages(prompt, where: str) -> list[dict]:
-    if isinstance(prompt, str) and prompt.strip():
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt):
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise UserError(f"{where}: field prompt: expected a non-empty string or a list of "
-                    "{role, content} chat messages")
-
-
 def _reply(value, field: str, where: str) -> str:
     """A reply given as text, or as a list holding one assistant message (TRL format)."""
     if isinstance(value, str):
@@ -216,10 +206,10 @@ def normalize_pairs(records: Sequence[dict], source: str = "pairs") -> tuple[lis
             if "prompt" not in rec:
                 raise UserError(f"{where}: missing required field prompt")
             a, b = _reply(rec.get("response_a"), "response_a", where), _reply(rec.get("response_b"), "response_b", where)
-            prompt, given = _messages(rec["prompt"], where), "unordered"
+            prompt, given = as_messages(rec["prompt"], where), "unordered"
         elif "chosen" in rec and "rejected" in rec:
             if "prompt" in rec:
-                prompt = _messages(rec["prompt"], where)
+                prompt = as_messages(rec["prompt"], where)
                 a, b = _reply(rec["chosen"], "chosen", where), _reply(rec["rejected"], "rejected", where)
                 given = "chosen_rejected"
             elif isinstance(rec["chosen"], str) and isinstance(rec["rejected"], str):
@@ -412,7 +402,7 @@ def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], 
     tmpl = load_template(template)
     convs, resps, qs, owner = [], [], [], []
     for j, (prompt, resp) in enumerate(zip(prompts_messages, responses)):
-        msgs = _messages(prompt, f"prompt {j}")
+        msgs = as_messages(prompt, f"prompt {j}")
         chosen = [principle] if principle is not None else draw_principles(
             constitution, seed, record_id(msgs, resp), principles)
         conv = conversation_text(msgs, max_conversation_chars)
