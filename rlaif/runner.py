@@ -154,8 +154,14 @@ def run_stage(
     progress: bool = True,
     stats: Callable[[], dict] | None = None,
     fixed_batches: bool = True,
+    batch_key: Callable[[dict], Any] | None = None,
 ) -> StageResult:
     """Run `process` over `inputs` (each with an `id`) into `out_dir/output`, resuming.
+
+    `batch_key`: cut the batches from the inputs ordered by this key (a stable sort), e.g. their
+    length, so that a padded batch holds records of similar length. The order is a function of the
+    inputs alone, so a resumed run still sees the same batches. The file then follows that order;
+    the returned records keep the input order.
 
     `fixed_batches=False`: a partly done batch hands `process` only its missing records. For engines
     whose answers do not depend on what else is in the batch (an HTTP API, one request per record),
@@ -174,7 +180,8 @@ def run_stage(
 
         done = {r["id"]: r for r in read_output(path) if r.get("id") in wanted}
         done_before = len(done)
-        batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
+        order = sorted(inputs, key=batch_key) if batch_key else inputs
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         failures: list[dict] = []
         written = 0
         bar = tqdm(total=len(inputs), initial=done_before, desc=stage, unit="rec",

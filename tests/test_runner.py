@@ -49,6 +49,26 @@ def test_resume_skips_done_ids_and_keeps_input_order(tmp_path):
     assert len(ids) == len(set(ids)) == 7
 
 
+def test_batch_key_groups_similar_records_and_resumes_with_the_same_batches(tmp_path):
+    calls = []
+
+    def tracked(batch):
+        calls.append([r["x"] for r in batch])
+        return square(batch)
+
+    data = [{"id": record_id("k", x), "x": x} for x in (5, 1, 4, 2, 3)]
+    first = run_stage("sq", data[:3], tracked, tmp_path, config={}, batch_size=2, progress=False,
+                      batch_key=lambda r: r["x"])
+    assert calls == [[1, 4], [5]]
+    assert [r["y"] for r in first.records] == [25, 1, 16]  # returned in input order
+    calls.clear()
+    second = run_stage("sq", data, tracked, tmp_path, config={}, batch_size=2, progress=False,
+                       batch_key=lambda r: r["x"])
+    assert calls == [[1, 2], [3, 4]]  # sorted 1 2 | 3 4 | 5: the two batches holding new records
+    assert [r["y"] for r in second.records] == [25, 1, 16, 4, 9]
+    assert sorted(r["y"] for r in read_output(tmp_path / "sq.jsonl")) == [1, 4, 9, 16, 25]
+
+
 def test_torn_last_line_is_dropped_on_resume(tmp_path):
     run_stage("sq", items(4), square, tmp_path, config={}, batch_size=2, progress=False)
     path = tmp_path / "sq.jsonl"

@@ -300,6 +300,14 @@ def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: Labeler
     return out
 
 
+def judged_length(rec: dict, cfg: LabelerConfig) -> int:
+    """Characters of conversation and replies the judge reads for a pair (after the cuts): the
+    runner batches pairs of similar length together, which keeps padding small."""
+    conv = sum(len(m["content"]) for m in rec["prompt"] if m["role"] != "system")
+    return (min(conv, cfg.max_conversation_chars) + min(len(rec["a"]), cfg.max_response_chars)
+            + min(len(rec["b"]), cfg.max_response_chars))
+
+
 def templates_for(cfg: LabelerConfig) -> dict[str, Template]:
     if cfg.mode == "direct":
         return {"direct": load_template(cfg.direct_template)}
@@ -518,7 +526,7 @@ def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engin
                                  "hash": config_hash(constitution)},
                 "labeler_model": engine.model},
         batch_size=batch_size, output=output, overwrite=overwrite, progress=progress,
-        stats=getattr(engine, "stats", None))
+        stats=getattr(engine, "stats", None), batch_key=lambda rec: judged_length(rec, cfg))
 
 
 def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerConfig, *,
