@@ -21,7 +21,6 @@ from pydantic import Field
 from rlaif.config import EngineConfig, Strict, config_hash, load_config
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
-from rlaif.resources import resolve
 from rlaif.runner import OutputLock, run_stage
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig

@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 
 from rlaif.backends.base import (
-    Completion, GenerationRequest, OptionLogprobs, OptionRequest, option_spellings,
+    Completion, GenerationRequest, OptionLogprobs, OptionRequest,
 )
+from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.config import EngineConfig
-from rlaif.errors import EngineError, UserError
+from rlaif.errors import EngineError
 
 
 def pick_device(device: str) -> torch.device:
@@ -40,7 +41,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise EngineError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
 
 
-class TransformersEngine:
+class TransformersEngine(LocalPrompts):
     name = "transformers"
 
     def __init__(self, cfg: EngineConfig, model=None, tokenizer=None):
@@ -82,20 +83,7 @@ class TransformersEngine:
             raise EngineError(f"model {spec!r} at {path} could not be loaded: {str(e).splitlines()[0]}") from None
         return model, tokenizer
 
-    # ------------------------------------------------------------------ prompts
-
-    def _chat(self, messages: list[dict]) -> list[dict]:
-        if self.cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
-            return [{"role": "system", "content": self.cfg.system_prompt}] + list(messages)
-        return list(messages)
-
-    def _prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
-        chat = self._chat(messages)
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        else:  # base models: a plain transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
-        return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
+    # ------------------------------------------------------------------ prompts (the rest: LocalPrompts)
 
     def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -106,11 +94,6 @@ class TransformersEngine:
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
-
-    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
-        if n_prompt + max_tokens > self.context_length:
-            raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
-                            f"context length of {self.model} ({self.context_length} tokens)")
 
     # ------------------------------------------------------------------ generate
 
@@ -185,20 +168,6 @@ class TransformersEngine:
         return text.strip(), reason, len(seq)
 
     # ------------------------------------------------------------------ option scoring
-
-    def option_token_ids(self, option: str) -> list[int]:
-        """Every single-token spelling of an option ("A", " A"), deduplicated."""
-        if option not in self._option_ids:
-            ids = []
-            for spelling in option_spellings(option):
-                toks = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise EngineError(f"option {option!r} is not a single token for {self.model}; "
-                                  "use options that are (A/B, digits)")
-            self._option_ids[option] = ids
-        return self._option_ids[option]
 
     @torch.inference_mode()
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:

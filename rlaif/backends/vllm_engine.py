@@ -23,10 +23,11 @@ import time
 from typing import Sequence
 
 from rlaif.backends.base import (
-    Completion, GenerationRequest, OptionLogprobs, OptionRequest, option_spellings,
+    Completion, GenerationRequest, OptionLogprobs, OptionRequest,
 )
+from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.config import EngineConfig
-from rlaif.errors import EngineError, UserError
+from rlaif.errors import EngineError
 
 VLLM_MISSING = "vllm is not installed: pip install 'rlaif[vllm]' (needs a CUDA GPU)"
 
@@ -46,7 +47,7 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
-class VLLMEngine:
+class VLLMEngine(LocalPrompts):
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig, **llm_kwargs):
@@ -83,27 +84,7 @@ class VLLMEngine:
     def __repr__(self) -> str:
         return f"VLLMEngine(model={self.model!r})"
 
-    # ------------------------------------------------------------------ prompts
-
-    def _chat(self, messages: list[dict]) -> list[dict]:
-        if self.cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
-            return [{"role": "system", "content": self.cfg.system_prompt}] + list(messages)
-        return list(messages)
-
-    def _prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
-        chat = self._chat(messages)
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        else:  # base models: a plain transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
-        return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
-
-    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
-        if n_prompt + max_tokens > self.context_length:
-            raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
-                            f"context length of {self.model} ({self.context_length} tokens)")
-
-    # ------------------------------------------------------------------ generate
+    # ------------------------------------------------------------------ generate (prompts: LocalPrompts)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         from vllm import SamplingParams
@@ -129,20 +110,6 @@ class VLLMEngine:
         return results
 
     # ------------------------------------------------------------------ option scoring
-
-    def option_token_ids(self, option: str) -> list[int]:
-        """Every single-token spelling of an option ("A", " A"), deduplicated."""
-        if option not in self._option_ids:
-            ids = []
-            for spelling in option_spellings(option):
-                toks = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise EngineError(f"option {option!r} is not a single token for {self.model}; "
-                                  "use options that are (A/B, digits)")
-            self._option_ids[option] = ids
-        return self._option_ids[option]
 
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
         from vllm import SamplingParams

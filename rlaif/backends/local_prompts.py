@@ -1,0 +1,48 @@
+"""Prompt building shared by the engines that hold a tokenizer in-process (transformers, vllm).
+
+Both build the same text: the chat template with the generation prompt (or a plain
+"Role: text" transcript for base models without one), then the prefill, tokenised without extra
+special tokens. So option scoring and generation see exactly the same tokens on either engine.
+"""
+
+from __future__ import annotations
+
+from rlaif.backends.base import option_spellings
+from rlaif.errors import EngineError, UserError
+
+
+class LocalPrompts:
+    """Mixin; the engine sets `cfg` (an EngineConfig), `tokenizer`, `context_length`, `model`
+    and `_option_ids = {}`."""
+
+    def _chat(self, messages: list[dict]) -> list[dict]:
+        if self.cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
+            return [{"role": "system", "content": self.cfg.system_prompt}] + list(messages)
+        return list(messages)
+
+    def _prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
+        chat = self._chat(messages)
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        else:  # base models: a plain transcript
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
+        return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
+
+    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
+        if n_prompt + max_tokens > self.context_length:
+            raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
+                            f"context length of {self.model} ({self.context_length} tokens)")
+
+    def option_token_ids(self, option: str) -> list[int]:
+        """Every single-token spelling of an option ("A", " A"), deduplicated."""
+        if option not in self._option_ids:
+            ids = []
+            for spelling in option_spellings(option):
+                toks = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
+                if len(toks) == 1 and toks[0] not in ids:
+                    ids.append(toks[0])
+            if not ids:
+                raise EngineError(f"option {option!r} is not a single token for {self.model}; "
+                                  "use options that are (A/B, digits)")
+            self._option_ids[option] = ids
+        return self._option_ids[option]
