@@ -102,13 +102,14 @@ def cmd_generate(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.prompts_io import read_prompts
     from rlaif.runner import run_stage
-    from rlaif.stages.responses import ResponsesConfig, expand, make_process
+    from rlaif.stages.responses import ResponsesConfig, check_context, expand, make_process
 
     cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     prompts = read_prompts(args.prompts)
     engine_cfg = _engine_config(args)
     engine = load_engine(engine_cfg)
     try:
+        check_context(engine, prompts, cfg.max_tokens, args.prompts)
         items = expand(prompts, engine.model, cfg)
         result = run_stage("responses", items, make_process(engine, cfg), args.out,
                            config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},

@@ -146,9 +146,10 @@ class Pipeline:
 
     def responses(self) -> dict:
         rc = self.cfg.stages.responses.model_copy(update={"seed": self.cfg.seed})
-        from rlaif.stages.responses import expand, make_process
+        from rlaif.stages.responses import check_context, expand, make_process
 
         prompts = self.prompts()[: self.cfg.prompts.limit]
+        check_context(self.engine, prompts, rc.max_tokens, self.cfg.prompts.file)
         result = run_stage("responses", expand(prompts, self.engine.model, rc), make_process(self.engine, rc),
                            self.out / "responses", config=rc, batch_size=self.cfg.engine.batch_size,
                            overwrite=self.overwrite, stats=getattr(self.engine, "stats", None))

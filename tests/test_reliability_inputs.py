@@ -94,7 +94,7 @@ CASES = [
      GEN + ["--prompts", "{d}/p.jsonl"], ["p.jsonl:1", "message 0", "system|user|assistant"]),
     ("prompts path is a folder", {}, GEN + ["--prompts", "{f}"], ["is a directory", "expected a prompt file"]),
     ("prompt over the context length", {"p.jsonl": json.dumps({"prompt": long_prompt}) + "\n"},
-     GEN + ["--prompts", "{d}/p.jsonl", "--max-tokens", "8"], ["exceeds the context length", "512 tokens"]),
+     GEN + ["--prompts", "{d}/p.jsonl", "--max-tokens", "8"], ["p.jsonl:1", "exceeds the context length", "512 tokens"]),
     ("max-tokens over the context length", {}, GEN + ["--prompts", "{f}/good.jsonl", "--max-tokens", "600"],
      ["max_tokens=600", "exceeds the context length"]),
     # ---- model specs and engine flags

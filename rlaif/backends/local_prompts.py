@@ -33,6 +33,10 @@ class LocalPrompts:
             raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
                             f"context length of {self.model} ({self.context_length} tokens)")
 
+    def check_prompt(self, messages: list[dict], max_tokens: int) -> None:
+        """Raise the context-length UserError now if this prompt cannot fit `max_tokens` more."""
+        self._check_length(len(self._prompt_ids(messages)), max_tokens)
+
     def option_token_ids(self, option: str) -> list[int]:
         """Every single-token spelling of an option ("A", " A"), deduplicated."""
         if option not in self._option_ids:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from rlaif.backends.base import Engine, GenerationRequest
 from rlaif.config import Strict
+from rlaif.errors import UserError
 from rlaif.records import record_id
 
 
@@ -31,6 +32,20 @@ def expand(prompts: list[dict], model: str, cfg: ResponsesConfig) -> list[dict]:
             items.append({**p, "id": rid, "prompt_id": p["id"], "sample": s,
                           "seed": int(rid[:8], 16) ^ cfg.seed})
     return items
+
+
+def check_context(engine: Engine, prompts: list[dict], max_tokens: int, source) -> None:
+    """Before any work: a prompt that cannot fit the engine's context with `max_tokens` more is an
+    error naming its file and line. Engines that cannot tell (an HTTP API) are left to the server."""
+    check = getattr(engine, "check_prompt", None)
+    if check is None:
+        return
+    for p in prompts:
+        try:
+            check(p["prompt"], max_tokens)
+        except UserError as e:
+            where = f"{source}:{p['line']}" if p.get("line") else f"{source}: prompt {p['id']}"
+            raise UserError(f"{where}: {e}") from None
 
 
 def make_process(engine: Engine, cfg: ResponsesConfig):
