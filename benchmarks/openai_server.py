@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from benchmarks.common import Report, header, red_team_prompts, side_by_side
+from benchmarks.common import ROOT, Report, header, red_team_prompts, side_by_side
 
 
 def gguf_path() -> str | None:
@@ -34,8 +34,8 @@ def free_port() -> int:
 
 def start_server(gguf: str, port: int, log_path: str):
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.llama_cpp_server", "--model", gguf, "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:

@@ -53,9 +53,13 @@ def test_two_processes_match_one(trainer, tiny_dir, tmp_path):
     for ra, rb in zip(a, b):
         for k in keys:
             if k in ra:
-                # Same math, other reduction order (gloo all-reduce, per-process BLAS blocking): CI saw
-                # differences of 2e-5 on a loss of 0.7.  A data-order or averaging bug moves it by >1e-2.
-                assert rb[k] == pytest.approx(ra[k], abs=1e-4, rel=1e-3), (ra["step"], k, ra[k], rb[k])
+                # Same math in another reduction order (gloo all-reduce, per-process matmul shapes):
+                # step 1 (before any update) differed by 3e-5 relative on CI; the updates then grow
+                # that to ~1.3e-3 by step 4 here (lr 3e-3).  Measured against one process: another
+                # data order moves DPO's step-2 loss by 8 % and the RM's step-1 margin by 38 %; a
+                # halved global batch moves them by 16 % and 1.3 %.
+                tol = dict(abs=1e-4, rel=1e-4) if ra["step"] == 1 else dict(abs=1e-3, rel=1e-2)
+                assert rb[k] == pytest.approx(ra[k], **tol), (ra["step"], k, ra[k], rb[k])
     assert a[-1]["eval_loss"] != a[1]["eval_loss"]  # training moved between the two evals
 
 
