@@ -184,3 +184,32 @@ def test_cli_train_rm_dpo_and_best_of_n(tiny_dir, prefs, tmp_path, capsys):
     assert main(["dpo", "--prefs", str(prefs[0]), "--policy", str(tiny_dir), "--out", str(tmp_path / "x"),
                  "--set", "beta=-1"]) == 2
     assert "field beta" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainer", ["reward_model", "dpo"])
+def test_gradient_checkpointing_gives_the_same_training(trainer, tiny_dir, prefs, tmp_path):
+    """Activation checkpointing recomputes the forward in the backward pass: same numbers, less memory."""
+    common = dict(prefs=str(prefs[0]), batch_size=4, max_steps=3, learning_rate=3e-3, progress=False, save=False)
+    make = ((lambda **kw: RewardConfig(base=str(tiny_dir), **common, **kw), train_reward_model)
+            if trainer == "reward_model" else
+            (lambda **kw: DPOConfig(policy=str(tiny_dir), beta=0.2, **common, **kw), train_dpo))
+    logs = []
+    for flag in (False, True):
+        out = tmp_path / str(flag)
+        make[1](make[0](output_dir=str(out), gradient_checkpointing=flag))
+        logs.append(_strip_time(_log(out)))
+    plain, ckpt = logs
+    assert [r["step"] for r in ckpt] == [1, 2, 3]
+    for a, b in zip(plain, ckpt):
+        for k in ("loss", "margin"):
+            assert b[k] == pytest.approx(a[k], abs=1e-5, rel=1e-4), (a["step"], k)
+    assert plain[-1]["loss"] != plain[0]["loss"]  # it trained
+
+
+def test_ppo_refuses_gradient_checkpointing(tiny_dir, tmp_path):
+    from rlaif.train.ppo import PPOConfig, train_ppo
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    with pytest.raises(UserError, match="gradient_checkpointing is not supported"):
+        train_ppo(PPOConfig(policy=str(tiny_dir), prompts=str(prompts), reward="rm:/nowhere",
+                            output_dir=str(tmp_path / "ppo"), gradient_checkpointing=True, progress=False))

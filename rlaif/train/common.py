@@ -50,6 +50,9 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(16, ge=1)
     log_every: int = Field(1, ge=1)
     dtype: str = "float32"  # "float32" | "bfloat16" | "float16": weights in memory while training
+    # recompute activations in the backward pass: less memory, one more forward of time
+    # (TRL's trainer configs default to True; ours to False)
+    gradient_checkpointing: bool = False
     progress: bool = True
     save: bool = True
 
@@ -295,6 +298,15 @@ def plan_steps(cfg: TrainConfig, n_examples: int) -> int:
     if cfg.max_steps:
         return cfg.max_steps
     return max(1, int(cfg.epochs * n_examples // per_step))
+
+
+def start_training(model, cfg: TrainConfig):
+    """Train mode, with activation checkpointing when the config asks for it."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model
 
 
 def torch_dtype(name: str):

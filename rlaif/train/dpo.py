@@ -41,7 +41,7 @@ from rlaif.errors import UserError
 from rlaif.train.common import (Pair, TrainConfig, TrainLog, encode, example_stream, finish_run,
                                 gather_mean, load_tokenizer, make_accelerator, make_optimizer, pad,
                                 pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
-                                torch_dtype)
+                                start_training, torch_dtype)
 
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 
@@ -188,7 +188,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     model = load_policy(path, cfg.dtype)
     if cfg.lora:
         model = apply_lora(model, cfg.lora)
-    model.train()
+    start_training(model, cfg)
     average = cfg.loss == "ipo"
 
     steps, order = example_stream(cfg, len(pairs))

@@ -232,6 +232,9 @@ def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, see
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     if not cfg.prompts:
         raise UserError("ppo: no prompts; set `prompts` (--prompts FILE)")
+    if cfg.gradient_checkpointing:
+        raise UserError("ppo: gradient_checkpointing is not supported (the policy generates every step); "
+                        "it applies to train-rm and dpo")
     accelerator = make_accelerator(cfg)
     n_proc = accelerator.num_processes
     if cfg.mini_batch_size % (n_proc * cfg.grad_accum) or cfg.batch_size % cfg.mini_batch_size:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from rlaif.train.common import (Messages, Pair, TrainConfig, TrainLog, encode_text, example_stream,
                                 gather_mean, load_tokenizer, make_accelerator, make_optimizer, pad,
                                 pad_id, read_pairs, resolve, seed_everything, summary,
-                                torch_dtype, finish_run)
+                                start_training, torch_dtype, finish_run)
 
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 
@@ -165,8 +165,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     base = resolve(cfg.base)
     tokenizer = load_tokenizer(base)
     pairs = read_pairs(cfg.prefs)
-    model = load_reward_model(base, tokenizer, cfg.dtype)
-    model.train()
+    model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
     collate = PairBatches(tokenizer, pairs, cfg.max_length)
