@@ -61,11 +61,16 @@ def trl(kind: str, a) -> dict:
         def __init__(self):
             self.step_s, self.loss, self.t = [], [], None
 
-        def on_step_begin(self, args, state, control, **kw):
+        # wall time between consecutive step ends, as ours is measured (between train_log rows):
+        # batch collation, the step, logging, all of it; on_step_begin would leave out the data
+        # loading and the logging that happen outside TRL's on_step_begin/on_step_end window
+        def on_train_begin(self, args, state, control, **kw):
             self.t = time.time()
 
         def on_step_end(self, args, state, control, **kw):
-            self.step_s.append(time.time() - self.t)
+            now = time.time()
+            self.step_s.append(now - self.t)
+            self.t = now
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:

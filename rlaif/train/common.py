@@ -332,9 +332,20 @@ def load_tokenizer(path: str):
     return tok
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (what TRL/Trainer use by default, `adamw_torch_fused`):
+    one kernel over every parameter. Torch's CPU default is a Python loop over the tensors, which
+    took about 30 % of a reward-model step on the embedded model. The loop stays as the fallback for
+    devices without the fused kernel."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def make_optimizer(model, cfg: TrainConfig, steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
 
     def factor(step: int) -> float:  # linear warmup, then constant
