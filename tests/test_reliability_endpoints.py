@@ -34,7 +34,7 @@ def _prompts(path, n, poison=()):
 def _generate(srv_url, prompts, out, *extra, env=None):
     return run("generate", "--model", f"openai:{MODEL}", "--base-url", srv_url, "--prompts", prompts, "--out", out,
                "--max-tokens", MAX_TOKENS, "--seed", SEED, "--temperature", TEMPERATURE, "--batch-size", 8,
-               "--concurrency", 4, "--timeout", 0.5, *extra, env=env, timeout=240)
+               "--concurrency", 4, "--timeout", 1.5, *extra, env=env, timeout=240)
 
 
 def _expected_items(prompts):
@@ -54,7 +54,7 @@ def _check_texts(recs, items):
 def test_thirty_percent_faults_every_record_completes_and_retries_are_counted(tmp_path):
     prompts = _prompts(tmp_path / "p.jsonl", 24)
     out = tmp_path / "out"
-    with FakeOpenAIServer(fault_rate=0.3, seed=9, retry_after=0.05, slow_seconds=1.0) as srv:
+    with FakeOpenAIServer(fault_rate=0.3, seed=9, retry_after=0.05, slow_seconds=3.0) as srv:
         proc = _generate(srv.base_url, prompts, out, "--max-retries", 10)
         counts = srv.counts()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,9 +123,12 @@ def test_retry_budget_exhausted_goes_to_failures_and_a_rerun_retries_only_those(
 def test_label_through_a_faulty_server_completes(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 12)
     out = tmp_path / "out"
-    with FakeOpenAIServer(fault_rate=0.3, seed=5, retry_after=0.05, slow_seconds=1.0) as srv:
+    # A "slow" fault holds the reply 3 s and the client gives up at 1.5 s. The margin matters: with
+    # 1.0 / 0.5 s a healthy reply on the busy 2-core test box once took over 0.5 s, and the extra
+    # retry broke the count below (19 retries for 18 faults).
+    with FakeOpenAIServer(fault_rate=0.3, seed=5, retry_after=0.05, slow_seconds=3.0) as srv:
         proc = run("label", "--pairs", pairs, "--out", out, "--model", f"openai:{MODEL}", "--base-url", srv.base_url,
-                   "--timeout", 0.5, "--max-retries", 10, "--batch-size", 6, timeout=240)
+                   "--timeout", 1.5, "--max-retries", 10, "--batch-size", 6, timeout=240)
         counts = srv.counts()
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = records(out / "labels.jsonl")
