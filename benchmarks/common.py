@@ -167,7 +167,7 @@ def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int = 1, warmup: bo
 # ---------------------------------------------------------------- engine and data
 
 
-def load_engine(batch_size: int = 8):
+def load_engine(batch_size: int = 16):
     from rlaif.backends import load_engine as _load
     from rlaif.config import parse_model_spec
 

@@ -44,7 +44,8 @@ def run(engine, report: Report, sizes: dict, rates: dict) -> dict:
     before = dict(engine.counters)
     try:
         t = time.perf_counter()
-        summary = run_critique(responses, "harmless", engine, out_dir, config=cfg, batch_size=8, progress=False)
+        summary = run_critique(responses, "harmless", engine, out_dir, config=cfg,
+                               batch_size=engine.cfg.batch_size, progress=False)
         t_chain = time.perf_counter() - t
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

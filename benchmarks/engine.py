@@ -48,12 +48,10 @@ def raw_option_forwards(engine, batches: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def pretokenized_batches(engine, requests: list[OptionRequest]) -> tuple[list, int]:
-    """Tokenise once (outside any timing) and cut the engine's own batches: sorted by length
-    (longest first), `batch_size` rows, left-padded."""
+    """Tokenise once (outside any timing) and cut the engine's own batches (`prefill_batches`:
+    longest first, within `batch_size` rows and the prefill token budget), left-padded."""
     enc = [engine._prompt_ids(r.messages, r.prefill) for r in requests]
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-    bs = engine.cfg.batch_size
-    batches = [engine._pad_left([enc[i] for i in order[s:s + bs]]) for s in range(0, len(order), bs)]
+    batches = [engine._pad_left([enc[i] for i in chunk]) for chunk in engine.prefill_batches([len(e) for e in enc])]
     return batches, sum(len(e) for e in enc)
 
 
@@ -113,7 +111,8 @@ def run(engine, report: Report, sizes: dict, peak: dict) -> dict:
                        repeats=sizes["repeats"])
     # same numbers out of both
     raw_lp = torch.cat(res["raw"]["out"])
-    order = sorted(range(len(oreqs)), key=lambda i: -len(engine._prompt_ids(oreqs[i].messages, oreqs[i].prefill)))
+    order = [i for chunk in engine.prefill_batches([len(engine._prompt_ids(r.messages, r.prefill)) for r in oreqs])
+             for i in chunk]
     api_lp = torch.tensor([[res["api"]["out"][i]["A"], res["api"]["out"][i]["B"]] for i in order])
     max_diff = (raw_lp - api_lp).abs().max().item()
     tps = {k: n_tokens / v["best"] for k, v in res.items()}

@@ -3,7 +3,7 @@ with its JSONL output, fsync and manifest) against
 
 (a) the raw engine doing the same forward passes with no pipeline around it: the option requests
     the labeler sent are recorded once, tokenised outside the timing, cut into exactly the batches
-    the engine ran (per engine call: longest first, `batch_size` rows, left-padded), and only the
+    the engine ran (per engine call: its `prefill_batches`, left-padded), and only the
     model forwards + log-softmax + option read-out are timed;
 (b) a per-pair one-by-one loop: the same requests sent to the engine one at a time (batch of 1);
 
@@ -53,12 +53,10 @@ def label_once(engine, pairs, constitution, cfg, batch_size: int) -> tuple[float
 def engine_batches(engine, calls) -> tuple[list, list, int]:
     """The exact forward batches the engine ran for the recorded calls, pre-tokenised."""
     batches, n_tokens = [], 0
-    bs = engine.cfg.batch_size
     for requests, _ in calls:
         enc = [engine._prompt_ids(r.messages, r.prefill) for r in requests]
         n_tokens += sum(len(e) for e in enc)
-        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-        batches += [engine._pad_left([enc[i] for i in order[s:s + bs]]) for s in range(0, len(order), bs)]
+        batches += [engine._pad_left([enc[i] for i in chunk]) for chunk in engine.prefill_batches([len(e) for e in enc])]
     option_ids = [engine.option_token_ids(o) for o in calls[0][1]]
     return batches, option_ids, n_tokens
 

@@ -27,11 +27,11 @@ SIZES = {
                  openai_concurrency=[1, 4], critique_chains=2, critique_rounds=1, critique_tokens=16),
     # quick: sized for < 3 minutes on an idle 2-core machine (SmolLM2-135M prefills a few hundred
     # tokens/s there, so a debiased pair of ~430-token prompts costs seconds)
-    "quick": dict(repeats=1, engine_batch=8, gen_prompts=8, gen_tokens=16, gen_batch_sweep=[], prefill_pairs=2,
+    "quick": dict(repeats=1, engine_batch=16, gen_prompts=16, gen_tokens=16, gen_batch_sweep=[], prefill_pairs=2,
                   label_pairs=4, label_batch=8, linearity=[2, 4], distilabel_pairs=4, distilabel_tokens=128,
                   train_pairs=2, train_steps=3, train_max_len=256, openai_requests=4, openai_tokens=16,
                   openai_concurrency=[1, 4, 16], critique_chains=2, critique_rounds=1, critique_tokens=32),
-    "full": dict(repeats=2, engine_batch=8, gen_prompts=32, gen_tokens=64, gen_batch_sweep=[16, 32],
+    "full": dict(repeats=2, engine_batch=16, gen_prompts=32, gen_tokens=64, gen_batch_sweep=[8, 32],
                  prefill_pairs=32, label_pairs=64, label_batch=8, linearity=[100, 200, 400], distilabel_pairs=32,
                  distilabel_tokens=128, train_pairs=8, train_steps=6, train_max_len=512, openai_requests=32,
                  openai_tokens=64, openai_concurrency=[1, 4, 16], critique_chains=16, critique_rounds=2,

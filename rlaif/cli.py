@@ -41,7 +41,7 @@ def _engine_args(p: argparse.ArgumentParser, default_model: str | None = "embedd
                         "(default: %(default)s)")
     g.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai engine: env var holding the key")
-    g.add_argument("--batch-size", type=_positive(int), default=8, help="requests per engine batch")
+    g.add_argument("--batch-size", type=_positive(int), default=16, help="requests per engine batch (default: %(default)s)")
     g.add_argument("--concurrency", type=_positive(int), default=8, help="openai engine: requests in flight")
     g.add_argument("--timeout", type=_positive(float), default=60.0, help="openai engine: seconds per request attempt")
     g.add_argument("--max-retries", type=int, default=6, help="openai engine: retries per request after the first try")

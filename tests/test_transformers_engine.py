@@ -58,6 +58,42 @@ def test_option_logprobs_match_an_unpadded_forward(tiny_engine, tokenizer):
             assert scores[option] == pytest.approx(expected, abs=1e-4)
 
 
+def test_prefill_batches_respect_rows_and_token_budget(tiny_engine):
+    lengths = [50, 400, 30, 380, 390, 1500, 60, 45, 20]
+    eng = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
+                                                     EngineConfig(model="tiny", device="cpu", batch_size=3,
+                                                                  prefill_tokens=1000))
+    batches = eng.prefill_batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)  # longest first, every batch sorted
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * lengths[b[0]] <= 1000  # the longest row sets the padded width
+    assert [lengths[i] for i in batches[0]] == [1500]  # over the budget: alone
+    assert [lengths[i] for i in batches[1]] == [400, 390]  # a third row would pad to 1200
+    # CPU default: 1024 tokens; no budget: rows only
+    assert [len(b) for b in tiny_engine.prefill_batches([400] * 7)] == [2, 2, 2, 1]
+    unbounded = TransformersEngine.from_pretrained_objects(
+        tiny_engine.net, tiny_engine.tokenizer, EngineConfig(model="tiny", device="cpu", batch_size=3,
+                                                             prefill_tokens=10**9))
+    assert [len(b) for b in unbounded.prefill_batches([400] * 7)] == [3, 3, 1]
+
+
+def test_option_logprobs_do_not_depend_on_the_batching(tiny_engine):
+    reqs = [OptionRequest(user(p), prefill="The answer is (") for p in PROMPTS]
+    one = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
+                                                     EngineConfig(model="tiny", device="cpu", batch_size=8,
+                                                                  prefill_tokens=1))
+    wide = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
+                                                      EngineConfig(model="tiny", device="cpu", batch_size=8,
+                                                                   prefill_tokens=10**9))
+    a, b = one.option_logprobs(reqs, ["A", "B"]), wide.option_logprobs(reqs, ["A", "B"])
+    assert one.counters["forward_passes"] == len(reqs) and wide.counters["forward_passes"] == 1
+    for x, y in zip(a, b):
+        assert x["A"] == pytest.approx(y["A"], abs=1e-4) and x["B"] == pytest.approx(y["B"], abs=1e-4)
+
+
 def test_option_spellings_are_single_tokens(tiny_engine, tokenizer):
     ids = tiny_engine.option_token_ids("A")
     assert {tokenizer.decode([i]).strip() for i in ids} == {"A"}

@@ -169,6 +169,22 @@ class TransformersEngine(LocalPrompts):
 
     # ------------------------------------------------------------------ option scoring
 
+    def prefill_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of the prompts, longest first, cut into forward batches of at most `batch_size`
+        rows and at most `prefill_tokens` padded tokens (rows × the batch's longest prompt); a
+        prompt longer than the budget goes alone."""
+        budget = self.cfg.prefill_tokens or (1024 if self.device.type == "cpu" else None)
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else None
+            if (last is None or len(last) == self.cfg.batch_size
+                    or (budget is not None and (len(last) + 1) * lengths[last[0]] > budget)):
+                batches.append([i])
+            else:
+                last.append(i)
+        return batches
+
     @torch.inference_mode()
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
         started = time.perf_counter()
@@ -177,9 +193,7 @@ class TransformersEngine(LocalPrompts):
         for ids in encoded:
             self._check_length(len(ids), 1)
         results: list[OptionLogprobs | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
-        for start in range(0, len(order), self.cfg.batch_size):
-            chunk = order[start:start + self.cfg.batch_size]
+        for chunk in self.prefill_batches([len(e) for e in encoded]):
             ids, mask = self._pad_left([encoded[i] for i in chunk])
             logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()

@@ -111,7 +111,7 @@ class DPOBatches:
 
 def concatenated_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over chosen and rejected; per-sequence completion log-probs (sum or mean)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     logps = sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
     n = logps.shape[0] // 2
     return logps[:n], logps[n:]

@@ -84,7 +84,7 @@ class PolicyWithValue(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      output_hidden_states=True)
+                      output_hidden_states=True, use_cache=False)
         values = self.v_head(out.hidden_states[-1].to(self.v_head.weight.dtype)).squeeze(-1)
         return out.logits, values
 
@@ -292,7 +292,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
             logits, values = model(full, full_mask, pos)
             old_logp, _ = response_logps(logits, responses, P, cfg.temperature)
             old_values = values[:, P - 1:-1].float()
-            ref_logits = ref(input_ids=full, attention_mask=full_mask, position_ids=pos).logits
+            ref_logits = ref(input_ids=full, attention_mask=full_mask, position_ids=pos, use_cache=False).logits
             ref_logp, _ = response_logps(ref_logits, responses, P, cfg.temperature)
             del logits, ref_logits
             rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, maskf, cfg.kl_coef)

@@ -95,7 +95,8 @@ class PairBatches:
 
 
 def pair_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    r = out.logits[:, 0].float()
     n = r.shape[0] // 2
     return r[:n], r[n:]
 
@@ -260,7 +261,8 @@ class RewardScorer:
             ids = pad(chunk, pad_id(self.tokenizer))
             lengths = torch.tensor([len(s) for s in chunk])
             mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                use_cache=False).logits
             scores += logits[:, 0].float().tolist()
         return scores
 
