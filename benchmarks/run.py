@@ -33,7 +33,7 @@ SIZES = {
                   openai_concurrency=[1, 4, 16], critique_chains=2, critique_rounds=1, critique_tokens=32),
     "full": dict(repeats=2, engine_batch=16, gen_prompts=32, gen_tokens=64, gen_batch_sweep=[8, 32],
                  prefill_pairs=32, label_pairs=64, label_batch=8, linearity=[100, 200, 400], distilabel_pairs=32,
-                 distilabel_tokens=128, train_pairs=8, train_steps=6, train_max_len=512, openai_requests=32,
+                 distilabel_tokens=128, train_pairs=8, train_steps=10, train_max_len=512, openai_requests=32,
                  openai_tokens=64, openai_concurrency=[1, 4, 16], critique_chains=16, critique_rounds=2,
                  critique_tokens=96),
 }
