@@ -25,12 +25,23 @@ def rlaif_argv(*args) -> list[str]:
     return [sys.executable, "-m", "rlaif.cli", *map(str, args)]
 
 
+def default_sigint(then=None):
+    """A preexec_fn: the child gets SIGINT's default action even when the test run itself was
+    started in the background (`cmd &` makes the shell ignore SIGINT, and children inherit that),
+    then runs `then`."""
+    def preexec():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if then:
+            then()
+    return preexec
+
+
 def spawn(*args, log: Path, env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
     """Start `rlaif ARGS` in the background; stdout+stderr go to `log` (a pipe could fill up)."""
     f = open(log, "wb")
     try:
         return subprocess.Popen(rlaif_argv(*args), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
+                                env={**os.environ, **(env or {})}, preexec_fn=default_sigint(preexec_fn))
     finally:
         f.close()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.reliability_helpers import free_port, one_error_line, run, write_pairs
+from tests.reliability_helpers import default_sigint, free_port, one_error_line, run, write_pairs
 from tests.servers.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 def _start_server(*flags) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "tests/servers/fake_openai.py", "--port", str(port), *map(str, flags)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint())
     first = proc.stdout.readline()
     assert "fake OpenAI server on" in first, first
     return proc, f"http://127.0.0.1:{port}/v1"
