@@ -33,7 +33,7 @@ class EngineConfig(Strict):
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
     batch_size: int = Field(16, ge=1)
-    # option scoring: at most this many (padded) prompt tokens per forward pass; None = 1024 on CPU
+    # transformers engine, option scoring: at most this many (padded) prompt tokens per forward; None = 1024 on CPU
     # (prefill there slows down once a batch's activations outgrow the caches), no cap on a GPU
     prefill_tokens: int | None = Field(None, ge=1)
     max_model_len: int | None = None
