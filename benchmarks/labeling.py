@@ -52,11 +52,13 @@ def label_once(engine, pairs, constitution, cfg, batch_size: int) -> tuple[float
 
 def engine_batches(engine, calls) -> tuple[list, list, int]:
     """The exact forward batches the engine ran for the recorded calls, pre-tokenised."""
+    from benchmarks.engine import pretokenized_batches
+
     batches, n_tokens = [], 0
     for requests, _ in calls:
-        enc = [engine._prompt_ids(r.messages, r.prefill) for r in requests]
-        n_tokens += sum(len(e) for e in enc)
-        batches += [engine._pad_left([enc[i] for i in chunk]) for chunk in engine.prefill_batches([len(e) for e in enc])]
+        call_batches, call_tokens = pretokenized_batches(engine, requests)
+        batches += call_batches
+        n_tokens += call_tokens
     option_ids = [engine.option_token_ids(o) for o in calls[0][1]]
     return batches, option_ids, n_tokens
 
