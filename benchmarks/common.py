@@ -167,11 +167,14 @@ def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int = 1, warmup: bo
 # ---------------------------------------------------------------- engine and data
 
 
-def load_engine(batch_size: int = 16):
+def load_engine(batch_size: int | None = None):
+    """The embedded model on CPU; `batch_size` None keeps EngineConfig's default."""
     from rlaif.backends import load_engine as _load
     from rlaif.config import parse_model_spec
 
-    cfg = parse_model_spec(MODEL).model_copy(update={"device": "cpu", "batch_size": batch_size})
+    cfg = parse_model_spec(MODEL).model_copy(update={"device": "cpu"})
+    if batch_size is not None:
+        cfg = cfg.model_copy(update={"batch_size": batch_size})
     return _load(cfg)
 
 

@@ -19,7 +19,7 @@ def main() -> None:
     from benchmarks.engine import labeler_requests
     from rlaif.backends.base import GenerationRequest
 
-    engine = load_engine(16)
+    engine = load_engine()
     reqs = [GenerationRequest(m, temperature=0.0, max_tokens=tokens) for m in red_team_prompts(prompts)]
     engine.generate(reqs[:1])
     t = time.perf_counter()

@@ -35,17 +35,22 @@ def _quiet_libraries() -> None:
 
 
 def _engine_args(p: argparse.ArgumentParser, default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
+    from rlaif.config import EngineConfig
+
+    d = EngineConfig()  # one source for the engine defaults
     g = p.add_argument_group("engine")
     g.add_argument("--model", default=default_model,
                    help="model spec: embedded:NAME, a model folder, a hub id, vllm:ID or openai:NAME "
                         "(default: %(default)s)")
     g.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai engine: env var holding the key")
-    g.add_argument("--batch-size", type=_positive(int), default=16, help="requests per engine batch (default: %(default)s)")
-    g.add_argument("--concurrency", type=_positive(int), default=8, help="openai engine: requests in flight")
-    g.add_argument("--timeout", type=_positive(float), default=60.0, help="openai engine: seconds per request attempt")
-    g.add_argument("--max-retries", type=int, default=6, help="openai engine: retries per request after the first try")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--api-key-env", default=d.api_key_env, help="openai engine: env var holding the key")
+    g.add_argument("--batch-size", type=_positive(int), default=d.batch_size,
+                   help="requests per engine batch (default: %(default)s)")
+    g.add_argument("--concurrency", type=_positive(int), default=d.concurrency, help="openai engine: requests in flight")
+    g.add_argument("--timeout", type=_positive(float), default=d.timeout, help="openai engine: seconds per request attempt")
+    g.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help="openai engine: retries per request after the first try")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
 
 
 def _engine_config(args):
