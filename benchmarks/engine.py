@@ -47,12 +47,14 @@ def raw_option_forwards(engine, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return out
 
 
-def pretokenized_batches(engine, requests: list[OptionRequest]) -> tuple[list, int]:
+def pretokenized_batches(engine, requests: list[OptionRequest]) -> tuple[list, int, list[int]]:
     """Tokenise once (outside any timing) and cut the engine's own batches (`prefill_batches`:
-    longest first, within `batch_size` rows and the prefill token budget), left-padded."""
+    longest first, within `batch_size` rows and the prefill token budget), left-padded.
+    -> (batches, prompt tokens, request index of each batch row in order)."""
     enc = [engine._prompt_ids(r.messages, r.prefill) for r in requests]
-    batches = [engine._pad_left([enc[i] for i in chunk]) for chunk in engine.prefill_batches([len(e) for e in enc])]
-    return batches, sum(len(e) for e in enc)
+    chunks = engine.prefill_batches([len(e) for e in enc])
+    batches = [engine._pad_left([enc[i] for i in chunk]) for chunk in chunks]
+    return batches, sum(len(e) for e in enc), [i for chunk in chunks for i in chunk]
 
 
 def run(engine, report: Report, sizes: dict, peak: dict) -> dict:
@@ -103,7 +105,7 @@ def run(engine, report: Report, sizes: dict, peak: dict) -> dict:
     pairs = hh_pairs(sizes["prefill_pairs"])
     oreqs = labeler_requests(pairs)
     header(f"prefill: option_logprobs on {len(oreqs)} labeler prompts vs raw forwards vs the fp32 matmul roof")
-    batches, n_tokens = pretokenized_batches(engine, oreqs)
+    batches, n_tokens, order = pretokenized_batches(engine, oreqs)
     option_ids = [engine.option_token_ids(o) for o in ("A", "B")]
     padded = sum(ids.numel() for ids, _ in batches)
     res = side_by_side({"api": lambda: engine.option_logprobs(oreqs, ["A", "B"]),
@@ -111,8 +113,6 @@ def run(engine, report: Report, sizes: dict, peak: dict) -> dict:
                        repeats=sizes["repeats"])
     # same numbers out of both
     raw_lp = torch.cat(res["raw"]["out"])
-    order = [i for chunk in engine.prefill_batches([len(engine._prompt_ids(r.messages, r.prefill)) for r in oreqs])
-             for i in chunk]
     api_lp = torch.tensor([[res["api"]["out"][i]["A"], res["api"]["out"][i]["B"]] for i in order])
     max_diff = (raw_lp - api_lp).abs().max().item()
     tps = {k: n_tokens / v["best"] for k, v in res.items()}

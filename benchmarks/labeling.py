@@ -56,7 +56,7 @@ def engine_batches(engine, calls) -> tuple[list, list, int]:
 
     batches, n_tokens = [], 0
     for requests, _ in calls:
-        call_batches, call_tokens = pretokenized_batches(engine, requests)
+        call_batches, call_tokens, _ = pretokenized_batches(engine, requests)
         batches += call_batches
         n_tokens += call_tokens
     option_ids = [engine.option_token_ids(o) for o in calls[0][1]]
