@@ -23,6 +23,12 @@ def user(text):
     return [{"role": "user", "content": text}]
 
 
+def same_model(engine, **cfg):
+    """Another engine over the same tiny model and tokenizer, with these config fields."""
+    return TransformersEngine.from_pretrained_objects(engine.net, engine.tokenizer,
+                                                      EngineConfig(model="tiny", device="cpu", **cfg))
+
+
 def test_batched_greedy_equals_one_by_one(tiny_engine):
     reqs = [GenerationRequest(user(p), max_tokens=12) for p in PROMPTS]
     batched = tiny_engine.generate(reqs)
@@ -60,9 +66,7 @@ def test_option_logprobs_match_an_unpadded_forward(tiny_engine, tokenizer):
 
 def test_prefill_batches_respect_rows_and_token_budget(tiny_engine):
     lengths = [50, 400, 30, 380, 390, 1500, 60, 45, 20]
-    eng = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
-                                                     EngineConfig(model="tiny", device="cpu", batch_size=3,
-                                                                  prefill_tokens=1000))
+    eng = same_model(tiny_engine, batch_size=3, prefill_tokens=1000)
     batches = eng.prefill_batches(lengths)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     flat = [lengths[i] for b in batches for i in b]
@@ -74,20 +78,14 @@ def test_prefill_batches_respect_rows_and_token_budget(tiny_engine):
     assert [lengths[i] for i in batches[1]] == [400, 390]  # a third row would pad to 1200
     # CPU default: 1024 tokens; no budget: rows only
     assert [len(b) for b in tiny_engine.prefill_batches([400] * 7)] == [2, 2, 2, 1]
-    unbounded = TransformersEngine.from_pretrained_objects(
-        tiny_engine.net, tiny_engine.tokenizer, EngineConfig(model="tiny", device="cpu", batch_size=3,
-                                                             prefill_tokens=10**9))
+    unbounded = same_model(tiny_engine, batch_size=3, prefill_tokens=10**9)
     assert [len(b) for b in unbounded.prefill_batches([400] * 7)] == [3, 3, 1]
 
 
 def test_option_logprobs_do_not_depend_on_the_batching(tiny_engine):
     reqs = [OptionRequest(user(p), prefill="The answer is (") for p in PROMPTS]
-    one = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
-                                                     EngineConfig(model="tiny", device="cpu", batch_size=8,
-                                                                  prefill_tokens=1))
-    wide = TransformersEngine.from_pretrained_objects(tiny_engine.net, tiny_engine.tokenizer,
-                                                      EngineConfig(model="tiny", device="cpu", batch_size=8,
-                                                                   prefill_tokens=10**9))
+    one = same_model(tiny_engine, batch_size=8, prefill_tokens=1)
+    wide = same_model(tiny_engine, batch_size=8, prefill_tokens=10**9)
     a, b = one.option_logprobs(reqs, ["A", "B"]), wide.option_logprobs(reqs, ["A", "B"])
     assert one.counters["forward_passes"] == len(reqs) and wide.counters["forward_passes"] == 1
     for x, y in zip(a, b):
