@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlaif.errors import UserError
 
-EngineKind = Literal["transformers", "vllm", "openai"]
+EngineKind = Literal["transformers", "vllm", "openai", "gguf"]
+ENGINE_KINDS = ("transformers", "vllm", "openai", "gguf")
 
 
 class Strict(BaseModel):
@@ -28,7 +29,7 @@ class EngineConfig(Strict):
     dir, a hub id, or (openai) the server's model name."""
 
     kind: EngineKind = "transformers"
-    model: str = "embedded:smollm2-135m-instruct"
+    model: str = "embedded:smollm2-135m-instruct"  # gguf: the path of a .gguf file
     # transformers / vllm
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
@@ -36,25 +37,39 @@ class EngineConfig(Strict):
     # transformers engine, option scoring: at most this many (padded) prompt tokens per forward; None = 1024 on CPU
     # (prefill there slows down once a batch's activations outgrow the caches), no cap on a GPU
     prefill_tokens: int | None = Field(None, ge=1)
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # vllm: max_model_len; gguf: n_ctx (default: the model's own)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    # vllm
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    quantization: str | None = None  # e.g. "awq", "gptq", "fp8"; None: what the checkpoint says
+    # gguf (llama.cpp): CPU threads (None: llama.cpp's default)
+    threads: int | None = Field(None, ge=1)
     # openai
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(6, ge=0)
-    top_logprobs: int = Field(20, ge=1)
+    top_logprobs: int = Field(20, ge=1, le=20)  # OpenAI's API and vLLM's server cap it at 20
     # a system prompt added to every chat, if set
     system_prompt: str | None = None
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _llamacpp_is_gguf(cls, v):
+        return "gguf" if v == "llamacpp" else v
 
 
 def parse_model_spec(spec: str, base: EngineConfig | None = None) -> EngineConfig:
     """`[engine:]model` -> EngineConfig. `embedded:X` and bare paths/ids use transformers;
-    `vllm:X` and `openai:X` pick those engines; `transformers:X` is explicit."""
+    `vllm:X`, `openai:X` and `gguf:PATH` (or `llamacpp:PATH`) pick those engines; `transformers:X`
+    is explicit."""
     base = base or EngineConfig()
     head, sep, rest = spec.partition(":")
-    if sep and head in ("transformers", "vllm", "openai"):
+    if sep and head == "llamacpp":
+        head = "gguf"
+    if sep and head in ENGINE_KINDS:
         return base.model_copy(update={"kind": head, "model": rest})
     return base.model_copy(update={"kind": "transformers" if head == "embedded" or not sep else base.kind,
                                    "model": spec})

@@ -11,6 +11,7 @@ ENGINES = {
     "transformers": "local Hugging Face model on CPU or CUDA (embedded:NAME, a model folder, a hub id)",
     "vllm": "vllm.LLM in-process with prefix caching (GPU; pip install 'rlaif[vllm]')",
     "openai": "any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama); key from the environment",
+    "gguf": "a GGUF file in process through llama-cpp-python (gguf:PATH; CPU judges, quantised 1-8B)",
 }
 
 
@@ -27,6 +28,10 @@ def load_engine(cfg: EngineConfig) -> Engine:
         from rlaif.backends.openai_engine import OpenAIEngine
 
         return OpenAIEngine(cfg)
+    if cfg.kind == "gguf":
+        from rlaif.backends.gguf_engine import GGUFEngine
+
+        return GGUFEngine(cfg)
     raise ValueError(cfg.kind)
 
 
