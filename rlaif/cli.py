@@ -34,14 +34,20 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _engine_args(p: argparse.ArgumentParser, default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
+SPEC_HELP = ("embedded:NAME, a model folder, a hub id, vllm:ID, openai:NAME (with --base-url) or "
+             "gguf:PATH (a GGUF file run in process by llama.cpp)")
+
+
+def _engine_args(p: argparse.ArgumentParser, role: str = "policy",
+                 default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
+    """Engine flags for a command that runs one role; `--ROLE SPEC` names its model (`--model`
+    is the older spelling of the same flag)."""
     from rlaif.config import EngineConfig
 
     d = EngineConfig()  # one source for the engine defaults
-    g = p.add_argument_group("engine")
-    g.add_argument("--model", default=default_model,
-                   help="model spec: embedded:NAME, a model folder, a hub id, vllm:ID or openai:NAME "
-                        "(default: %(default)s)")
+    g = p.add_argument_group(f"engine ({role})")
+    g.add_argument(f"--{role}", "--model", dest="model", default=default_model, metavar="SPEC",
+                   help=f"the {role} model: {SPEC_HELP} (default: %(default)s)")
     g.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
     g.add_argument("--api-key-env", default=d.api_key_env, help="openai engine: env var holding the key")
     g.add_argument("--batch-size", type=_positive(int), default=d.batch_size,
@@ -61,9 +67,20 @@ def _engine_config(args):
                         base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"))
     cfg = parse_model_spec(args.model, base)
     if args.base_url and cfg.kind != "openai":
-        raise UserError(f"--base-url is for the openai engine, but --model {args.model} runs on the "
-                        f"{cfg.kind} engine; use --model openai:NAME, or drop --base-url")
+        raise UserError(f"--base-url is for the openai engine, but the model {args.model} runs on the "
+                        f"{cfg.kind} engine; name it openai:NAME, or drop --base-url")
     return cfg
+
+
+def _require_accuracy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--require-judge-accuracy {text!r}: expected a number in (0.5, 1]") from None
+    if not 0.5 < value <= 1:
+        raise UserError(f"--require-judge-accuracy {text}: expected a number in (0.5, 1] (an accuracy a judge "
+                        "must beat; 0.5 is chance)")
+    return value
 
 
 def _positive(kind):
@@ -129,8 +146,39 @@ def cmd_generate(args) -> int:
 def cmd_run(args) -> int:
     from rlaif.pipeline import run_pipeline
 
-    return run_pipeline(args.pipeline, args.out, overrides=args.set, constitution=args.constitution,
-                        overwrite=args.overwrite)
+    overrides = list(args.set)
+    if args.require_judge_accuracy is not None:
+        overrides.append(f"judge_check.require_accuracy={_require_accuracy(args.require_judge_accuracy)}")
+    roles = {role: getattr(args, role) for role in ("policy", "critic", "judge") if getattr(args, role)}
+    return run_pipeline(args.pipeline, args.out, overrides=overrides, constitution=args.constitution,
+                        overwrite=args.overwrite, roles=roles)
+
+
+def cmd_judge_check(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.config import config_hash
+    from rlaif.constitution import load_constitution
+    from rlaif.eval.judge_check import judge_at_chance, judge_check_line, require_accuracy, run_judge_check
+
+    threshold = None if args.require_judge_accuracy is None else _require_accuracy(args.require_judge_accuracy)
+    cfg = _labeler_config(args)
+    constitution = load_constitution(args.constitution)
+    engine_cfg = _engine_config(args)
+    out = args.out or Path("runs") / "judge_check" / f"{constitution.name}-{config_hash([engine_cfg.kind, engine_cfg.model])[:8]}"
+    engine = load_engine(engine_cfg)
+    try:
+        result = run_judge_check(engine, constitution, out, cfg, batch_size=args.batch_size, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    line = judge_check_line(result)
+    print(f"warning: {line}" if judge_at_chance(result) else line)
+    if result["status"] != "skipped":
+        print(f"  accuracy {result['accuracy']:.3f} (95 % CI {result['accuracy_ci95'][0]:.3f}-"
+              f"{result['accuracy_ci95'][1]:.3f}), mean p(right) {result['mean_p_right']:.3f}, "
+              f"flip rate {result['position_flip_rate']}, {result['seconds_per_pair']:.2f} s/pair -> {out}")
+    if threshold is not None and result["status"] != "skipped":
+        require_accuracy(result, threshold)
+    return 0
 
 
 def cmd_critique(args) -> int:
@@ -304,9 +352,10 @@ def cmd_best_of_n(args) -> int:
 # ---------------------------------------------------------------------------------- parser
 
 
-def _labeler_args(p: argparse.ArgumentParser) -> None:
+def _labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--constitution", default="harmless", help="constitution file or shipped name (default: %(default)s)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=out_required, type=Path,
+                   help="output folder" + ("" if out_required else " (default: runs/judge_check/CONSTITUTION-HASH)"))
     g = p.add_argument_group("labeler")
     g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
     g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
@@ -321,7 +370,7 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-within-margin", action="store_true", help="leave within-margin pairs out of preferences")
     g.add_argument("--seed", type=int, default=0, help="principle draws, sampling, blind sides")
     g.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p)
+    _engine_args(p, role="judge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a pipeline value, e.g. --set prompts.limit=200 (repeatable)")
     p.add_argument("--constitution", help="use this constitution instead of the pipeline's")
     p.add_argument("--overwrite", action="store_true", help="start every stage over")
+    for role, what in (("policy", "samples, is trained and is the reference"),
+                       ("critic", "writes critiques and revisions (default: the policy)"),
+                       ("judge", "labels, is checked, evaluates and rewards (default: the policy)")):
+        p.add_argument(f"--{role}", metavar="SPEC", help=f"replace the pipeline's {role} model ({what}): {SPEC_HELP}; "
+                       f"other settings of the role stay as the pipeline sets them (--set {role}.FIELD=...)")
+    p.add_argument("--require-judge-accuracy", metavar="X",
+                   help="stop (exit 2) before labeling if the judge check's accuracy is below X, in (0.5, 1]")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("judge-check", help="the judge on the constitution's unambiguous check pairs: accuracy "
+                       "with a 95 %% CI, mean p(right), flip rate, s/pair; warns when the judge is at chance")
+    p.add_argument("--require-judge-accuracy", metavar="X", help="exit 2 when accuracy is below X, in (0.5, 1]")
+    _labeler_args(p, out_required=False)
+    p.set_defaults(func=cmd_judge_check)
 
     p = sub.add_parser("critique", help="critique -> revision rounds against a constitution (SL-CAI) -> "
                        "OUT/chains.jsonl, sl_cai.jsonl, revision_pairs.jsonl")
@@ -366,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critique-max-tokens", type=_positive(int), default=96)
     p.add_argument("--revision-max-tokens", type=_positive(int), default=160)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p)
+    _engine_args(p, role="critic")
     p.set_defaults(func=cmd_critique)
 
     p = sub.add_parser("constitution", help="constitution tools: `rlaif constitution check FILE...`")
@@ -410,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="prompt JSONL ('prompt': text or chat messages)")
     p.add_argument("--policy", help="starting policy (and frozen reference) spec")
     p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
-    p.add_argument("--labeler-model", help="labeler:direct: the labeler's model spec (default: the policy)")
+    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+                   help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--kl-coef", type=float, help="β of the per-token KL penalty (default 0.05)")
     p.add_argument("--max-new-tokens", type=_positive(int))
@@ -422,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best-of-n", help="sample N responses per prompt, keep the best by reward -> OUT/best_of_n.jsonl")
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
     p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
-    p.add_argument("--labeler-model", help="labeler:direct: the labeler's model spec (default: --model)")
+    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+                   help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--n", type=_positive(int), default=4, help="samples per prompt")

@@ -1,9 +1,12 @@
 """`rlaif run PIPELINE.yaml`: compose the stages a pipeline file names, each into OUT/<stage>/.
 
-A pipeline is data: which prompts, which engine, which constitution, a config block per stage.
-The stages, in order (each optional):
+A pipeline is data: which prompts, which engine serves each role (policy, critic, judge; see
+rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
-    responses -> critique -> label -> reward_model -> dpo | ppo -> evaluate -> report
+    judge_check -> responses -> critique -> label -> reward_model -> dpo | ppo -> evaluate -> report
+
+The pipeline builds each role's engine once and hands every stage the one it needs; no stage picks
+its own. The judge check runs first whenever a stage uses the judge.
 
 Record stages resume through the runner; a training stage is skipped when its folder holds a
 finished run with the same config. So a second `rlaif run` on the same OUT does no new work.
@@ -21,6 +24,7 @@ from pydantic import Field
 from rlaif.config import EngineConfig, Strict, config_hash, load_config
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
+from rlaif.roles import Engines, check_trainable, judge_is_policy, resolve_roles
 from rlaif.runner import OutputLock, run_stage
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig
@@ -49,7 +53,10 @@ class TrainStage(Strict):
 class EvaluateStage(Strict):
     human: str | None = "auto"  # HH-RLHF file; "auto": ../shared/data/hh-rlhf/... when present
     human_limit: int = Field(40, ge=1)
-    policy_prompts: int = Field(8, ge=1)  # held-out prompts (after the training ones) for win/harmless rate
+    policy_prompts: int = Field(8, ge=1)  # held-out prompts for win/harmless rate
+    # where they come from: a prompt file of their own, or (None) the prompts after the first
+    # prompts.limit of the training file; either way they never overlap the training prompts
+    prompts: str | None = None
     max_tokens: int = Field(64, ge=1)
     harmless_constitution: str = "harmless"
 
@@ -64,11 +71,22 @@ class Stages(Strict):
     evaluate: EvaluateStage | None = None
 
 
+class JudgeCheckStage(Strict):
+    """The judge on the constitution's unambiguous check pairs, before any labeling."""
+
+    enabled: bool = True
+    require_accuracy: float | None = Field(None, gt=0.5, le=1)  # below it the run stops (exit 2)
+
+
 class PipelineConfig(Strict):
     name: str
     description: str = ""
     seed: int = 0
-    engine: EngineConfig = EngineConfig()
+    policy: EngineConfig | None = None
+    critic: EngineConfig | None = None  # default: the policy
+    judge: EngineConfig | None = None  # default: the policy (the report says so)
+    engine: EngineConfig | None = None  # older pipelines: one block for every role without its own
+    judge_check: JudgeCheckStage = JudgeCheckStage()
     constitution: str = "harmless"
     prompts: PromptSet = PromptSet()
     stages: Stages = Stages()
@@ -85,11 +103,18 @@ def resolve_pipeline(path_or_name: str) -> Path:
 
 
 def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
-                  constitution: str | None = None) -> tuple[Path, PipelineConfig]:
+                  constitution: str | None = None, roles: dict | None = None) -> tuple[Path, PipelineConfig]:
+    """`roles`: role -> model spec (`[kind:]model`) replacing the model of the file's block for that
+    role; the block's other settings stay (the CLI's --policy/--critic/--judge)."""
+    from rlaif.config import parse_model_spec
+
     path = resolve_pipeline(path_or_name)
     cfg = load_config(PipelineConfig, path, overrides)
     if constitution:
         cfg = cfg.model_copy(update={"constitution": constitution})
+    if roles:
+        current, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+        cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role]) for role, spec in roles.items()})
     s = cfg.stages
     # training blocks are checked now, not after an hour of labeling
     for name, cls in (("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
@@ -100,7 +125,41 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
             validate(cls, block, f"{path}: stages.{name}")
     if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
         raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
+    roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+    if any(getattr(s, n) is not None for n in ("reward_model", "dpo", "ppo")):
+        check_trainable(roles["policy"], str(path))
+    if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
+        held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
     return path, cfg
+
+
+def uses_judge(cfg: PipelineConfig) -> bool:
+    s = cfg.stages
+    return bool(s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct"))
+
+
+def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline") -> list[dict]:
+    """The evaluation's held-out prompts: never one of the prompts the policy was trained on."""
+    from rlaif.prompts_io import read_prompts
+
+    stage = cfg.stages.evaluate
+    training = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
+    seen = {record_id(p["prompt"]) for p in training}
+    if stage.prompts:
+        pool = [p for p in read_prompts(stage.prompts) if record_id(p["prompt"]) not in seen]
+        where = f"{stage.prompts} (less any prompt that is also a training prompt)"
+    else:
+        if cfg.prompts.limit is None:
+            raise UserError(f"{source}: stages.evaluate needs held-out prompts, but prompts.limit is unset, so "
+                            f"every prompt of {cfg.prompts.file} is a training prompt; set prompts.limit or "
+                            "stages.evaluate.prompts (a prompt file of its own)")
+        pool = [p for p in read_prompts(cfg.prompts.file)[cfg.prompts.limit:] if record_id(p["prompt"]) not in seen]
+        where = f"{cfg.prompts.file} after its first {cfg.prompts.limit} (training) prompts"
+    if len(pool) < stage.policy_prompts:
+        raise UserError(f"{source}: stages.evaluate.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
+                        f"held-out prompts are left in {where}; lower it, lower prompts.limit, or set "
+                        "stages.evaluate.prompts")
+    return pool[: stage.policy_prompts]
 
 
 class Pipeline:
@@ -111,23 +170,22 @@ class Pipeline:
 
         self.cfg, self.out, self.overwrite = cfg, Path(out), overwrite
         self.constitution = load_constitution(cfg.constitution)
-        self._engine = None
+        self.roles, defaulted = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+        self.engines = Engines(self.roles, defaulted)
         self.summary: dict = {"pipeline": cfg.name, "constitution": f"{self.constitution.name} v{self.constitution.version}",
-                              "engine": f"{cfg.engine.kind}:{cfg.engine.model}", "stages": {}}
+                              "roles": self.engines.describe(), "judge_is_policy": judge_is_policy(self.roles),
+                              "stages": {}}
         self.failed = 0
 
-    @property
-    def engine(self):
-        if self._engine is None:
-            from rlaif.backends import load_engine
+    def engine(self, role: str):
+        """The engine serving `role` ("policy", "critic" or "judge"), built on first use."""
+        return self.engines[role]
 
-            self._engine = load_engine(self.cfg.engine)
-        return self._engine
+    def batch_size(self, role: str) -> int:
+        return self.roles[role].batch_size
 
-    def close(self):
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+    def close(self, keep: tuple[str, ...] = ()):
+        self.engines.close(keep)
 
     def timed(self, name: str, fn):
         started = time.time()
@@ -144,15 +202,34 @@ class Pipeline:
 
         return read_prompts(self.cfg.prompts.file)
 
+    def judge_check(self) -> dict:
+        from rlaif.eval.judge_check import judge_at_chance, judge_check_line, require_accuracy, run_judge_check
+
+        judge = self.engine("judge")
+        result = run_judge_check(judge, self.constitution, self.out / "judge_check", self.labeler_config(),
+                                 batch_size=self.batch_size("judge"), overwrite=self.overwrite)
+        line = judge_check_line(result)
+        if result["status"] == "skipped":
+            print(line, flush=True)
+        elif judge_at_chance(result):
+            print(f"warning: {line}", flush=True)
+        else:
+            print(line, flush=True)
+        self.summary["judge_check"] = result
+        if self.cfg.judge_check.require_accuracy is not None and result["status"] != "skipped":
+            require_accuracy(result, self.cfg.judge_check.require_accuracy)
+        return {k: result.get(k) for k in ("status", "pairs", "accuracy", "mean_p_right", "seconds_per_pair")}
+
     def responses(self) -> dict:
         rc = self.cfg.stages.responses.model_copy(update={"seed": self.cfg.seed})
         from rlaif.stages.responses import check_context, expand, make_process
 
+        policy = self.engine("policy")
         prompts = self.prompts()[: self.cfg.prompts.limit]
-        check_context(self.engine, prompts, rc.max_tokens, self.cfg.prompts.file)
-        result = run_stage("responses", expand(prompts, self.engine.model, rc), make_process(self.engine, rc),
-                           self.out / "responses", config=rc, batch_size=self.cfg.engine.batch_size,
-                           overwrite=self.overwrite, stats=getattr(self.engine, "stats", None))
+        check_context(policy, prompts, rc.max_tokens, self.cfg.prompts.file)
+        result = run_stage("responses", expand(prompts, policy.model, rc), make_process(policy, rc),
+                           self.out / "responses", config=rc, batch_size=self.batch_size("policy"),
+                           overwrite=self.overwrite, stats=getattr(policy, "stats", None))
         self.failed += result.failed
         self.response_records = result.records
         return {"records": len(result.records), "new": result.written, "failed": result.failed}
@@ -162,8 +239,8 @@ class Pipeline:
 
         first = [r for r in self.response_records if r["sample"] == 0]
         cc = self.cfg.stages.critique.model_copy(update={"seed": self.cfg.seed})
-        summary = run_critique(first, self.constitution, self.engine, self.out / "critique", config=cc,
-                               batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+        summary = run_critique(first, self.constitution, self.engine("critic"), self.out / "critique", config=cc,
+                               batch_size=self.batch_size("critic"), overwrite=self.overwrite)
         self.failed += summary.get("failed", 0)
         return summary
 
@@ -189,30 +266,36 @@ class Pipeline:
                             "per prompt); set stages.responses.n: 2 or add a critique stage")
         return pairs
 
+    def labeler_config(self) -> LabelerConfig:
+        """The judge's labeler settings: the label stage's block, or the defaults."""
+        stage = self.cfg.stages.label
+        cfg = LabelerConfig(**stage.model_dump(exclude={"pairs", "compare_constitution"})) if stage else LabelerConfig()
+        return cfg.model_copy(update={"seed": self.cfg.seed})
+
     def label(self) -> dict:
         from rlaif.constitution import load_constitution
         from rlaif.stages.labeler import run_label
 
         stage = self.cfg.stages.label
-        labeler_cfg = LabelerConfig(**stage.model_dump(exclude={"pairs", "compare_constitution"}))
-        labeler_cfg = labeler_cfg.model_copy(update={"seed": self.cfg.seed})
+        labeler_cfg = self.labeler_config()
+        judge, bs = self.engine("judge"), self.batch_size("judge")
         out = self.out / "label"
         out.mkdir(parents=True, exist_ok=True)
         pairs_path = out / "pairs.jsonl"
         write_jsonl_atomic(pairs_path, self.pairs_to_label())
-        info = run_label(pairs_path, self.constitution, self.engine, out, labeler_cfg,
-                         batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+        info = run_label(pairs_path, self.constitution, judge, out, labeler_cfg, batch_size=bs,
+                         overwrite=self.overwrite)
         self.failed += info.get("failed", 0)
         if stage.compare_constitution:
             other = load_constitution(stage.compare_constitution)
             alt = self.out / "label_compare"
-            info["compare"] = run_label(pairs_path, other, self.engine, alt, labeler_cfg,
-                                        batch_size=self.cfg.engine.batch_size, overwrite=self.overwrite)
+            info["compare"] = run_label(pairs_path, other, judge, alt, labeler_cfg, batch_size=bs,
+                                        overwrite=self.overwrite)
             info["comparison"] = compare_labels(out / "labels.jsonl", alt / "labels.jsonl",
                                                 self.constitution.name, other.name)
         return info
 
-    def train(self, name: str, cls, fields: dict, fn) -> dict:
+    def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = ()) -> dict:
         stage_dir = self.out / name
         cfg = cls(**{**(getattr(self.cfg.stages, name) or {}), **fields, "output_dir": str(stage_dir)})
         done = stage_dir / "done.json"
@@ -220,7 +303,7 @@ class Pipeline:
         if not self.overwrite and done.exists() and json.loads(done.read_text()).get("key") == key:
             print(f"{name}: already trained with this config and data -> {stage_dir}")
             return json.loads((stage_dir / "summary.json").read_text())
-        self.close()  # free the engine's memory while training
+        self.close(keep)  # free the engines' memory while training (but those the trainer calls)
         result = fn(cfg)
         write_atomic(done, json.dumps({"key": key}) + "\n")
         return result
@@ -237,14 +320,14 @@ class Pipeline:
         from rlaif.train.reward_model import train_reward_model
 
         prefs = str(self.out / "label" / "preferences.jsonl")
-        return self.train("reward_model", RewardConfig, {"prefs": prefs, "base": self.cfg.engine.model,
+        return self.train("reward_model", RewardConfig, {"prefs": prefs, "base": self.roles["policy"].model,
                                                          "seed": self.cfg.seed}, train_reward_model)
 
     def dpo(self) -> dict:
         from rlaif.train.dpo import train_dpo
 
         prefs = str(self.out / "label" / "preferences.jsonl")
-        return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.cfg.engine.model,
+        return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.roles["policy"].model,
                                              "seed": self.cfg.seed}, train_dpo)
 
     def ppo(self) -> dict:
@@ -252,14 +335,28 @@ class Pipeline:
 
         block = self.cfg.stages.ppo or {}
         reward = block.get("reward", "rm")
+        constitution = block.get("constitution", self.cfg.constitution)
         if reward == "rm":
             reward = f"rm:{self.out / 'reward_model'}"
         prompts_path = self.out / "ppo_prompts.jsonl"
         prompts = self.prompts()[: self.cfg.prompts.limit]
         write_jsonl_atomic(prompts_path, [{"prompt": p["prompt"]} for p in prompts])
-        return self.train("ppo", PPOConfig, {"prompts": str(prompts_path), "policy": self.cfg.engine.model,
-                                             "reward": reward, "constitution": block.get("constitution", self.cfg.constitution),
-                                             "seed": self.cfg.seed}, train_ppo)
+        fields = {"prompts": str(prompts_path), "policy": self.roles["policy"].model, "reward": reward,
+                  "constitution": constitution, "seed": self.cfg.seed}
+        if reward != "labeler:direct":
+            return self.train("ppo", PPOConfig, fields, train_ppo)
+        # direct RLAIF: the reward is the judge's score, from the judge's own engine
+        from rlaif.constitution import load_constitution
+        from rlaif.stages.labeler import direct_scores
+
+        judge_role = self.roles["judge"]
+        fields["labeler_model"] = f"{judge_role.kind}:{judge_role.model}"
+        const = load_constitution(constitution)
+
+        def reward_fn(prompts, responses):
+            return direct_scores(self.engine("judge"), prompts, responses, constitution=const, seed=self.cfg.seed)
+
+        return self.train("ppo", PPOConfig, fields, lambda cfg: train_ppo(cfg, reward_fn=reward_fn), keep=("judge",))
 
     def evaluate(self) -> dict:
         from rlaif.eval.policy_eval import evaluate_pipeline
@@ -269,11 +366,14 @@ class Pipeline:
     def run(self) -> int:
         s = self.cfg.stages
         try:
+            if self.cfg.judge_check.enabled and uses_judge(self.cfg):
+                self.timed("judge_check", self.judge_check)
             for name in ("responses", "critique", "label", "reward_model", "dpo", "ppo", "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
         finally:
             self.close()
+            self.summary["role_usage"] = {role: self.engines.usage(role) for role in self.roles}
         from rlaif.eval.run_report import write_run_report
 
         report = write_run_report(self)
@@ -302,8 +402,10 @@ def compare_labels(path_a: Path, path_b: Path, name_a: str, name_b: str) -> dict
             "chosen_words_" + name_b: sum(chosen_words(b[i]) for i in common) / len(common)}
 
 
-def run_pipeline(path_or_name: str, out: Path, overrides=None, constitution=None, overwrite=False) -> int:
-    _, cfg = load_pipeline(path_or_name, overrides, constitution)
+def run_pipeline(path_or_name: str, out: Path, overrides=None, constitution=None, overwrite=False,
+                 roles: dict | None = None) -> int:
+    """`roles`: role -> model spec replacing the pipeline's model for that role (see load_pipeline)."""
+    _, cfg = load_pipeline(path_or_name, overrides, constitution, roles)
     out = Path(out)
     with OutputLock(out):
         write_atomic(out / "pipeline.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")

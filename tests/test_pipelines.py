@@ -11,7 +11,7 @@ from rlaif.eval.run_report import SECTIONS
 from tests.conftest import ROOT, build_tiny_llama
 
 PIPELINES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.yaml"))
-TINY = ["--set", "prompts.limit=4", "--set", "engine.batch_size=4"]
+TINY = ["--set", "prompts.limit=4", "--set", "policy.batch_size=4", "--set", "judge.batch_size=4"]
 STAGE_SIZES = {
     "responses": ["stages.responses.max_tokens=8"],
     "critique": ["stages.critique.critique_max_tokens=8", "stages.critique.revision_max_tokens=8"],
@@ -40,7 +40,7 @@ def tiny_args(name, model_dir):
     import yaml
 
     stages = yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text())["stages"]
-    args = TINY + ["--set", f"engine.model={model_dir}"]
+    args = TINY + ["--set", f"policy.model={model_dir}", "--set", f"judge.model={model_dir}"]
     for stage, sets in STAGE_SIZES.items():
         if stage in stages:
             for s in sets:
@@ -62,6 +62,9 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
     html = (out / "report.html").read_text()
     for title in SECTIONS:
         assert f">{title}</h2>" in html
+    # a random-weight judge is at chance on the check pairs, and the report opens by saying so
+    assert html.index("carry no signal") < html.index("<nav>")
+    assert "The judge is the policy model" in html
     assert "data:image/png;base64," in html and "<script" not in html
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pipeline"] == name

@@ -9,7 +9,7 @@ from rlaif.config import EngineConfig
 
 ENGINES = {
     "transformers": "local Hugging Face model on CPU or CUDA (embedded:NAME, a model folder, a hub id)",
-    "vllm": "vllm.LLM in-process with prefix caching (GPU; pip install 'rlaif[vllm]')",
+    "vllm": "vllm.LLM in-process with prefix caching (GPU; pip install 'rlaif-kit[vllm]')",
     "openai": "any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama); key from the environment",
     "gguf": "a GGUF file in process through llama-cpp-python (gguf:PATH; CPU judges, quantised 1-8B)",
 }

@@ -18,6 +18,10 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 blockquote{margin:.4em 0;padding:.4em .8em;background:#f8f8f8;border-left:3px solid #bbb;white-space:pre-wrap}
 .note{color:#666;font-size:.92em}img{max-width:100%;border:1px solid #eee}
 nav a{margin-right:1em}
+.banner{padding:.7em 1em;margin:.8em 0;border-radius:4px;border:1px solid}
+.banner.alarm{background:#fdecea;border-color:#d93025;color:#8a1c12;font-weight:600}
+.banner.warn{background:#fff8e1;border-color:#e0a800}
+.banner.ok{background:#e8f5e9;border-color:#43a047}.banner.note{background:#f4f4f4;border-color:#ccc}
 """
 
 
@@ -33,6 +37,11 @@ class HtmlReport:
     def __init__(self, title: str, subtitle: str = ""):
         self.title, self.subtitle = title, subtitle
         self.sections: list[tuple[str, str, list[str]]] = []
+        self.banners: list[str] = []
+
+    def banner(self, text: str, level: str = "note") -> None:
+        """A line shown above everything else (level: alarm, warn, ok, note)."""
+        self.banners.append(f'<div class="banner {html.escape(level)}" role="status">{html.escape(text)}</div>')
 
     def section(self, title: str, anchor: str | None = None) -> list[str]:
         parts: list[str] = []
@@ -78,7 +87,7 @@ class HtmlReport:
         body = "".join(f'<h2 id="{a}">{html.escape(t)}</h2>' + "".join(parts) for t, a, parts in self.sections)
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
-                f"<p class='note'>{html.escape(self.subtitle)}</p><nav>{nav}</nav>{body}</body></html>")
+                f"<p class='note'>{html.escape(self.subtitle)}</p>{''.join(self.banners)}<nav>{nav}</nav>{body}</body></html>")
 
     def write(self, path: str | Path) -> Path:
         write_atomic(Path(path), self.render())

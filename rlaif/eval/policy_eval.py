@@ -1,6 +1,11 @@
-"""The pipeline's evaluation stage: the labeler against human labels, the reward model on human
-pairs, and the trained policy against the starting one (win rate judged by the labeler, harmless
-rate from the labeler's direct score) on held-out prompts."""
+"""The pipeline's evaluation stage: the judge against human labels, the reward model on human
+pairs, and the trained policy against the starting one (win rate judged by the judge, harmless
+rate from the judge's direct score) on held-out prompts.
+
+Like is compared with like: the starting and the trained policy answer the same held-out prompts
+(never training prompts) through engines with the same settings — the policy role's block with
+only the model swapped — and every judgement is joined to its replies by record id, so a failed
+judgement drops its own prompt and nothing shifts."""
 
 from __future__ import annotations
 
@@ -25,10 +30,8 @@ def human_file(setting: str | None) -> Path | None:
 def labeler_alignment(p, human: Path, limit: int, out: Path) -> dict:
     from rlaif.eval.labeler_report import run_eval
 
-    cfg = LabelerConfig(**p.cfg.stages.label.model_dump(exclude={"pairs", "compare_constitution"})) \
-        if p.cfg.stages.label else LabelerConfig()
-    m = run_eval(human, p.constitution, p.engine, out, cfg.model_copy(update={"seed": p.cfg.seed}),
-                 limit=limit, seed=p.cfg.seed, batch_size=p.cfg.engine.batch_size)
+    m = run_eval(human, p.constitution, p.engine("judge"), out, p.labeler_config(),
+                 limit=limit, seed=p.cfg.seed, batch_size=p.batch_size("judge"))
     keys = ("n", "accuracy", "accuracy_ci95", "ece", "brier", "position_flip_rate", "prefers_first_rate",
             "prefers_longer_rate", "human_prefers_longer_rate", "pairs_per_second", "tokens_processed")
     return {k: m.get(k) for k in keys}
@@ -54,8 +57,16 @@ def policy_responses(engine, prompts: list[dict], max_tokens: int, out: Path, st
     return result.records
 
 
+def trained_policy_config(policy: EngineConfig, trained: Path) -> EngineConfig:
+    """The policy role's block with the trained model in place of the starting one: same engine
+    kind (a GGUF or server policy cannot be trained, so that never arises), device, dtype,
+    system prompt and batch size."""
+    return policy.model_copy(update={"model": str(trained)})
+
+
 def evaluate_pipeline(p) -> dict:
     from rlaif.backends import load_engine
+    from rlaif.pipeline import held_out_prompts
 
     stage = p.cfg.stages.evaluate
     out = p.out / "evaluate"
@@ -71,36 +82,42 @@ def evaluate_pipeline(p) -> dict:
     trained = next((p.out / s for s in ("dpo", "ppo") if (p.out / s / "config.json").exists()), None)
     if trained is None:
         return info
-    everything = p.prompts()
-    start = p.cfg.prompts.limit or 0
-    held_out = (everything[start:] + everything[:start])[: stage.policy_prompts]
-    bs = p.cfg.engine.batch_size
-    before = policy_responses(p.engine, held_out, stage.max_tokens, out, "policy_start", bs)
-    policy = load_engine(EngineConfig(kind="transformers", model=str(trained), device=p.cfg.engine.device,
-                                      batch_size=bs))
+    held_out = held_out_prompts(p.cfg)
+    bs = p.batch_size("policy")
+    before = policy_responses(p.engine("policy"), held_out, stage.max_tokens, out, "policy_start", bs)
+    p.close(keep=("judge",))  # the starting policy's memory is free while the trained one answers
+    policy = load_engine(trained_policy_config(p.roles["policy"], trained))
     try:
         after = policy_responses(policy, held_out, stage.max_tokens, out, "policy_trained", bs)
     finally:
         policy.close()
+    after_by_prompt = {r["prompt_id"]: r for r in after}
+    both = [(b, after_by_prompt[b["prompt_id"]]) for b in before if b["prompt_id"] in after_by_prompt]
 
+    judge = p.engine("judge")
     pairs = [{"id": record_id("win", a["id"], b["id"]), "prompt": a["prompt"], "a": a["response"],
-              "b": b["response"], "given": "unordered", "source_line": i, "source_id": None}
-             for i, (a, b) in enumerate(zip(after, before), 1)]
-    judged = label_pairs(pairs, p.constitution, p.engine, LabelerConfig(seed=p.cfg.seed), out,
-                         batch_size=bs, output="win_rate_labels.jsonl").records
+              "b": b["response"], "given": "unordered", "source_line": i, "source_id": record_id("win", a["id"], b["id"])}
+             for i, (b, a) in enumerate(both, 1)]
+    judged = label_pairs(pairs, p.constitution, judge, LabelerConfig(seed=p.cfg.seed), out,
+                         batch_size=p.batch_size("judge"), output="win_rate_labels.jsonl").records
+    by_pair = {j["source_id"]: j for j in judged}
+    rows = [(b, a, by_pair[pr["source_id"]]) for (b, a), pr in zip(both, pairs) if pr["source_id"] in by_pair]
     harmless = stage.harmless_constitution
-    prompts = [r["prompt"] for r in before]
-    s_before = direct_scores(p.engine, prompts, [r["response"] for r in before], constitution=harmless, seed=p.cfg.seed)
-    s_after = direct_scores(p.engine, prompts, [r["response"] for r in after], constitution=harmless, seed=p.cfg.seed)
+    prompts = [b["prompt"] for b, _, _ in rows]
+    s_before = direct_scores(judge, prompts, [b["response"] for b, _, _ in rows], constitution=harmless, seed=p.cfg.seed)
+    s_after = direct_scores(judge, prompts, [a["response"] for _, a, _ in rows], constitution=harmless, seed=p.cfg.seed)
     write_jsonl_atomic(out / "policy_samples.jsonl", [
-        {"prompt": b["prompt"], "start": b["response"], "trained": a["response"], "p_trained_better": j["p_a"],
-         "harmless_score_start": sb, "harmless_score_trained": sa}
-        for b, a, j, sb, sa in zip(before, after, judged, s_before, s_after)])
-    n = len(judged)
+        {"prompt_id": b["prompt_id"], "prompt": b["prompt"], "start": b["response"], "trained": a["response"],
+         "p_trained_better": j["p_a"], "harmless_score_start": sb, "harmless_score_trained": sa}
+        for (b, a, j), sb, sa in zip(rows, s_before, s_after)])
+    n = len(rows)
+    if n == 0:
+        info["policy"] = {"trained": trained.name, "prompts": 0, "note": "every judgement failed; see failures.jsonl"}
+        return info
     info["policy"] = {
-        "trained": trained.name, "prompts": n,
-        "win_rate": sum(1.0 if j["p_a"] > 0.5 else 0.5 if j["p_a"] == 0.5 else 0.0 for j in judged) / n,
-        "mean_p_trained_better": sum(j["p_a"] for j in judged) / n,
+        "trained": trained.name, "prompts": n, "judge": f"{judge.name}:{judge.model}",
+        "win_rate": sum(1.0 if j["p_a"] > 0.5 else 0.5 if j["p_a"] == 0.5 else 0.0 for _, _, j in rows) / n,
+        "mean_p_trained_better": sum(j["p_a"] for _, _, j in rows) / n,
         "harmless_rate_start": sum(s >= 0.5 for s in s_before) / n,
         "harmless_rate_trained": sum(s >= 0.5 for s in s_after) / n,
         "mean_harmless_score_start": sum(s_before) / n,

@@ -10,7 +10,7 @@ from pathlib import Path
 from rlaif.eval.html import HtmlReport
 from rlaif.records import read_output, write_atomic
 
-SECTIONS = ("Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
+SECTIONS = ("Judge check", "Model roles", "Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
             "Policy training", "Policy evaluation")
 
 
@@ -56,14 +56,71 @@ def label_histogram(records: list[dict], title: str):
     return fig
 
 
+def role_line(roles: dict) -> str:
+    return " · ".join(f"{role} {r['engine']}:{r['model']}" for role, r in roles.items())
+
+
+def judge_banner(check: dict | None, judge_is_policy: bool) -> list[tuple[str, str]]:
+    """(level, text) lines that open the report: what the judge check found, said plainly."""
+    lines = []
+    if check is None:
+        lines.append(("note", "No judge check ran in this pipeline (no stage uses the judge, or judge_check.enabled "
+                              "is false)."))
+    elif check["status"] == "at_chance":
+        lines.append(("alarm", "The judge cannot tell this constitution's check pairs apart: its accuracy on them is "
+                               "no better than a coin flip, so the AI labels, the reward model, the trained policy "
+                               "and the win and harmless rates below carry no signal. " + check["message"]))
+    elif check["status"] == "skipped":
+        lines.append(("warn", check["message"]))
+    else:
+        lines.append(("ok", check["message"]))
+    if judge_is_policy:
+        lines.append(("warn", "The judge is the policy model: the model being trained also labels and evaluates "
+                              "itself. Name a judge block (e.g. a larger model behind a server or a GGUF file)."))
+    return lines
+
+
 def write_run_report(p) -> Path:
     out: Path = p.out
     summary = p.summary
     stages = summary["stages"]
+    roles = summary["roles"]
     rep = HtmlReport(f"rlaif run: {summary['pipeline']}",
-                     f"constitution {summary['constitution']} · engine {summary['engine']} · folder {out}")
+                     f"constitution {summary['constitution']} · {role_line(roles)} · folder {out}")
+    check = summary.get("judge_check")
+    for level, text in judge_banner(check, summary["judge_is_policy"]):
+        rep.banner(text, level)
     metrics: dict = {"pipeline": summary["pipeline"], "constitution": summary["constitution"],
-                     "engine": summary["engine"], "stages": {}}
+                     "roles": roles, "judge_is_policy": summary["judge_is_policy"],
+                     "judge_check": check, "stages": {}}
+
+    sec = rep.section("Judge check")
+    if check and check["status"] != "skipped":
+        keys = ("status", "pairs", "accuracy", "accuracy_ci95", "mean_p_right", "position_flip_rate",
+                "prefers_longer_rate", "seconds_per_pair")
+        sec.append(rep.table({k: check.get(k) for k in keys}))
+        sec.append(rep.para("The judge labels the constitution's check pairs — unambiguous pairs written for this "
+                            "check, the better reply longer in some and shorter in others — exactly as it labels "
+                            "the run's pairs. A judge whose 95 % CI includes 0.5 is at chance; rlaif run "
+                            "--require-judge-accuracy X stops before labeling when accuracy is below X. Per-pair "
+                            "labels: judge_check/labels.jsonl.", note=True))
+    else:
+        sec.append(rep.para(check["message"] if check else "No judge check in this run.", note=True))
+
+    sec = rep.section("Model roles")
+    usage = summary.get("role_usage", {})
+    sec.append(rep.table([{"role": role, **{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()},
+                           "requests": usage.get(role, {}).get("requests"),
+                           "engine seconds": usage.get(role, {}).get("seconds")}
+                          for role, r in roles.items()],
+                         ["role", "engine", "model", "base_url", "defaulted_to", "same_engine_as", "requests",
+                          "engine seconds"]))
+    sec.append(rep.para("policy: samples responses, is trained and is the reference. critic: writes critiques and "
+                        "revisions. judge: labels pairs, is checked against human labels, judges the policy "
+                        "evaluation and gives direct rewards. A role without a block of its own takes the one named "
+                        "under defaulted_to; roles with identical blocks share one engine, and then requests count "
+                        "for all of them.", note=True))
+    metrics["role_usage"] = usage
 
     sec = rep.section("Overview")
     rows = []
