@@ -4,12 +4,15 @@ Generation: requests with the same sampling settings are sorted by prompt length
 batches of `batch_size`, left-padded and generated together under `torch.inference_mode`.
 Sampling is seeded per batch from the requests' own seeds, so the same requests give the same
 texts on every run. `option_logprobs` is one forward pass per batch: the chat prompt plus the
-prefill, and the next-token log-softmax read at the options' single-token spellings.
+prefill, and the next-token log-softmax read at the options' single-token spellings. Position ids
+count from each row's first real token, so a left-padded prompt scores as it does alone (models
+with absolute positions, e.g. GPT-2, would otherwise see shifted positions).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from itertools import groupby
 from typing import Sequence
@@ -22,6 +25,7 @@ from rlaif.backends.base import (
 from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
+from rlaif.train.ppo import positions
 
 
 def pick_device(device: str) -> torch.device:
@@ -55,6 +59,9 @@ class TransformersEngine(LocalPrompts):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
+        # left padding shifts every row; models with absolute positions (GPT-2) need them counted from
+        # each row's first real token, as `generate` does
+        self._takes_positions = "position_ids" in inspect.signature(self.net.forward).parameters
         self._option_ids: dict[str, list[int]] = {}
         self.counters = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
                          "forward_passes": 0, "seconds": 0.0}
@@ -195,7 +202,8 @@ class TransformersEngine(LocalPrompts):
         results: list[OptionLogprobs | None] = [None] * len(requests)
         for chunk in self.prefill_batches([len(e) for e in encoded]):
             ids, mask = self._pad_left([encoded[i] for i in chunk])
-            logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
+            extra = {"position_ids": positions(mask)} if self._takes_positions else {}
+            logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             self.counters["forward_passes"] += 1
             for row, i in enumerate(chunk):
