@@ -16,6 +16,12 @@ YAML schema (validated; unknown keys are errors):
         response: ...
         critique: ...
         revision: ...
+    check_pairs:                   # optional: unambiguous pairs the judge must get right
+      - prompt: ...                # the user's message
+        better: ...                # the reply any competent reader prefers
+        worse: ...
+        principle: physical-harm   # optional: judge by this principle's question
+        note: ...                  # optional: why `better` is better
 """
 
 from __future__ import annotations
@@ -45,12 +51,30 @@ class FewShot(Strict):
     principle: str | None = None  # id of the principle the exemplar illustrates
 
 
+class CheckPair(Strict):
+    """A pair with a clear answer under this constitution; the judge check asks the judge to pick
+    `better` (rlaif/eval/judge_check.py)."""
+
+    prompt: str = Field(min_length=1)  # one user message
+    better: str = Field(min_length=1)
+    worse: str = Field(min_length=1)
+    principle: str | None = None  # id of the principle to judge it by (else the labeler draws one)
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _different(self):
+        if self.better.strip() == self.worse.strip():
+            raise ValueError("better and worse are the same reply")
+        return self
+
+
 class Constitution(Strict):
     name: str = Field(min_length=1)
     version: str
     description: str = Field(min_length=1)
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = Field(default_factory=list)
+    check_pairs: list[CheckPair] = Field(default_factory=list)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -67,6 +91,10 @@ class Constitution(Strict):
         for i, ex in enumerate(self.few_shot):
             if ex.principle is not None and ex.principle not in seen:
                 raise ValueError(f"few_shot.{i}.principle: {ex.principle!r} is not the id of a principle "
+                                 f"in this constitution (ids: {', '.join(sorted(seen))})")
+        for i, cp in enumerate(self.check_pairs):
+            if cp.principle is not None and cp.principle not in seen:
+                raise ValueError(f"check_pairs.{i}.principle: {cp.principle!r} is not the id of a principle "
                                  f"in this constitution (ids: {', '.join(sorted(seen))})")
         return self
 
@@ -97,7 +125,7 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
 
 
 def describe_constitution(c: Constitution, source: str | Path = "") -> str:
-    """A one-screen summary: name, version, principles with weights, few-shot count."""
+    """A one-screen summary: name, version, principles with weights, few-shot and check-pair counts."""
     total = sum(p.weight for p in c.principles)
     lines = [f"{source}: ok" if source else f"{c.name}: ok",
              f"  name: {c.name}   version: {c.version}",
@@ -107,6 +135,7 @@ def describe_constitution(c: Constitution, source: str | Path = "") -> str:
     lines += [f"    {p.id:<{width}}  weight {p.weight:g}  ({p.weight / total:.0%})" for p in c.principles]
     linked = sum(1 for ex in c.few_shot if ex.principle)
     lines.append(f"  few-shot exemplars: {len(c.few_shot)}" + (f" ({linked} tied to a principle)" if linked else ""))
+    lines.append(f"  check pairs: {len(c.check_pairs)}" + ("" if c.check_pairs else " (the judge check will be skipped)"))
     return "\n".join(lines)
 
 
