@@ -17,6 +17,7 @@ Rules
   request for "10" (option "0" after a prefill ending in "1") gets log(1e-6).
 - "random": the control. The same confidence, but the side (or the digit) comes from a seeded hash
   of the request's messages, independent of the replies' lengths, so its labels carry no signal.
+- "first": pure position bias, pairwise prompts only: the reply shown as (A) wins with `accuracy`.
 
 Any other options list gets the mass spread evenly. A pairwise or direct prompt whose fences are
 missing raises ValueError naming what was expected, so a template change cannot silently break it.
@@ -35,7 +36,7 @@ from typing import Sequence
 
 from rlaif.backends.base import Completion, GenerationRequest, OptionLogprobs, OptionRequest
 
-RULES = ("shorter", "random")
+RULES = ("shorter", "random", "first")
 DIGITS = tuple(str(d) for d in range(1, 10))
 TEN_LOGPROB = math.log(1e-6)
 
@@ -101,6 +102,8 @@ class RuleJudge:
     def preferred_side(self, messages: Sequence[dict]) -> str | None:
         """"a", "b", or None for an exact tie (the "shorter" rule only)."""
         a, b = pair_replies(_last_user(messages))
+        if self.rule == "first":
+            return "a"
         if self.rule == "random":
             return "a" if self._hash(messages, "side") % 2 == 0 else "b"
         ka, kb = length_key(a), length_key(b)
@@ -108,6 +111,8 @@ class RuleJudge:
 
     def preferred_digit(self, messages: Sequence[dict]) -> int:
         reply = single_reply(_last_user(messages))
+        if self.rule == "first":
+            raise ValueError("RuleJudge: rule 'first' is a position bias; it has no meaning for direct scores")
         if self.rule == "random":
             return 1 + self._hash(messages, "digit") % 9
         return length_digit(reply)
@@ -141,7 +146,7 @@ class RuleJudge:
             side = self.preferred_side(messages)
             if side is None:
                 return "Both replies are the same length, so neither is better."
-            why = "it is shorter" if self.rule == "shorter" else "a coin says so"
+            why = {"shorter": "it is shorter", "random": "a coin says so", "first": "it comes first"}[self.rule]
             return f"Reply ({side.upper()}) is better because {why}."
         if _last_fenced(text, "reply") is not None:
             return str(self.preferred_digit(messages))

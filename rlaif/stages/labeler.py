@@ -289,14 +289,21 @@ def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> 
 
 def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: LabelerConfig,
                  template_ids: dict) -> list[dict]:
-    """One runner input per pair: a stable id and the principles drawn for it."""
+    """One runner input per pair: a stable id and the principles drawn for it. A pair that names
+    its `principle` (a constitution's check pair) is judged by that one alone."""
     chash, stage_cfg = config_hash(constitution), cfg.model_dump(mode="json")
+    ids = {q.id for q in constitution.principles}
     out = []
     for p in pairs:
         key = record_id(p["prompt"], p["a"], p["b"])
-        principles = draw_principles(constitution, cfg.seed, key, cfg.principles)
-        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids),
-                    "principles": [q.id for q in principles]})
+        named = p.get("principle")
+        if named is not None and named not in ids:
+            raise UserError(f"pair {p.get('source_line')}: principle {named!r} is not the id of a principle "
+                            f"in constitution {constitution.name} (ids: {', '.join(sorted(ids))})")
+        principles = [named] if named is not None else [q.id for q in draw_principles(constitution, cfg.seed, key,
+                                                                                      cfg.principles)]
+        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids, *([named] if named else [])),
+                    "principles": principles})
     return out
 
 
