@@ -127,6 +127,26 @@ def test_derived_datasets_leave_out_degenerate_chains():
     assert pairs[0]["principles"] == ["a"] and pairs[0]["degenerate"] == [[], ["empty"]]
 
 
+def test_another_critic_in_the_same_folder_writes_its_own_chains(tokenizer, tmp_path):
+    from rlaif.backends.transformers_engine import TransformersEngine
+    from rlaif.config import EngineConfig
+    from tests.conftest import build_tiny_llama
+
+    def critic(name, seed):
+        return TransformersEngine.from_pretrained_objects(build_tiny_llama(tokenizer, seed=seed), tokenizer,
+                                                          EngineConfig(model=name, device="cpu"))
+
+    responses = [{"id": "r1", "prompt": [{"role": "user", "content": "How do I pick a lock?"}],
+                  "response": "Use a tension wrench.", "sample": 0}]
+    cfg = CritiqueConfig(rounds=1, few_shot=0, critique_max_tokens=4, revision_max_tokens=4)
+    out = tmp_path / "critique"
+    first = run_critique(responses, "harmless", critic("critic-one", 1), out, config=cfg, progress=False)
+    again = run_critique(responses, "harmless", critic("critic-one", 1), out, config=cfg, progress=False)
+    other = run_critique(responses, "harmless", critic("critic-two", 2), out, config=cfg, progress=False)
+    assert (first["written"], again["written"], again["done_before"]) == (1, 0, 1)
+    assert other["written"] == 1  # not the first critic's chain, taken as done
+
+
 # ------------------------------------------------------------------ real model
 
 @pytest.fixture(scope="module")

@@ -279,16 +279,18 @@ def critique_flags(critique: str, principle: Principle, threshold: float = 0.8) 
 
 
 def chain_inputs(responses: Sequence[dict], constitution: Constitution, cfg: CritiqueConfig,
-                 template_ids: dict) -> list[dict]:
-    """One runner input per response: chain id (from the response id, the constitution and the
-    stage config) and the principles drawn for it."""
+                 template_ids: dict, critic: str = "") -> list[dict]:
+    """One runner input per response: chain id (from the response id, the constitution, the stage
+    config and the critic model `critic`, so another critic in the same folder writes its own
+    chains) and the principles drawn for it."""
     chash = config_hash(constitution)
     stage_cfg = cfg.model_dump(mode="json")
     out = []
     for rec in responses:
         principles = draw_principles(constitution, cfg.seed, rec["response_id"], cfg.rounds,
                                      cfg.repeat_principles)
-        cid = record_id(STAGE, rec["response_id"], rec["prompt"], rec["response"], chash, stage_cfg, template_ids)
+        cid = record_id(STAGE, rec["response_id"], rec["prompt"], rec["response"], chash, stage_cfg, template_ids,
+                        *([critic] if critic else []))
         out.append({**rec, "id": cid, "principles": [p.id for p in principles]})
     return out
 
@@ -420,7 +422,7 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
     cfg = config or CritiqueConfig(rounds=rounds, seed=seed)
     ct, rt = load_template(cfg.critique_template), load_template(cfg.revision_template)
     template_ids = {"critique": ct.id, "revision": rt.id}
-    inputs = chain_inputs(responses, constitution, cfg, template_ids)
+    inputs = chain_inputs(responses, constitution, cfg, template_ids, critic=f"{engine.name}:{engine.model}")
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         result = run_stage(
