@@ -15,12 +15,13 @@ import random
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlaif.config import Strict
 from rlaif.errors import UserError
@@ -57,6 +58,22 @@ class TrainConfig(Strict):
     save: bool = True
 
 
+class PairTrainConfig(TrainConfig):
+    """Fields of the trainers on preference pairs (reward model, DPO)."""
+
+    # prompt tokens kept (the end of the prompt) when a prompt is longer; default max_length // 2.
+    # The cut depends on the prompt alone, so both sides of a pair see the same prompt tokens; the
+    # completions then fill what is left of max_length (as TRL's max_prompt_length).
+    max_prompt_length: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _prompt_fits(self):
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length {self.max_prompt_length} must be below max_length "
+                             f"{self.max_length} (the completions need room)")
+        return self
+
+
 def check_batch(cfg: TrainConfig, accelerator) -> None:
     n = accelerator.num_processes
     for name in ("batch_size", "eval_batch_size"):
@@ -91,10 +108,24 @@ class Pair:
     conversational: bool = True
 
 
+class UnusablePair(UserError):
+    """A well-formed record that must not be trained on; `read_pairs` skips it and counts `reason`."""
+
+    def __init__(self, where: str, reason: str, detail: str):
+        super().__init__(f"{where}: {detail}")
+        self.reason = reason
+
+
 def parse_pair(rec: dict, where: str) -> Pair:
     """TRL preference shapes: conversational (`prompt` messages, `chosen`/`rejected` assistant
     messages) or plain strings; also implicit-prompt pairs (`chosen`/`rejected` full conversations
-    sharing a prefix, as HH-RLHF has them). `p_chosen` is the soft label, 1.0 when absent."""
+    sharing every turn but the last assistant reply, as HH-RLHF has them). `p_chosen` is the soft
+    label, 1.0 when absent.
+
+    A completion is assistant text only: a record whose transcripts differ before their last
+    assistant turn, or whose completion holds another role's turn, would train the model to write
+    that text. It raises `UnusablePair` (a UserError naming the record); `read_pairs` skips such
+    records and counts them by reason, as the HH-RLHF reader does with its prefix mismatches."""
     for key in ("chosen", "rejected"):
         if key not in rec:
             raise UserError(f"{where}: missing field {key!r}; expected a preference record with "
@@ -112,20 +143,39 @@ def parse_pair(rec: dict, where: str) -> Pair:
         return Pair(prompt or "", rec["chosen"], rec["rejected"], float(p), float(margin), False)
     chosen = _as_messages(rec["chosen"], "assistant", where, "chosen")
     rejected = _as_messages(rec["rejected"], "assistant", where, "rejected")
-    if prompt is None:  # implicit prompt: split off the shared prefix
-        k = 0
-        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
-            k += 1
-        prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+    if prompt is None:  # implicit prompt: everything before the last assistant reply
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            raise UnusablePair(where, "no_final_assistant_turn",
+                               "chosen and rejected must each end with an assistant turn")
+        if chosen[:-1] != rejected[:-1]:
+            raise UnusablePair(where, "differ_before_last_assistant_turn",
+                               "chosen and rejected differ before their last assistant turn")
+        prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
         if not prompt:
             raise UserError(f"{where}: no 'prompt' and chosen/rejected share no leading messages")
     else:
         prompt = _as_messages(prompt, "user", where, "prompt")
+        for key, completion in (("chosen", chosen), ("rejected", rejected)):
+            if any(m["role"] != "assistant" for m in completion):
+                raise UnusablePair(where, "non_assistant_turn_in_completion",
+                                   f"field {key!r} holds a turn that is not the assistant's")
     return Pair(prompt, chosen, rejected, float(p), float(margin), True)
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    return [parse_pair(r, f"{path}:{i}") for i, r in enumerate(read_jsonl(path), 1)]
+def read_pairs(path: str | Path) -> tuple[list[Pair], Counter]:
+    """-> (usable pairs, count of skipped records by reason). A malformed record is a UserError;
+    a file without one usable pair too."""
+    pairs: list[Pair] = []
+    skipped: Counter = Counter()
+    rows = read_jsonl(path)
+    for i, rec in enumerate(rows, 1):
+        try:
+            pairs.append(parse_pair(rec, f"{path}:{i}"))
+        except UnusablePair as e:
+            skipped[e.reason] += 1
+    if not pairs:
+        raise UserError(f"{path}: no usable preference pairs ({len(rows)} read; skipped: {dict(skipped) or 'none'})")
+    return pairs, skipped
 
 
 def read_prompts(path: str | Path) -> list[Messages]:
@@ -168,25 +218,30 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int):
+def prompt_budget(max_length: int, max_prompt_length: int | None) -> int:
+    """Prompt tokens kept: `max_prompt_length`, by default half of `max_length`."""
+    return max_prompt_length if max_prompt_length is not None else max_length // 2
+
+
+def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int,
+           max_prompt_length: int | None = None):
     """-> (input_ids, completion_mask): prompt tokens then completion tokens, 1 on completion.
 
     Prompt and completion are tokenised separately so the mask boundary is exact. Too long: the
-    prompt loses tokens from its start (keeping at least half the budget for it when the completion
-    is long), then the completion is cut at the end."""
+    prompt keeps its last `max_prompt_length` tokens (default max_length // 2) — a cut that depends
+    on the prompt alone, so chosen and rejected are conditioned on the same tokens whatever their
+    lengths (TRL's `max_prompt_length`) — then the completion is cut at the end to fit max_length."""
     p = _ids(tokenizer, render_prompt(tokenizer, prompt))
     if isinstance(prompt, str) and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         p = [tokenizer.bos_token_id] + p
-    c = _ids(tokenizer, render_completion(tokenizer, prompt, completion))
-    if len(p) + len(c) > max_length:
-        keep_p = min(len(p), max(max_length - len(c), max_length // 2))
-        p = p[len(p) - keep_p:]
-        c = c[:max_length - len(p)]
+    p = p[max(0, len(p) - prompt_budget(max_length, max_prompt_length)):]
+    c = _ids(tokenizer, render_completion(tokenizer, prompt, completion))[:max_length - len(p)]
     return p + c, [0] * len(p) + [1] * len(c)
 
 
-def encode_text(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int) -> list[int]:
-    return encode(tokenizer, prompt, completion, max_length)[0]
+def encode_text(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int,
+                max_prompt_length: int | None = None) -> list[int]:
+    return encode(tokenizer, prompt, completion, max_length, max_prompt_length)[0]
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
@@ -257,17 +312,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, sync_with_dataloader: bool = True):
     """An Accelerator with global batches split over processes. `accelerate launch` settings
-    (processes, --cpu, mixed precision) come from the environment as usual."""
+    (processes, --cpu, mixed precision) come from the environment as usual.
+
+    `sync_with_dataloader`: accelerate steps the optimizer at every `accumulate` while the last
+    batch of a prepared dataloader is out. Right when micro-batches *are* the dataloader's batches
+    (reward model, DPO); PPO accumulates over minibatches of one rollout batch and turns it off."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
     # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU box): run
     # them on CPU with gloo. (`accelerate launch --cpu --num_processes N` starts one process unless
     # it is given an mpirun hostfile.)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+    acc = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(
+                          num_steps=cfg.grad_accum, sync_with_dataloader=sync_with_dataloader),
                       cpu=distributed and not torch.cuda.is_available(),
                       dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True))
     check_batch(cfg, acc)
@@ -280,11 +340,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def example_stream(cfg: TrainConfig, n_examples: int) -> tuple[int, list[int]]:
-    """(optimizer steps, example indices in training order): seeded epoch permutations back to
-    back, cut to exactly steps × batch_size × grad_accum, so every batch is full."""
-    steps = plan_steps(cfg, n_examples)
-    need = steps * cfg.batch_size * cfg.grad_accum
+def example_stream(cfg: TrainConfig, n_examples: int, per_step: int | None = None) -> tuple[int, list[int]]:
+    """(steps, example indices in training order): seeded epoch permutations back to back, cut to
+    exactly steps × per_step (default batch_size × grad_accum: one optimizer step), so every batch
+    is full."""
+    per_step = per_step or cfg.batch_size * cfg.grad_accum
+    steps = plan_steps(cfg, n_examples, per_step)
+    need = steps * per_step
     order: list[int] = []
     epoch = 0
     while len(order) < need:
@@ -293,11 +355,29 @@ def example_stream(cfg: TrainConfig, n_examples: int) -> tuple[int, list[int]]:
     return steps, order[:need]
 
 
-def plan_steps(cfg: TrainConfig, n_examples: int) -> int:
-    per_step = cfg.batch_size * cfg.grad_accum
+def plan_steps(cfg: TrainConfig, n_examples: int, per_step: int | None = None) -> int:
+    per_step = per_step or cfg.batch_size * cfg.grad_accum
     if cfg.max_steps:
         return cfg.max_steps
     return max(1, int(cfg.epochs * n_examples // per_step))
+
+
+def disable_dropout(model):
+    """Dropout off in every module, as TRL's trainers do by default (`disable_dropout=True`). With
+    it on, the training forward is a different function from the one that gave the reference and
+    old log-probs (computed in eval mode or by a frozen copy), so at step 0 DPO's implicit rewards
+    and PPO's ratio and KL are noise instead of 0. TRL zeroes `nn.Dropout` modules; the attention
+    dropout of most HF models is a float on the attention module read in train mode (Llama's
+    `attention_dropout`), so those go to 0 as well. The config is left as it was (the saved model
+    keeps its dropout settings for whoever fine-tunes it next)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        rates = [k for k, v in vars(module).items()
+                 if "dropout" in k and isinstance(v, float) and not isinstance(v, bool)]
+        for k in rates:
+            setattr(module, k, 0.0)
+    return model
 
 
 def start_training(model, cfg: TrainConfig):

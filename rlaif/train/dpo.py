@@ -17,9 +17,13 @@ and, with `p = p_chosen` the labeler's probability that `y_c` is better:
   completion tokens, not summed.
 
 The reference log-probs are computed once, before the first update, with the starting weights
-(the policy *is* the reference then): no second model in memory. Chosen and rejected go through one
-concatenated forward. LoRA (`peft`, the `lora` extra) trains adapters only; the saved model has them
-merged, so the output is a plain causal-LM dir.
+(the policy *is* the reference then): no second model in memory. Dropout is off in the model (as
+TRL does), so before the first update the policy's log-probs equal the reference's and h = 0.
+Chosen and rejected go through one concatenated forward, on the same prompt tokens (a long prompt
+keeps its last `max_prompt_length` tokens on both sides). Implicit-prompt records whose transcripts
+differ before the last assistant turn are skipped and counted (`skipped_pairs` in the summary).
+LoRA (`peft`, the `lora` extra) trains adapters only (its own `dropout` setting applies to them);
+the saved model has them merged, so the output is a plain causal-LM dir.
 
 Run: `rlaif dpo --prefs FILE --policy SPEC --out DIR`, or `accelerate launch -m rlaif.train.dpo CONFIG.yaml`.
 """
@@ -38,9 +42,9 @@ from tqdm.auto import tqdm
 
 from rlaif.config import Strict
 from rlaif.errors import UserError
-from rlaif.train.common import (Pair, TrainConfig, TrainLog, encode, example_stream, finish_run,
-                                gather_mean, load_tokenizer, make_accelerator, make_optimizer, pad,
-                                pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
+from rlaif.train.common import (Pair, PairTrainConfig, TrainLog, disable_dropout, encode, example_stream,
+                                finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
+                                pad, pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
                                 start_training, torch_dtype)
 
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
@@ -53,7 +57,7 @@ class LoraSettings(Strict):
     target_modules: list[str] | str = "all-linear"
 
 
-class DPOConfig(TrainConfig):
+class DPOConfig(PairTrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
     prefs: str | None = None  # preference JSONL
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
@@ -88,12 +92,13 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
 class DPOBatches:
     """Tokenised pairs -> [chosen…, rejected…] right-padded with completion masks, labels, indices."""
 
-    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, soft_labels: bool = True):
+    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, soft_labels: bool = True,
+                 max_prompt_length: int | None = None):
         self.pad = pad_id(tokenizer)
         self.items = []
         for q in pairs:
-            c_ids, c_mask = encode(tokenizer, q.prompt, q.chosen, max_length)
-            r_ids, r_mask = encode(tokenizer, q.prompt, q.rejected, max_length)
+            c_ids, c_mask = encode(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length)
+            r_ids, r_mask = encode(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length)
             self.items.append((c_ids, c_mask, r_ids, r_mask, q.p if soft_labels else 1.0))
 
     def __call__(self, idx: list[int]) -> dict:
@@ -171,9 +176,10 @@ def apply_lora(model, lora: LoraSettings):
 
 
 def load_policy(path: str, dtype: str):
+    """The starting policy, dropout off (the reference log-probs come from these weights)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    return disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)))
 
 
 def train_dpo(cfg: DPOConfig) -> dict:
@@ -184,7 +190,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     out = Path(cfg.output_dir)
     path = resolve(cfg.policy)
     tokenizer = load_tokenizer(path)
-    pairs = read_pairs(cfg.prefs)
+    pairs, skipped = read_pairs(cfg.prefs)
     model = load_policy(path, cfg.dtype)
     if cfg.lora:
         model = apply_lora(model, cfg.lora)
@@ -192,7 +198,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     average = cfg.loss == "ipo"
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = DPOBatches(tokenizer, pairs, cfg.max_length, cfg.soft_labels)
+    collate = DPOBatches(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -200,8 +206,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     ref = reference_logps(accelerator, model, collate, len(pairs), cfg.eval_batch_size, average)
     eval_state = None
     if cfg.eval_file:
-        eval_pairs = read_pairs(cfg.eval_file)
-        eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels)
+        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
+        eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
         eval_ref = reference_logps(accelerator, model, eval_collate, len(eval_pairs), cfg.eval_batch_size, average)
         eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
             list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
@@ -246,8 +252,11 @@ def train_dpo(cfg: DPOConfig) -> dict:
 
     result = summary(log, step, seconds, ["loss", "margin", "accuracy", "rewards_chosen",
                                           "rewards_rejected", "eval_loss", "eval_margin", "eval_accuracy"])
-    result.update({"train_pairs": len(pairs), "processes": accelerator.num_processes,
+    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped),
+                   "processes": accelerator.num_processes,
                    "mixed_precision": accelerator.mixed_precision, "loss_type": cfg.loss})
+    if eval_state:
+        result["eval_skipped_pairs"] = dict(eval_skipped)
     accelerator.wait_for_everyone()
     if cfg.save:
         unwrapped = accelerator.unwrap_model(model)

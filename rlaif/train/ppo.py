@@ -15,6 +15,10 @@ One PPO step:
 
 The value head is a linear layer on the policy's last hidden state (shared backbone). Log-probs use
 the sampling temperature (logits / T) so ρ is the ratio of the distributions actually sampled from.
+Dropout is off in policy and reference (as TRL does), and sampling, the old-log-prob pass and the
+reference pass run in the same precision context (accelerate's autocast under mixed precision), so at
+step 0 ρ = 1 and KL = 0 exactly. A PPO step is one rollout batch of `batch_size` prompts; each
+minibatch of `mini_batch_size` rollouts is one optimizer step, taken over `grad_accum` micro-batches.
 Per step it logs reward, KL, entropy, clip fraction, value loss (and more) to `train_log.jsonl` and
 draws `reward_vs_kl.png`.
 
@@ -36,10 +40,10 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
-from rlaif.train.common import (Messages, TrainConfig, TrainLog, entropy_from_logits, example_stream,
-                                finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
-                                masked_mean, masked_whiten, pad, pad_id, read_prompts, render_prompt,
-                                resolve, seed_everything, summary, token_logps, torch_dtype)
+from rlaif.train.common import (Messages, TrainConfig, TrainLog, disable_dropout, entropy_from_logits,
+                                example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
+                                make_optimizer, masked_mean, masked_whiten, pad, pad_id, read_prompts,
+                                render_prompt, resolve, seed_everything, summary, token_logps, torch_dtype)
 
 RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
@@ -235,7 +239,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     if cfg.gradient_checkpointing:
         raise UserError("ppo: gradient_checkpointing is not supported (the policy generates every step); "
                         "it applies to train-rm and dpo")
-    accelerator = make_accelerator(cfg)
+    # the rollout loader's last batch must not make every micro-batch an optimizer step
+    accelerator = make_accelerator(cfg, sync_with_dataloader=False)
     n_proc = accelerator.num_processes
     if cfg.mini_batch_size % (n_proc * cfg.grad_accum) or cfg.batch_size % cfg.mini_batch_size:
         raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide batch_size {cfg.batch_size} "
@@ -250,11 +255,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
 
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype))
+    lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
     ref = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
     policy = PolicyWithValue(lm)
     policy.train()
-    steps, order = example_stream(cfg, len(prompts))
+    steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)  # one rollout batch a step
     collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens))
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(policy, cfg, steps)
@@ -270,7 +275,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     for batch in loader:
         step_started = time.time()
         seed = cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
-        responses = rollout(unwrapped, batch, tokenizer, cfg, seed)
+        with accelerator.autocast():  # sample from the distribution the old log-probs describe
+            responses = rollout(unwrapped, batch, tokenizer, cfg, seed)
         mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
         texts = [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
@@ -292,7 +298,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
             logits, values = model(full, full_mask, pos)
             old_logp, _ = response_logps(logits, responses, P, cfg.temperature)
             old_values = values[:, P - 1:-1].float()
-            ref_logits = ref(input_ids=full, attention_mask=full_mask, position_ids=pos, use_cache=False).logits
+            with accelerator.autocast():  # the precision of the policy's (prepared) forward
+                ref_logits = ref(input_ids=full, attention_mask=full_mask, position_ids=pos, use_cache=False).logits
             ref_logp, _ = response_logps(ref_logits, responses, P, cfg.temperature)
             del logits, ref_logits
             rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, maskf, cfg.kl_coef)

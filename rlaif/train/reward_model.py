@@ -11,7 +11,12 @@ TRL's reward loss `-log σ(r_c − r_r − m)`; at `p = 0.5` its gradient on `r_
 `r_c = r_r` (the pair carries no preference). An optional `center_rewards_coefficient` adds
 `c · mean((r_c + r_r)²)` (Eisenstein et al. 2023, as in TRL) to keep rewards centred.
 
-Chosen and rejected go through one forward (concatenated on the batch axis). The output folder is a
+Chosen and rejected go through one forward (concatenated on the batch axis), on the same prompt
+tokens (a long prompt keeps its last `max_prompt_length` tokens on both sides, so length cannot leak
+into the reward through the prompt window). Dropout is off while training, as TRL does. Implicit-prompt
+records whose transcripts differ before the last assistant turn are skipped and counted
+(`skipped_pairs` in the summary); upstream HH-RLHF eval files go through the HH reader, which skips
+the same pairs (`prefix_mismatch`). The output folder is a
 standard HF model dir: `AutoModelForSequenceClassification.from_pretrained(out)` scores text the way
 training did (`RewardScorer` does exactly that, with the chat template).
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -30,15 +36,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from rlaif.train.common import (Messages, Pair, TrainConfig, TrainLog, encode_text, example_stream,
-                                gather_mean, load_tokenizer, make_accelerator, make_optimizer, pad,
-                                pad_id, read_pairs, resolve, seed_everything, summary,
-                                start_training, torch_dtype, finish_run)
+from rlaif.train.common import (Messages, Pair, PairTrainConfig, TrainLog, disable_dropout, encode_text,
+                                example_stream, gather_mean, load_tokenizer, make_accelerator,
+                                make_optimizer, pad, pad_id, read_pairs, resolve, seed_everything,
+                                summary, start_training, torch_dtype, finish_run)
 
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 
 
-class RewardConfig(TrainConfig):
+class RewardConfig(PairTrainConfig):
     base: str = DEFAULT_BASE  # backbone: embedded:NAME, a local dir or a hub id
     prefs: str | None = None  # training preference JSONL (TRL conversational or plain strings)
     human_eval_file: str | None = None  # human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL
@@ -69,20 +75,21 @@ def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Ten
 
 
 def load_reward_model(path: str, tokenizer, dtype: str = "float32"):
+    """The backbone with a fresh scalar head, for training: dropout off."""
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
     model.config.pad_token_id = pad_id(tokenizer)
-    return model
+    return disable_dropout(model)
 
 
 class PairBatches:
     """Tokenised pairs -> batches of [chosen…, rejected…] right-padded, with labels and margins."""
 
-    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int):
+    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, max_prompt_length: int | None = None):
         self.pad = pad_id(tokenizer)
-        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length),
-                       encode_text(tokenizer, q.prompt, q.rejected, max_length), q.p, q.margin)
+        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length),
+                       encode_text(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length), q.p, q.margin)
                       for q in pairs]
 
     def __call__(self, idx: list[int]) -> dict:
@@ -131,6 +138,11 @@ def evaluate(accelerator, model, loader, cfg: RewardConfig) -> dict:
 def read_eval_pairs(path: str) -> list[Pair]:
     """Preference JSONL; upstream HH-RLHF files (`chosen`/`rejected` transcripts, no `prompt`) go
     through the HH reader so the shared prefix becomes the chat prompt."""
+    return read_eval_file(path)[0]
+
+
+def read_eval_file(path: str) -> tuple[list[Pair], Counter]:
+    """`read_eval_pairs` with the count of skipped records by reason."""
     from rlaif.records import read_jsonl
     from rlaif.train.common import parse_pair
 
@@ -139,16 +151,18 @@ def read_eval_pairs(path: str) -> list[Pair]:
         from rlaif.eval.hh_rlhf import read_hh_rlhf
 
         human = read_hh_rlhf(path)
-        return [parse_pair(p, f"{path}:{p.get('line', i)}") for i, p in enumerate(human.pairs, 1)]
+        pairs = [parse_pair(p, f"{path}:{p.get('line', i)}") for i, p in enumerate(human.pairs, 1)]
+        return pairs, Counter(human.skipped)
     return read_pairs(path)
 
 
 def _eval_loader(accelerator, tokenizer, path: str, cfg: RewardConfig):
-    pairs = read_eval_pairs(path)
-    collate = PairBatches(tokenizer, pairs, cfg.max_length)
+    """-> (prepared loader, skipped records by reason)."""
+    pairs, skipped = read_eval_file(path)
+    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
     loader = torch.utils.data.DataLoader(list(range(len(pairs))), batch_size=cfg.eval_batch_size,
                                          collate_fn=collate)
-    return accelerator.prepare_data_loader(loader)
+    return accelerator.prepare_data_loader(loader), skipped
 
 
 # ---------------------------------------------------------------- training
@@ -165,16 +179,18 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     out = Path(cfg.output_dir)
     base = resolve(cfg.base)
     tokenizer = load_tokenizer(base)
-    pairs = read_pairs(cfg.prefs)
+    pairs, skipped = read_pairs(cfg.prefs)
     model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = PairBatches(tokenizer, pairs, cfg.max_length)
+    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    evals = {name: _eval_loader(accelerator, tokenizer, path, cfg)
-             for name, path in (("eval", cfg.eval_file), ("human", cfg.human_eval_file)) if path}
+    evals, eval_skipped = {}, {}
+    for name, path in (("eval", cfg.eval_file), ("human", cfg.human_eval_file)):
+        if path:
+            evals[name], eval_skipped[f"{name}_skipped_pairs"] = _eval_loader(accelerator, tokenizer, path, cfg)
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc="train-rm", disable=not (cfg.progress and accelerator.is_main_process),
@@ -215,7 +231,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     log.close()
 
     result = summary(log, step, seconds, ["loss", "accuracy", "margin", "eval_accuracy", "human_accuracy"])
-    result.update({"train_pairs": len(pairs), "processes": accelerator.num_processes,
+    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped),
+                   **{k: dict(v) for k, v in eval_skipped.items()}, "processes": accelerator.num_processes,
                    "mixed_precision": accelerator.mixed_precision})
     accelerator.wait_for_everyone()
     if cfg.save:
@@ -235,10 +252,11 @@ def train_reward_model(cfg: RewardConfig) -> dict:
 class RewardScorer:
     """A saved reward model as a reward function: `scorer(prompts, responses) -> list[float]`,
     prompts as chat messages (or strings), responses as assistant texts. Same tokenisation as
-    training (chat template, same truncation)."""
+    training (chat template, same truncation: pass the training run's `max_length` and
+    `max_prompt_length`)."""
 
     def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16,
-                 max_length: int = 512, dtype: str = "float32"):
+                 max_length: int = 512, dtype: str = "float32", max_prompt_length: int | None = None):
         from transformers import AutoModelForSequenceClassification
 
         self.tokenizer = load_tokenizer(path)
@@ -248,13 +266,14 @@ class RewardScorer:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> list[float]:
         seqs = []
         for prompt, text in zip(prompts, responses):
             completion = text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length))
+            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length))
         scores: list[float] = []
         for i in range(0, len(seqs), self.batch_size):
             chunk = seqs[i:i + self.batch_size]
