@@ -39,8 +39,8 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
 
 
 def test_position_flip_rate():
-    # sides: (+,+) (+,−) (−,−) (tie,+): flips on the second and the fourth
-    assert M.position_flip_rate([0.7, 0.6, 0.4, 0.5], [0.8, 0.3, 0.45, 0.6]) == pytest.approx(0.5)
+    # sides: (+,+) (+,−) (−,−) (tie,+): a flip on the second, half a flip on the fourth
+    assert M.position_flip_rate([0.7, 0.6, 0.4, 0.5], [0.8, 0.3, 0.45, 0.6]) == pytest.approx(1.5 / 4)
 
 
 def test_prefers_first_rate():

@@ -5,7 +5,8 @@ human-chosen reply is shown as `a` or `b`, so neither the labeler nor a single-o
 knows where the human's choice sits. The labels go through the labeler stage (resumable
 `labels.jsonl`); then
 
-    OUT/metrics.json      n, accuracy, accuracy_ci95, ece, brier, position_flip_rate, prefers_first_rate,
+    OUT/metrics.json      n, accuracy, accuracy_ci95, ece, brier, position_flip_rate (an exact tie in
+                          one order is half a flip; see metrics.py), position_order_ties, prefers_first_rate,
                           prefers_longer_rate, human_prefers_longer_rate, pairs_per_second, tokens_processed, ...
     OUT/calibration.png   reliability diagram (10 bins, symmetric points; see metrics.py)
     OUT/report.md         the table and the ten most confident disagreements, quoted
@@ -66,6 +67,7 @@ def compute_metrics(records: Sequence[dict], seed: int = 0) -> dict:
         "brier": M.brier(ph),
         "mean_confidence": sum(max(p, 1 - p) for p in ph) / len(ph),
         "position_flip_rate": M.position_flip_rate([o["ab"] for o in both], [o["ba"] for o in both]) if both else None,
+        "position_order_ties": M.order_ties([o["ab"] for o in both], [o["ba"] for o in both]) if both else None,
         "prefers_first_rate": M.prefers_first_rate(firsts) if firsts else None,
         "prefers_longer_rate": M.prefers_longer_rate([r["p_a"] for r in records], len_a, len_b),
         "human_prefers_longer_rate": M.human_prefers_longer_rate(len_h, len_o),
@@ -122,8 +124,8 @@ def write_report(out_dir: Path, metrics: dict, records: Sequence[dict], title: s
             ("accuracy", f"{metrics['accuracy']:.3f}  [{metrics['accuracy_ci95'][0]:.3f}, {metrics['accuracy_ci95'][1]:.3f}]"),
             ("ECE (10 bins)", f"{metrics['ece']:.3f}"), ("Brier", f"{metrics['brier']:.3f}"),
             ("mean confidence", f"{metrics['mean_confidence']:.3f}"), ("exact ties", metrics["ties"])]
-    for key in ("position_flip_rate", "prefers_first_rate", "prefers_longer_rate", "human_prefers_longer_rate",
-                "pairs_per_second", "tokens_processed"):
+    for key in ("position_flip_rate", "position_order_ties", "prefers_first_rate", "prefers_longer_rate",
+                "human_prefers_longer_rate", "pairs_per_second", "tokens_processed"):
         v = metrics.get(key)
         rows.append((key, "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else v)))
     lab = metrics.get("labeler", {})

@@ -12,9 +12,17 @@ Notation: for pair i the labeler gives p_i = p(human-chosen response is better).
 Position bias, from the per-order labels p_i^{ab}, p_i^{ba} (each p(a better) with a shown first
 and with a shown second):
 
-    position_flip_rate = mean_i [ side(p_i^{ab}) ≠ side(p_i^{ba}) ],  side(p) = sign(p − 0.5)
+    position_flip_rate = mean_i  ½ · | side(p_i^{ab}) − side(p_i^{ba}) |,   side(p) = sign(p − 0.5)
     prefers_first_rate = mean over every single-order judgement of [first-shown reply wins]
                          (0.5 for an exact tie)
+
+Exact ties in the flip rate: side(0.5) = 0 sits halfway between the two verdicts, so a pair decided
+in one order and exactly tied in the other counts as half a flip, and a pair tied in both orders
+(the same verdict either way) as none. This is the convention `accuracy` uses (a tie scores ½):
+read a tie as a fair coin and a decided-vs-tied pair flips with probability ½. Counting it as a
+whole flip (as a plain side-inequality would) charges a labeler that merely abstains in one order
+as much as one that reverses itself; leaving such pairs out would hide them. How many pairs had a
+tie in either order is reported next to the rate (`position_order_ties`).
 
 Length bias: `prefers_longer_rate` is how often the reply the labeler prefers is the longer one (in
 characters), over pairs with different lengths and a non-tied label; `human_prefers_longer_rate`
@@ -80,10 +88,22 @@ def _side(p: np.ndarray) -> np.ndarray:
     return np.sign(p - 0.5)
 
 
-def position_flip_rate(p_ab: Sequence[float], p_ba: Sequence[float]) -> float:
-    """Fraction of pairs whose preferred side changes when the order is swapped."""
+def position_flips(p_ab: Sequence[float], p_ba: Sequence[float]) -> np.ndarray:
+    """Per pair: 1 if the preferred side changes when the order is swapped, ½ if exactly one order is
+    an exact tie, 0 otherwise (both orders agree, or both are exact ties): ½ |side(ab) − side(ba)|."""
     a, b = np.asarray(p_ab, dtype=float), np.asarray(p_ba, dtype=float)
-    return float((_side(a) != _side(b)).mean())
+    return 0.5 * np.abs(_side(a) - _side(b))
+
+
+def position_flip_rate(p_ab: Sequence[float], p_ba: Sequence[float]) -> float:
+    """Fraction of pairs whose preferred side changes when the order is swapped (ties: see above)."""
+    return float(position_flips(p_ab, p_ba).mean())
+
+
+def order_ties(p_ab: Sequence[float], p_ba: Sequence[float]) -> int:
+    """How many pairs are an exact tie (p = 0.5) in at least one order."""
+    a, b = np.asarray(p_ab, dtype=float), np.asarray(p_ba, dtype=float)
+    return int(((a == 0.5) | (b == 0.5)).sum())
 
 
 def prefers_first_rate(p_first: Sequence[float]) -> float:
