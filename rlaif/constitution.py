@@ -135,7 +135,8 @@ def describe_constitution(c: Constitution, source: str | Path = "") -> str:
     lines += [f"    {p.id:<{width}}  weight {p.weight:g}  ({p.weight / total:.0%})" for p in c.principles]
     linked = sum(1 for ex in c.few_shot if ex.principle)
     lines.append(f"  few-shot exemplars: {len(c.few_shot)}" + (f" ({linked} tied to a principle)" if linked else ""))
-    lines.append(f"  check pairs: {len(c.check_pairs)}" + ("" if c.check_pairs else " (the judge check will be skipped)"))
+    lines.append(f"  check pairs: {len(c.check_pairs)}"
+                 + ("" if c.check_pairs else " (the judge check will be skipped)"))
     return "\n".join(lines)
 
 

@@ -71,7 +71,8 @@ def judge_check_line(result: dict) -> str:
         return result["message"]
     model, name, n = result["judge"]["model"], result["constitution"]["name"], result["pairs"]
     lo, hi = result["accuracy_ci95"]
-    figures = f"accuracy {result['accuracy']:.2f}, 95 % CI {lo:.2f}–{hi:.2f}, mean p(right) {result['mean_p_right']:.2f}"
+    figures = (f"accuracy {result['accuracy']:.2f}, 95 % CI {lo:.2f}–{hi:.2f}, "
+               f"mean p(right) {result['mean_p_right']:.2f}")
     if result["status"] == "at_chance":
         return (f"judge check: {model} is at chance on {name}'s {n} check pairs ({figures}): "
                 "the labels it gives carry no signal")
