@@ -13,6 +13,7 @@ from rlaif.errors import UserError
 from rlaif.records import read_jsonl
 from rlaif.roles import Engines, resolve_roles
 from tests.conftest import ROOT, build_tiny_llama, run_cli
+from tests.test_openai_engine import llama_server  # noqa: F401  (the real llama.cpp server fixture)
 
 SIZES = ["--set", "prompts.limit=3", "--set", "stages.responses.max_tokens=6",
          "--set", "stages.critique.rounds=1", "--set", "stages.critique.critique_max_tokens=6",
@@ -144,3 +145,21 @@ def test_judge_check_command_refuses_a_bad_threshold(tmp_path):
                   "--require-judge-accuracy", "0.3", "--out", tmp_path / "jc")
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "(0.5, 1]" in res.stderr and not (tmp_path / "jc").exists()
+
+
+@pytest.mark.slow
+def test_policy_on_transformers_with_a_judge_behind_a_real_openai_server(three_models, llama_server, tmp_path):
+    """The RLAIF setup the roles exist for: the policy trains locally, the judge is a server
+    (llama-cpp-python's OpenAI-compatible server with the embedded GGUF)."""
+    out = tmp_path / "run"
+    assert main(["run", "cai_harmless", "--out", str(out), *SIZES, f"--policy={three_models['policy']}",
+                 "--judge", "openai:smollm2", "--set", f"judge.base_url={llama_server}",
+                 "--set", "judge.concurrency=2", "--set", "judge.timeout=120"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["roles"]["judge"] == {"engine": "openai", "model": "smollm2", "base_url": llama_server,
+                                         "api_key_env": "OPENAI_API_KEY"}
+    assert metrics["judge_check"]["pairs"] >= 24 and metrics["role_usage"]["judge"]["requests"] > 0
+    labels = read_jsonl(out / "label" / "labels.jsonl")
+    assert labels and {r["labeler"]["engine"] for r in labels} == {"openai"}
+    assert all(0 <= r["p_a"] <= 1 for r in labels)
+    assert (out / "dpo" / "config.json").exists() and metrics["policy"]["prompts"] == 2
