@@ -13,8 +13,10 @@ Rules
 
       d = clamp(9 − words // 6, 1, 9)      (≤ 5 words -> 9, 6–11 -> 8, ..., ≥ 48 words -> 1)
 
-  gets probability `accuracy`, the other eight digits share 1 − accuracy evenly. The follow-up
-  request for "10" (option "0" after a prefill ending in "1") gets log(1e-6).
+  gets probability `accuracy`, the other eight digits share 1 − accuracy evenly. "10" is two tokens
+  here (`is_single_token`: one character, one token, as SmolLM2 splits numbers into digits); the
+  follow-up request (option "0" after a prefill ending in "1"), or "10" asked as a first-token
+  option anyway, gets log(1e-6).
 - "random": the control. The same confidence, but the side (or the digit) comes from a seeded hash
   of the request's messages, independent of the replies' lengths, so its labels carry no signal.
 - "first": pure position bias, pairwise prompts only: the reply shown as (A) wins with `accuracy`.
@@ -131,10 +133,10 @@ class RuleJudge:
             if side is None:
                 return {"A": math.log(0.5), "B": math.log(0.5)}
             return {"A": acc, "B": other} if side == "a" else {"A": other, "B": acc}
-        if options == list(DIGITS):
+        if set(DIGITS) <= set(options) <= set(DIGITS) | {"10"}:
             d = str(self.preferred_digit(r.messages))
             rest = math.log((1.0 - self.accuracy) / 8)
-            return {o: (acc if o == d else rest) for o in options}
+            return {o: (acc if o == d else TEN_LOGPROB if o == "10" else rest) for o in options}
         if options == ["0"] and r.prefill.endswith("1"):
             return {"0": TEN_LOGPROB}
         even = -math.log(len(options))
@@ -151,6 +153,10 @@ class RuleJudge:
         if _last_fenced(text, "reply") is not None:
             return str(self.preferred_digit(messages))
         return "A short answer."
+
+    def is_single_token(self, option: str) -> bool:
+        """Like SmolLM2's tokenizer, which splits numbers into digits: one character, one token."""
+        return len(option.strip()) == 1
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         self.counters["generate_requests"] += len(requests)

@@ -99,6 +99,10 @@ def test_rule_judge_direct_scores_fall_with_length():
     p_rest = 0.1 / 8
     e = 0.9 * 9 + p_rest * sum(range(1, 9)) + p_rest * 1e-6 * 9
     assert scores[0] == pytest.approx((e - 1) / 9, abs=1e-9)
+    # asked for "10" as a first-token option as well (as a server is), the digits still carry the rule
+    lp = judge.option_logprobs(L.direct_score_requests(L.load_template("label_direct"), ["User: hi"], ["Yes."],
+                                                       ["Which is better?"]), [*map(str, range(1, 10)), "10"])[0]
+    assert lp["9"] == pytest.approx(math.log(0.9)) and lp["10"] == pytest.approx(math.log(1e-6))
 
 
 def test_rule_judge_random_is_confident_but_right_half_the_time():
