@@ -227,3 +227,41 @@ def test_ppo_kl_is_0_at_step_0_under_bf16_autocast(bf16_autocast, tiny_dir, prom
     row = _log(tmp_path)[0]
     assert row["kl"] == pytest.approx(0.0, abs=1e-6)
     assert row["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- sign and masking, seen from outside
+
+
+def _completion_logp(model, tok, prompt: list[dict], completion: list[dict]) -> float:
+    """log p(completion | prompt) from the whole chat text, without any of the trainers' code."""
+    head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(prompt + completion, tokenize=False)
+    assert full.startswith(head)
+    ids = tok(full, add_special_tokens=False, return_tensors="pt").input_ids
+    n = len(tok(head, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        logp = model(ids).logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[n - 1:].sum().item()
+
+
+def test_dpo_raises_chosen_over_rejected_on_held_out_pairs(tiny_dir, tmp_path):
+    """Trained on "yes, gladly: X are nice." over "no. X?", the saved policy must prefer the polite
+    reply on topics it never saw, measured from the saved weights alone: a chosen/rejected swap
+    anywhere in the trainer (loss, batch assembly, reference table) fails here even when its own
+    logged margins look right."""
+    from transformers import AutoModelForCausalLM
+
+    prefs = write_jsonl(tmp_path / "train.jsonl", toy_prefs(16))
+    train_dpo(DPOConfig(policy=str(tiny_dir), prefs=str(prefs), output_dir=str(tmp_path / "dpo"), beta=0.1,
+                        batch_size=8, max_steps=8, learning_rate=3e-3, progress=False))
+    tok = tiny_tokenizer()
+    held = [([_msg("user", f"tell me about {t}")], [_msg("assistant", f"yes, gladly: {t} are nice.")],
+             [_msg("assistant", f"no. {t}?")]) for t in ("lamps", "pears", "boats", "ferns", "gulls", "mugs")]
+
+    def margins(model) -> list[float]:
+        model.eval()
+        return [_completion_logp(model, tok, p, c) - _completion_logp(model, tok, p, r) for p, c, r in held]
+
+    before = margins(AutoModelForCausalLM.from_pretrained(tiny_dir))
+    after = margins(AutoModelForCausalLM.from_pretrained(tmp_path / "dpo"))
+    assert all(a > b + 5.0 for a, b in zip(after, before)), (before, after)  # measured: about +24 nats
