@@ -29,7 +29,6 @@ from rlaif.runner import OutputLock
 from rlaif.stages.labeler import LABELS, LabelerConfig, label_pairs
 
 RESULT = "judge_check.json"
-WARN_STATUSES = ("at_chance", "below_chance")  # statuses that must be shown to the user as a warning
 FLAT_MARGIN = 0.05  # a passing judge whose mean p(right) is below 0.5 + this gets a caution in its line
 
 
