@@ -158,7 +158,7 @@ def cmd_judge_check(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.config import config_hash
     from rlaif.constitution import load_constitution
-    from rlaif.eval.judge_check import judge_at_chance, judge_check_line, require_accuracy, run_judge_check
+    from rlaif.eval.judge_check import judge_check_line, judge_verdict, require_accuracy, run_judge_check
 
     threshold = None if args.require_judge_accuracy is None else _require_accuracy(args.require_judge_accuracy)
     cfg = _labeler_config(args)
@@ -171,11 +171,13 @@ def cmd_judge_check(args) -> int:
     finally:
         engine.close()
     line = judge_check_line(result)
-    print(f"warning: {line}" if judge_at_chance(result) else line)
+    print(f"warning: {line}" if judge_verdict(result) != "ok" else line)
     if result["status"] != "skipped":
+        flips, per_pair = result["position_flip_rate"], result["seconds_per_pair"]
         print(f"  accuracy {result['accuracy']:.3f} (95 % CI {result['accuracy_ci95'][0]:.3f}-"
-              f"{result['accuracy_ci95'][1]:.3f}), mean p(right) {result['mean_p_right']:.3f}, "
-              f"flip rate {result['position_flip_rate']}, {result['seconds_per_pair']:.2f} s/pair -> {out}")
+              f"{result['accuracy_ci95'][1]:.3f}), mean p(right) {result['mean_p_right']:.3f}, flip rate "
+              f"{'n/a' if flips is None else f'{flips:.3f}'}, "
+              f"{'n/a' if per_pair is None else f'{per_pair:.2f}'} s/pair -> {out}")
     if threshold is not None and result["status"] != "skipped":
         require_accuracy(result, threshold)
     return 0

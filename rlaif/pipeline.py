@@ -203,18 +203,13 @@ class Pipeline:
         return read_prompts(self.cfg.prompts.file)
 
     def judge_check(self) -> dict:
-        from rlaif.eval.judge_check import judge_at_chance, judge_check_line, require_accuracy, run_judge_check
+        from rlaif.eval.judge_check import judge_check_line, judge_verdict, require_accuracy, run_judge_check
 
         judge = self.engine("judge")
         result = run_judge_check(judge, self.constitution, self.out / "judge_check", self.labeler_config(),
                                  batch_size=self.batch_size("judge"), overwrite=self.overwrite)
         line = judge_check_line(result)
-        if result["status"] == "skipped":
-            print(line, flush=True)
-        elif judge_at_chance(result):
-            print(f"warning: {line}", flush=True)
-        else:
-            print(line, flush=True)
+        print(f"warning: {line}" if judge_verdict(result) != "ok" else line, flush=True)
         self.summary["judge_check"] = result
         if self.cfg.judge_check.require_accuracy is not None and result["status"] != "skipped":
             require_accuracy(result, self.cfg.judge_check.require_accuracy)

@@ -57,6 +57,18 @@ def judge_at_chance(result: dict) -> bool:
     return lo <= 0.5 <= hi
 
 
+def judge_verdict(result: dict) -> str:
+    """How a run should treat its judge: "alarm" (at or below chance: the labels carry no signal,
+    or the wrong one), "warn" (passes, but its labels are nearly flat; or no check pairs to tell),
+    "ok"."""
+    status = result.get("status")
+    if status in ("at_chance", "below_chance"):
+        return "alarm"
+    if status == "skipped" or result["mean_p_right"] - 0.5 < FLAT_MARGIN:
+        return "warn"
+    return "ok"
+
+
 def _status(ci: tuple[float, float]) -> str:
     lo, hi = ci
     if lo <= 0.5 <= hi:

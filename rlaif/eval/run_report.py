@@ -62,6 +62,8 @@ def role_line(roles: dict) -> str:
 
 def judge_banner(check: dict | None, judge_is_policy: bool) -> list[tuple[str, str]]:
     """(level, text) lines that open the report: what the judge check found, said plainly."""
+    from rlaif.eval.judge_check import judge_verdict
+
     lines = []
     if check is None:
         lines.append(("note", "No judge check ran in this pipeline (no stage uses the judge, or judge_check.enabled "
@@ -70,10 +72,12 @@ def judge_banner(check: dict | None, judge_is_policy: bool) -> list[tuple[str, s
         lines.append(("alarm", "The judge cannot tell this constitution's check pairs apart: its accuracy on them is "
                                "no better than a coin flip, so the AI labels, the reward model, the trained policy "
                                "and the win and harmless rates below carry no signal. " + check["message"]))
-    elif check["status"] == "skipped":
-        lines.append(("warn", check["message"]))
+    elif check["status"] == "below_chance":
+        lines.append(("alarm", "The judge prefers the worse reply of this constitution's check pairs, so the AI labels "
+                               "and everything trained or evaluated on them below point the wrong way. "
+                               + check["message"]))
     else:
-        lines.append(("ok", check["message"]))
+        lines.append(({"alarm": "alarm", "warn": "warn", "ok": "ok"}[judge_verdict(check)], check["message"]))
     if judge_is_policy:
         lines.append(("warn", "The judge is the policy model: the model being trained also labels and evaluates "
                               "itself. Name a judge block (e.g. a larger model behind a server or a GGUF file)."))
