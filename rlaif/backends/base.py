@@ -4,6 +4,8 @@
 - `option_logprobs(requests, options)`: for each chat prompt, the log-probability that the next
   token spells each option (summed over every single-token spelling, e.g. "A" and " A").
 - `close()`.
+- optional `is_single_token(option) -> bool`: engines that hold the tokenizer say whether `option`
+  has a single-token spelling (so `option_logprobs` can score it); see `option_is_single_token`.
 """
 
 from __future__ import annotations
@@ -72,3 +74,10 @@ def option_spellings(option: str) -> list[str]:
     """Surface forms a tokenizer may use for an option as the next token: "A", " A"."""
     option = option.strip()
     return [option, " " + option]
+
+
+def option_is_single_token(engine, option: str) -> bool | None:
+    """Whether `engine` can score `option` as one next token: True or False where the engine knows
+    its tokenizer (`is_single_token`), None where it cannot tell (a server's `top_logprobs`)."""
+    probe = getattr(engine, "is_single_token", None)
+    return None if probe is None else bool(probe(option))

@@ -50,3 +50,11 @@ class LocalPrompts:
                                   "use options that are (A/B, digits)")
             self._option_ids[option] = ids
         return self._option_ids[option]
+
+    def is_single_token(self, option: str) -> bool:
+        """Whether some spelling of `option` ("10", " 10") is one token of this tokenizer."""
+        try:
+            self.option_token_ids(option)
+        except EngineError:
+            return False
+        return True

@@ -13,7 +13,8 @@ Position debiasing: judge both orders, (A=a, B=b) and (A=b, B=a), and average
     p(a ≻ b) = ½ · [ P_ab(A) + (1 − P_ba(A)) ]
 
 keeping both per-order labels (`labels_by_order`: p(a ≻ b) with a shown first, "ab", and second,
-"ba"). A pair *flips* when the two disagree on the side.
+"ba"). A pair *flips* when the two disagree on the side (an exact tie in one order is half a flip;
+see `rlaif.eval.metrics`).
 
 Chain of thought: first generate a rationale r (greedy, or sampled when self-consistency > 1), then
 score the options with r appended to the assistant turn ("r ... So the answer is ("). CoT labels are
@@ -28,13 +29,23 @@ score is the probability-weighted mean over the score tokens, normalised to [0, 
 
     s = (E[score] − 1) / 9,   E[score] = Σ_k k · p(k),   k = 1..10
 
-"10" is two tokens for most open tokenizers ("1", "0"), so it is read in two steps (see
-`score_distribution`): p(first digit = d) over the nine options "1".."9", then one more forward pass
-with "1" appended gives q = p(next token "0" | "1"), and p(1) = p₁·(1 − q), p(10) = p₁·q (the second
-pass is skipped when p₁ ≤ 10⁻³, which moves s by at most p₁). Tokenizers that spell "10" as one
-token put some mass on that token, which this reading does not see; all digits are single tokens in
-every tokenizer we ship with (SmolLM2 splits numbers into digits). For a pair,
-direct scores give p(a ≻ b) = ½ · (1 + s_a − s_b).
+"10" is read in two steps (see `score_distribution`). First the next-token distribution over the
+first-token options: "1".."9", plus "10" itself where the tokenizer has it as one token (GPT-2,
+Llama-3; the engine says so, `is_single_token`), normalised over those options (p̃). Then one more
+forward pass with "1" appended gives q = p(next token "0" | "1"), which covers tokenizers that spell
+"10" as "1", "0" (SmolLM2 splits numbers into digits) and the "1" + "0" path of those that have both:
+
+    p(1) = p̃₁ · (1 − q),   p(10) = p̃₁₀ + p̃₁ · q,   p(k) = p̃_k for k = 2..9   (p̃₁₀ = 0 without the token)
+
+The second pass is skipped when p̃₁ ≤ 10⁻³, which moves s by at most p̃₁. A server (the openai
+engine) cannot say which strings are one token, so it is always asked for "10" too; a "10" absent
+from its `top_logprobs` is read as no mass (not floored: on most tokenizers there is no such token).
+
+The question: every reply to one conversation is scored under the same principle(s), drawn from
+(seed, the conversation) alone, so replies to one prompt are compared on one scale (best-of-N,
+the direct-RLAIF reward, the harmless rate); in pair labeling both replies share the pair's
+principles. `direct_scores_detailed` says which principles each score used. For a pair, direct
+scores give p(a ≻ b) = ½ · (1 + s_a − s_b).
 
 Records (TRL conversational preference format plus our fields): `prompt` (messages), `chosen` and
 `rejected` (one assistant message each), `p_chosen`, `p_a`, `labels_by_order`, `principle`,
@@ -51,7 +62,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from rlaif.backends.base import Engine, GenerationRequest, OptionLogprobs, OptionRequest
+from rlaif.backends.base import Engine, GenerationRequest, OptionLogprobs, OptionRequest, option_is_single_token
 from rlaif.config import Strict, config_hash, validate
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.errors import UserError
@@ -65,6 +76,7 @@ LABELS = "labels.jsonl"
 PREFERENCES = "preferences.jsonl"
 OPTIONS = ("A", "B")
 DIGITS = tuple(str(d) for d in range(1, 10))
+TEN = "10"  # a first-token option only where the tokenizer has it as one token
 
 
 class LabelerConfig(Strict):
@@ -150,17 +162,19 @@ def aggregate(votes: Sequence[dict]) -> tuple[float, dict]:
 def score_distribution(first_digit: dict[str, float], zero_after_one: float) -> list[float]:
     """p(score = k) for k = 1..10.
 
-    `first_digit`: log-probabilities of the next token being "1".."9"; `zero_after_one`: the
-    log-probability of "0" right after "1" (full-vocabulary, not normalised over options).
-        p₁..p₉ = softmax over the nine digits,  q = exp(zero_after_one) (≤ 1)
-        p(1) = p₁ (1 − q),   p(10) = p₁ q,   p(k) = p_k for k = 2..9
+    `first_digit`: log-probabilities of the next token being "1".."9", and "10" where the tokenizer
+    has that as one token (absent or −inf otherwise); `zero_after_one`: the log-probability of "0"
+    right after "1" (full-vocabulary, not normalised over options).
+        p̃ = softmax over the first-token options,  q = exp(zero_after_one) (≤ 1)
+        p(1) = p̃₁ (1 − q),   p(10) = p̃₁₀ + p̃₁ q,   p(k) = p̃_k for k = 2..9
     """
-    m = max(first_digit[d] for d in DIGITS)
-    w = [math.exp(first_digit[d] - m) for d in DIGITS]
+    logps = [first_digit[d] for d in DIGITS] + [first_digit.get(TEN, -math.inf)]
+    m = max(logps)
+    w = [math.exp(x - m) for x in logps]
     z = sum(w)
     p = [x / z for x in w]
     q = min(max(math.exp(zero_after_one), 0.0), 1.0)
-    return [p[0] * (1 - q)] + p[1:] + [p[0] * q]
+    return [p[0] * (1 - q)] + p[1:9] + [p[9] + p[0] * q]
 
 
 def expected_score(dist: Sequence[float]) -> float:
@@ -379,11 +393,24 @@ def direct_score_requests(template: Template, conversations: Sequence[str], resp
 TEN_THRESHOLD = 1e-3
 
 
+def first_token_options(engine: Engine) -> list[str]:
+    """"1".."9", and "10" unless the engine knows its tokenizer has no single token for it."""
+    return list(DIGITS) + ([] if option_is_single_token(engine, TEN) is False else [TEN])
+
+
+def _read_ten(lp: OptionLogprobs) -> OptionLogprobs:
+    """A "10" the engine did not see (absent, or floored by a server) carries no mass."""
+    if TEN not in lp.floored and TEN in lp:
+        return lp
+    return OptionLogprobs({**lp, TEN: -math.inf}, [o for o in lp.floored if o != TEN])
+
+
 def score_requests(engine: Engine, requests: Sequence[OptionRequest], ten_threshold: float = TEN_THRESHOLD) -> list[dict]:
-    """Direct scores of prepared requests: one engine call for the first digit, and a second one
-    ("0" after "1") only for requests whose p₁ exceeds `ten_threshold`. Skipping it reads every "1"
-    as 1 rather than 10, which moves the normalised score by at most p₁ (≤ ten_threshold)."""
-    first = engine.option_logprobs(list(requests), list(DIGITS))
+    """Direct scores of prepared requests: one engine call for the first token ("1".."9", and "10"
+    where it is one token), and a second one ("0" after "1") only for requests whose p̃₁ exceeds
+    `ten_threshold`. Skipping it reads every "1" as 1 rather than 10, which moves the normalised
+    score by at most p̃₁ (≤ ten_threshold)."""
+    first = [_read_ten(lp) for lp in engine.option_logprobs(list(requests), first_token_options(engine))]
     need = [i for i, lp in enumerate(first) if score_distribution(lp, -math.inf)[0] > ten_threshold]
     tens = engine.option_logprobs([OptionRequest(requests[i].messages, requests[i].prefill + "1") for i in need],
                                   ["0"]) if need else []
@@ -401,11 +428,23 @@ def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], 
                   principle: Principle | str | None = None, constitution: Constitution | str | None = None, *,
                   principles: int = 1, seed: int = 0, template: str = "label_direct",
                   max_conversation_chars: int = 3000, max_response_chars: int = 1500) -> list[float]:
-    """Direct RLAIF reward: each response's probability-weighted 1–10 score, normalised to [0, 1].
+    """Direct RLAIF reward: each response's probability-weighted 1–10 score, normalised to [0, 1]
+    (the `score` of `direct_scores_detailed`, which also says which principles were asked)."""
+    return [d["score"] for d in direct_scores_detailed(
+        engine, prompts_messages, responses, principle, constitution, principles=principles, seed=seed,
+        template=template, max_conversation_chars=max_conversation_chars, max_response_chars=max_response_chars)]
+
+
+def direct_scores_detailed(engine: Engine, prompts_messages: Sequence[list[dict] | str], responses: Sequence[str],
+                           principle: Principle | str | None = None, constitution: Constitution | str | None = None,
+                           *, principles: int = 1, seed: int = 0, template: str = "label_direct",
+                           max_conversation_chars: int = 3000, max_response_chars: int = 1500) -> list[dict]:
+    """Direct scores with what produced them: per response {"score": mean over its principles,
+    "principles": ids, "scores", "distributions": per principle, "floored": options given a floor}.
 
     Give a `principle` (a Principle, or its id with a `constitution`), or a `constitution` alone:
-    then `principles` are drawn per (prompt, response), seeded, and their scores averaged. The same
-    (prompt, response) always gets the same score."""
+    then `principles` are drawn per prompt (seeded by the conversation, not the response), so every
+    response to one prompt is asked the same question(s)."""
     if isinstance(constitution, (str, Path)):
         constitution = load_constitution(constitution)
     if isinstance(principle, str):
@@ -415,11 +454,12 @@ def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], 
     if principle is None and constitution is None:
         raise UserError("direct_scores: give a principle or a constitution")
     tmpl = load_template(template)
-    convs, resps, qs, owner = [], [], [], []
+    convs, resps, qs, owner, asked = [], [], [], [], []
     for j, (prompt, resp) in enumerate(zip(prompts_messages, responses)):
         msgs = as_messages(prompt, f"prompt {j}")
         chosen = [principle] if principle is not None else draw_principles(
-            constitution, seed, record_id(msgs, resp), principles)
+            constitution, seed, record_id(msgs), principles)
+        asked.append([pr.id for pr in chosen])
         conv = conversation_text(msgs, max_conversation_chars)
         for pr in chosen:
             convs.append(conv)
@@ -427,27 +467,40 @@ def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], 
             qs.append(pr.comparison_question)
             owner.append(j)
     scored = score_requests(engine, direct_score_requests(tmpl, convs, resps, qs, max_response_chars))
-    sums, counts = [0.0] * len(responses), [0] * len(responses)
+    out = [{"principles": ids, "scores": [], "distributions": [], "floored": []} for ids in asked]
     for j, s in zip(owner, scored):
-        sums[j] += s["score"]
-        counts[j] += 1
-    return [s / c for s, c in zip(sums, counts)]
+        out[j]["scores"].append(s["score"])
+        out[j]["distributions"].append(s["distribution"])
+        out[j]["floored"] = sorted(set(out[j]["floored"]) | set(s["floored"]))
+    for d in out:
+        d["score"] = sum(d["scores"]) / len(d["scores"])
+    return out
+
+
+def direct_reward(engine: Engine, constitution: Constitution, *, principles: int = 1, seed: int = 0):
+    """`reward_fn(prompts, responses) -> [0, 1] scores` over a judge engine (direct RLAIF);
+    `reward_fn.detailed(prompts, responses)` gives `direct_scores_detailed` (with the principles)."""
+
+    def detailed(prompts, responses):
+        return direct_scores_detailed(engine, prompts, responses, constitution=constitution,
+                                      principles=principles, seed=seed)
+
+    def reward_fn(prompts, responses):
+        return [d["score"] for d in detailed(prompts, responses)]
+
+    reward_fn.detailed = detailed
+    reward_fn.engine = engine
+    return reward_fn
 
 
 def direct_reward_fn(model_spec: str, constitution: str | None = None, *, principles: int = 1, seed: int = 0):
-    """A `reward_fn(prompts, responses) -> [0, 1] scores` for PPO / best-of-N (direct RLAIF),
-    loading the labeler engine once. Default constitution: harmless."""
+    """`direct_reward` for PPO / best-of-N, loading the labeler engine once. Default constitution:
+    harmless."""
     from rlaif.backends import load_engine
     from rlaif.config import parse_model_spec
 
     engine = load_engine(parse_model_spec(model_spec))
-    const = load_constitution(constitution or "harmless")
-
-    def reward_fn(prompts, responses):
-        return direct_scores(engine, prompts, responses, constitution=const, principles=principles, seed=seed)
-
-    reward_fn.engine = engine
-    return reward_fn
+    return direct_reward(engine, load_constitution(constitution or "harmless"), principles=principles, seed=seed)
 
 
 def _direct_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, template: Template,
@@ -549,7 +602,7 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
                              overwrite=overwrite, progress=progress)
         kept = [r for r in result.records if not (cfg.drop_within_margin and r["within_margin"])]
         write_jsonl_atomic(out_dir / PREFERENCES, kept)
-        from rlaif.eval.metrics import position_flip_rate
+        from rlaif.eval.metrics import order_ties, position_flip_rate
 
         flips = [r["labels_by_order"] for r in result.records if r["labels_by_order"]["ba"] is not None]
         summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": skipped,
@@ -557,7 +610,8 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
                    "within_margin": sum(r["within_margin"] for r in result.records),
                    "preferences": len(kept), "seconds": round(result.seconds, 1),
                    "position_flip_rate": (round(position_flip_rate([o["ab"] for o in flips], [o["ba"] for o in flips]), 4)
-                                          if flips else None)}
+                                          if flips else None),
+                   "position_order_ties": order_ties([o["ab"] for o in flips], [o["ba"] for o in flips]) if flips else None}
         entry = read_manifest(out_dir).get("stages", {}).get(STAGE, {})
         update_manifest(out_dir, STAGE, {**entry, "summary": summary, "derived": {"preferences": PREFERENCES}})
     return summary

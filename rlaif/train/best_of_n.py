@@ -7,8 +7,11 @@ of one sample (N = 1, the starting policy), and the analytic KL of best-of-N to 
 `log N − (N − 1)/N` (Stiennon et al. 2020; Beirami et al. 2024 show it is an upper bound), so it
 sits on the same reward-vs-KL plot as PPO.
 
-Each output record: `prompt`, `response` (the best), `score`, `candidates`, `scores`, `n`, plus
-`chosen`/`rejected` (best and worst, TRL conversational) for iterated DPO.
+Each output record: `prompt`, `response` (the best), `score`, `candidates`, `scores`, `n`,
+`principles` (the principle ids the judge scored every candidate under, for a direct-RLAIF reward;
+None for a reward model), plus `chosen`/`rejected` (best and worst, TRL conversational) for iterated
+DPO. The candidates of one prompt must be scored under one question, or best-of-N would compare
+scores on different scales: a reward function that says otherwise is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ def expand(prompts: Sequence[dict], model: str, cfg: BestOfNConfig) -> list[dict
     return items
 
 
+def score_candidates(reward_fn: RewardFn, prompts: Sequence[list[dict]], texts: Sequence[str]
+                     ) -> tuple[list[float], list[list[str]] | None]:
+    """Scores, and the principles behind each where the reward function says (`reward_fn.detailed`,
+    the labeler's direct reward); None for a reward model."""
+    detailed = getattr(reward_fn, "detailed", None)
+    if detailed is None:
+        return [float(s) for s in reward_fn(prompts, texts)], None
+    rows = detailed(prompts, texts)
+    return [float(r["score"]) for r in rows], [list(r["principles"]) for r in rows]
+
+
 def make_process(engine: Engine, reward_fn: RewardFn, cfg: BestOfNConfig):
     """The stage function: a batch of work items -> one best-of-N record each."""
 
@@ -66,15 +80,19 @@ def make_process(engine: Engine, reward_fn: RewardFn, cfg: BestOfNConfig):
                 raise UserError(f"engine {engine.name} returned {len(c.texts)} samples for n={cfg.n}")
             prompts += [item["prompt"]] * cfg.n
             texts += list(c.texts)
-        scores = [float(s) for s in reward_fn(prompts, texts)]
+        scores, principles = score_candidates(reward_fn, prompts, texts)
         out = []
         for k, item in enumerate(batch):
             cand, sc = texts[k * cfg.n:(k + 1) * cfg.n], scores[k * cfg.n:(k + 1) * cfg.n]
+            used = principles[k * cfg.n:(k + 1) * cfg.n] if principles else [None]
+            if any(p != used[0] for p in used):
+                raise RuntimeError(f"best-of-N: the candidates of prompt {item['prompt_id']} were scored under "
+                                   f"different principles {used}; they must share one question")
             best = max(range(cfg.n), key=lambda i: sc[i])  # first of equals: deterministic
             worst = min(range(cfg.n), key=lambda i: sc[i])
             out.append({"id": item["id"], "prompt_id": item["prompt_id"], "prompt": item["prompt"],
                         "response": cand[best], "score": sc[best], "candidates": cand, "scores": sc,
-                        "n": cfg.n, "model": engine.model,
+                        "n": cfg.n, "model": engine.model, "principles": used[0],
                         "chosen": [{"role": "assistant", "content": cand[best]}],
                         "rejected": [{"role": "assistant", "content": cand[worst]}]})
         return out
