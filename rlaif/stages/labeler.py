@@ -302,9 +302,10 @@ def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> 
 
 
 def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: LabelerConfig,
-                 template_ids: dict) -> list[dict]:
+                 template_ids: dict, judge: str = "") -> list[dict]:
     """One runner input per pair: a stable id and the principles drawn for it. A pair that names
-    its `principle` (a constitution's check pair) is judged by that one alone."""
+    its `principle` (a constitution's check pair) is judged by that one alone. The id includes the
+    `judge` ("engine:model"), so another judge in the same folder labels the pairs afresh."""
     chash, stage_cfg = config_hash(constitution), cfg.model_dump(mode="json")
     ids = {q.id for q in constitution.principles}
     out = []
@@ -316,7 +317,8 @@ def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: Labeler
                             f"in constitution {constitution.name} (ids: {', '.join(sorted(ids))})")
         principles = [named] if named is not None else [q.id for q in draw_principles(constitution, cfg.seed, key,
                                                                                       cfg.principles)]
-        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids, *([named] if named else [])),
+        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids, *([named] if named else []),
+                                         *([judge] if judge else [])),
                     "principles": principles})
     return out
 
@@ -578,7 +580,7 @@ def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engin
     """Label normalised pairs into `out_dir/labels.jsonl` (resumable, via the runner)."""
     templates = templates_for(cfg)
     template_ids = {k: t.id for k, t in templates.items()}
-    inputs = label_inputs(pairs, constitution, cfg, template_ids)
+    inputs = label_inputs(pairs, constitution, cfg, template_ids, judge=f"{engine.name}:{engine.model}")
     return run_stage(
         STAGE, inputs, make_process(engine, constitution, cfg, templates), out_dir,
         config={"labeler": cfg.model_dump(mode="json"), "templates": template_ids,
