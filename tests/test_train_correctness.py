@@ -265,3 +265,47 @@ def test_dpo_raises_chosen_over_rejected_on_held_out_pairs(tiny_dir, tmp_path):
     before = margins(AutoModelForCausalLM.from_pretrained(tiny_dir))
     after = margins(AutoModelForCausalLM.from_pretrained(tmp_path / "dpo"))
     assert all(a > b + 5.0 for a, b in zip(after, before)), (before, after)  # measured: about +24 nats
+
+
+def test_ppo_minibatch_loss_ignores_everything_after_the_first_eos():
+    """Post-EOS positions (padding from `generate`) must not reach the PPO loss: changing their
+    tokens, old log-probs, values, advantages or returns leaves it unchanged; changing a response
+    token before the EOS does not."""
+    from rlaif.train.ppo import PolicyWithValue, Rollouts, minibatch_loss, positions, response_mask
+
+    tok = tiny_tokenizer()
+    policy = PolicyWithValue(tiny_llama(tok, seed=0))
+    torch.nn.init.normal_(policy.v_head.weight, std=0.5)  # a value head that reads its inputs
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([[tok.pad_token_id, 10, 11, 12], [13, 14, 15, 16]])
+    prompt_mask = (prompt != tok.pad_token_id).long()
+    responses = torch.tensor([[20, 21, tok.eos_token_id, 22, 23, 24], [25, 26, 27, 28, 29, 30]])
+    mask, _ = response_mask(responses, tok.eos_token_id)
+    T = responses.shape[1]
+
+    def rollouts(responses, garbage_seed: int) -> Rollouts:
+        noise = torch.Generator().manual_seed(garbage_seed)
+        after = (1 - mask).bool()
+
+        def per_token(x):  # the same values under the mask, other values after the EOS
+            return torch.where(after, torch.randn(2, T, generator=noise) * 3, x)
+
+        full = torch.cat([prompt, responses], 1)
+        full_mask = torch.cat([prompt_mask, mask], 1)
+        return Rollouts(full, full_mask, positions(full_mask), responses, prompt.shape[1],
+                        per_token(old_logp), per_token(old_values), per_token(advantages),
+                        per_token(returns), mask.float())
+
+    old_logp = -torch.rand(2, T, generator=g) * 4
+    old_values, advantages, returns = (torch.randn(2, T, generator=g) for _ in range(3))
+    cfg = PPOConfig(vf_coef=0.5)
+    mb = torch.arange(2)
+    other = responses.clone()
+    other[0, 3:] = torch.tensor([31, 32, 33])  # new tokens after row 0's EOS
+    base, _ = minibatch_loss(policy, rollouts(responses, 1), mb, cfg)
+    changed_after, _ = minibatch_loss(policy, rollouts(other, 2), mb, cfg)
+    assert torch.allclose(base, changed_after, rtol=0, atol=1e-6), (base, changed_after)
+    before_eos = responses.clone()
+    before_eos[0, 1] = 33
+    changed_before, _ = minibatch_loss(policy, rollouts(before_eos, 1), mb, cfg)
+    assert (changed_before - base).abs() > 1e-4

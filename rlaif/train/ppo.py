@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -146,6 +147,39 @@ def ppo_losses(logp, old_logp, values, old_values, advantages, returns, mask, cl
              "vf_clipfrac": masked_mean((vf2 > vf1).float(), mask),
              "approx_kl": 0.5 * masked_mean((logp - old_logp) ** 2, mask)}
     return pg_loss, vf_loss, stats
+
+
+@dataclass
+class Rollouts:
+    """One rollout batch after scoring: prompt + response token ids (left-padded prompts of length
+    `prompt_len`), and per response token the old log-probs and values, advantages, returns and the
+    mask (1 up to and including the first EOS)."""
+
+    full: torch.Tensor
+    full_mask: torch.Tensor
+    pos: torch.Tensor
+    responses: torch.Tensor
+    prompt_len: int
+    old_logp: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    mask: torch.Tensor
+
+
+def minibatch_loss(model, ro: Rollouts, mb: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
+    """pg + c_v·vf on the rollouts `mb` (a fresh forward), and the stats of that forward (detached).
+    Only tokens under `ro.mask` count."""
+    logits, values = model(ro.full[mb], ro.full_mask[mb], ro.pos[mb])
+    logp, resp_logits = response_logps(logits, ro.responses[mb], ro.prompt_len, cfg.temperature)
+    vpred = values[:, ro.prompt_len - 1:-1].float()
+    mask = ro.mask[mb]
+    pg_loss, vf_loss, s = ppo_losses(logp, ro.old_logp[mb], vpred, ro.old_values[mb], ro.advantages[mb],
+                                     ro.returns[mb], mask, cfg.cliprange, cfg.cliprange_value)
+    with torch.no_grad():
+        s["entropy"] = masked_mean(entropy_from_logits(resp_logits), mask)
+    stats = {"policy_loss": pg_loss, "value_loss": vf_loss, **s}
+    return pg_loss + cfg.vf_coef * vf_loss, {k: v.detach() for k, v in stats.items()}
 
 
 # ---------------------------------------------------------------- rewards
@@ -307,6 +341,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                 rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
             advantages, returns = compute_gae(rewards, old_values, maskf, cfg.gamma, cfg.lam)
             advantages = masked_whiten(advantages, maskf) * maskf
+        ro = Rollouts(full, full_mask, pos, responses, P, old_logp, old_values, advantages, returns, maskf)
 
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in (
             "policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy")}
@@ -317,24 +352,14 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
             for start in range(0, n_local, micro):
                 mb = perm[start:start + micro].to(responses.device)
                 with accelerator.accumulate(model):
-                    logits, values = model(full[mb], full_mask[mb], pos[mb])
-                    logp, resp_logits = response_logps(logits, responses[mb], P, cfg.temperature)
-                    vpred = values[:, P - 1:-1].float()
-                    pg_loss, vf_loss, s = ppo_losses(logp, old_logp[mb], vpred, old_values[mb],
-                                                     advantages[mb], returns[mb], maskf[mb],
-                                                     cfg.cliprange, cfg.cliprange_value)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    loss, s = minibatch_loss(model, ro, mb, cfg)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                with torch.no_grad():
-                    s["entropy"] = masked_mean(entropy_from_logits(resp_logits), maskf[mb])
-                stats["policy_loss"].append(pg_loss.detach())
-                stats["value_loss"].append(vf_loss.detach())
-                for k in ("clipfrac", "vf_clipfrac", "approx_kl", "entropy"):
-                    stats[k].append(s[k].detach())
+                for k in stats:
+                    stats[k].append(s[k])
         scheduler.step()
         step += 1
         bar.update(1)
