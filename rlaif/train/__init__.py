@@ -2,6 +2,8 @@
 
 - `reward_model`: scalar-head sequence classifier, soft-label Bradley–Terry loss (distilled RLAIF).
 - `dpo`: DPO (sigmoid) and IPO with soft targets from `p_chosen`; optional LoRA.
+- `sft`: SL-CAI fine-tuning on prompt/completion records, loss on the completion tokens only.
+- `kto`: KTO on completions labelled desirable/undesirable (or scores, or unpaired preference pairs).
 - `ppo`: PPO with a per-token KL penalty, GAE and a value head; reward from a reward model or any
   `reward_fn(prompts, responses)` (direct RLAIF).
 - `best_of_n`: sample N, keep the best by reward; a stage and a baseline.
