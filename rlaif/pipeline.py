@@ -342,16 +342,13 @@ class Pipeline:
             return self.train("ppo", PPOConfig, fields, train_ppo)
         # direct RLAIF: the reward is the judge's score, from the judge's own engine
         from rlaif.constitution import load_constitution
-        from rlaif.stages.labeler import direct_scores
+        from rlaif.stages.labeler import direct_reward
 
         judge_role = self.roles["judge"]
         fields["labeler_model"] = f"{judge_role.kind}:{judge_role.model}"
         const = load_constitution(constitution)
-
-        def reward_fn(prompts, responses):
-            return direct_scores(self.engine("judge"), prompts, responses, constitution=const, seed=self.cfg.seed)
-
-        return self.train("ppo", PPOConfig, fields, lambda cfg: train_ppo(cfg, reward_fn=reward_fn), keep=("judge",))
+        return self.train("ppo", PPOConfig, fields, keep=("judge",), fn=lambda cfg: train_ppo(
+            cfg, reward_fn=direct_reward(self.engine("judge"), const, seed=self.cfg.seed)))
 
     def evaluate(self) -> dict:
         from rlaif.eval.policy_eval import evaluate_pipeline

@@ -14,7 +14,7 @@ from pathlib import Path
 from rlaif.config import EngineConfig
 from rlaif.records import record_id, write_jsonl_atomic
 from rlaif.runner import run_stage
-from rlaif.stages.labeler import LabelerConfig, direct_scores, label_pairs
+from rlaif.stages.labeler import LabelerConfig, direct_scores_detailed, label_pairs
 from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
 
@@ -104,12 +104,17 @@ def evaluate_pipeline(p) -> dict:
     rows = [(b, a, by_pair[pr["source_id"]]) for (b, a), pr in zip(both, pairs) if pr["source_id"] in by_pair]
     harmless = stage.harmless_constitution
     prompts = [b["prompt"] for b, _, _ in rows]
-    s_before = direct_scores(judge, prompts, [b["response"] for b, _, _ in rows], constitution=harmless, seed=p.cfg.seed)
-    s_after = direct_scores(judge, prompts, [a["response"] for _, a, _ in rows], constitution=harmless, seed=p.cfg.seed)
+    d_before = direct_scores_detailed(judge, prompts, [b["response"] for b, _, _ in rows], constitution=harmless,
+                                      seed=p.cfg.seed)
+    d_after = direct_scores_detailed(judge, prompts, [a["response"] for _, a, _ in rows], constitution=harmless,
+                                     seed=p.cfg.seed)
+    s_before, s_after = [d["score"] for d in d_before], [d["score"] for d in d_after]
     write_jsonl_atomic(out / "policy_samples.jsonl", [
         {"prompt_id": b["prompt_id"], "prompt": b["prompt"], "start": b["response"], "trained": a["response"],
-         "p_trained_better": j["p_a"], "harmless_score_start": sb, "harmless_score_trained": sa}
-        for (b, a, j), sb, sa in zip(rows, s_before, s_after)])
+         "p_trained_better": j["p_a"], "win_rate_principles": j["principles"],
+         "harmless_score_start": db["score"], "harmless_score_trained": da["score"],
+         "harmless_principles": da["principles"]}  # the same question for both replies of a prompt
+        for (b, a, j), db, da in zip(rows, d_before, d_after)])
     n = len(rows)
     if n == 0:
         info["policy"] = {"trained": trained.name, "prompts": 0, "note": "every judgement failed; see failures.jsonl"}
