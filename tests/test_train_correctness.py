@@ -94,9 +94,15 @@ def test_transcripts_that_differ_before_the_last_assistant_turn_are_skipped_and_
                               _msg("assistant", "owls are wise")],
                    "rejected": [_msg("user", "hi"), _msg("assistant", "hello"), _msg("user", "joke?"),
                                 _msg("assistant", "no")]}
-    path = write_jsonl(tmp_path / "prefs.jsonl", toy_prefs(3) + [_diverging_transcripts(), same_prefix])
+    user_in_completion = {"prompt": [_msg("user", "hi")], "chosen": [_msg("assistant", "hello"), _msg("user", "bye")],
+                          "rejected": [_msg("assistant", "go")]}
+    ends_with_user = {"chosen": [_msg("user", "hi"), _msg("assistant", "hello"), _msg("user", "ok")],
+                      "rejected": [_msg("user", "hi"), _msg("assistant", "hello"), _msg("user", "no")]}
+    path = write_jsonl(tmp_path / "prefs.jsonl", toy_prefs(3) + [_diverging_transcripts(), user_in_completion,
+                                                                 ends_with_user, same_prefix])
     pairs, skipped = read_pairs(path)
-    assert dict(skipped) == {"differ_before_last_assistant_turn": 1} and len(pairs) == 4
+    assert dict(skipped) == {"differ_before_last_assistant_turn": 1, "non_assistant_turn_in_completion": 1,
+                             "no_final_assistant_turn": 1} and len(pairs) == 4
     kept = pairs[-1]  # the implicit-prompt pair that differs only in its last reply
     assert kept.prompt == same_prefix["chosen"][:3]
     assert kept.chosen == same_prefix["chosen"][3:] and kept.rejected == same_prefix["rejected"][3:]
@@ -109,7 +115,7 @@ def test_transcripts_that_differ_before_the_last_assistant_turn_are_skipped_and_
                               batch_size=4, max_steps=1, progress=False, save=False))
     for result in (rm, dpo):
         assert result["train_pairs"] == 4
-        assert result["skipped_pairs"] == {"differ_before_last_assistant_turn": 1}
+        assert result["skipped_pairs"] == dict(skipped)
 
 
 def test_a_file_of_only_unusable_pairs_is_one_clear_error(tmp_path):

@@ -218,11 +218,6 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def prompt_budget(max_length: int, max_prompt_length: int | None) -> int:
-    """Prompt tokens kept: `max_prompt_length`, by default half of `max_length`."""
-    return max_prompt_length if max_prompt_length is not None else max_length // 2
-
-
 def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int,
            max_prompt_length: int | None = None):
     """-> (input_ids, completion_mask): prompt tokens then completion tokens, 1 on completion.
@@ -234,7 +229,7 @@ def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_le
     p = _ids(tokenizer, render_prompt(tokenizer, prompt))
     if isinstance(prompt, str) and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         p = [tokenizer.bos_token_id] + p
-    p = p[max(0, len(p) - prompt_budget(max_length, max_prompt_length)):]
+    p = p[max(0, len(p) - (max_prompt_length or max_length // 2)):]
     c = _ids(tokenizer, render_completion(tokenizer, prompt, completion))[:max_length - len(p)]
     return p + c, [0] * len(p) + [1] * len(c)
 
