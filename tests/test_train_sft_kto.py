@@ -239,6 +239,11 @@ def test_kl_pairs_rotate_completions_within_the_batch():
     b = KTOBatches(tok, ex, 512)(kl_pairs([0, 1]))
     text = [tok.decode(r[a.bool()]) for r, a in zip(b["KL_input_ids"], b["KL_attention_mask"])]
     assert text == ["p0\nc1<|im_end|>", "p1\nc0<|im_end|>"]
+    # an example's own sequence is `encode`'s, cuts included (prompt end kept, completion end cut)
+    long = [Unpaired("a long prompt here\n", "and a long completion too", True, False)] * 2
+    own = KTOBatches(tok, long, 16, 6).sequences([(0, 0)])
+    ids, mask = encode(tok, long[0].prompt, long[0].completion, 16, 6)
+    assert own["input_ids"][0].tolist() == ids and own["completion_mask"][0].tolist() == mask and len(ids) == 16
     assert kl_reference_point(torch.tensor([-3.0, -1.0]), torch.tensor([-1.0, -1.0])).item() == 0.0  # clamped at 0
     x = torch.tensor([-1.0, 0.0], requires_grad=True)
     assert kl_reference_point(x, torch.tensor([-2.0, -2.0])).requires_grad is False  # detached

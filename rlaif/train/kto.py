@@ -50,8 +50,8 @@ from rlaif.errors import UserError
 from rlaif.records import read_jsonl
 from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, disable_dropout, encode,
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
-                                make_optimizer, pad, pad_id, parse_pair, prompt_budget, resolve, seed_everything,
-                                sequence_logps, start_training, summary)
+                                make_optimizer, pad, pad_id, parse_pair, render_completion, resolve,
+                                seed_everything, sequence_logps, start_training, summary)
 from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
 from rlaif.train.sft import gather_sum, load_policy, parse_prompt_completion
 
@@ -209,11 +209,11 @@ class KTOBatches:
         self.pad = pad_id(tokenizer)
         self.max_length = max_length
         self.prompts, self.completions = [], []
-        for e in examples:  # prompt cut as for training; the completion whole, cut per sequence below
-            ids, mask = encode(tokenizer, e.prompt, e.completion, 10**9, prompt_budget(max_length, max_prompt_length))
-            n = len(mask) - sum(mask)
-            self.prompts.append(ids[:n])
-            self.completions.append(ids[n:])
+        for e in examples:  # the prompt cut as `encode` cuts it; the completion whole, cut per sequence below
+            ids, mask = encode(tokenizer, e.prompt, e.completion, max_length, max_prompt_length)
+            self.prompts.append(ids[:len(mask) - sum(mask)])
+            text = render_completion(tokenizer, e.prompt, e.completion)
+            self.completions.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         self.desirable = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
 
     def sequences(self, pairs: Sequence[tuple[int, int]]) -> dict:
