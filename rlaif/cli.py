@@ -319,6 +319,27 @@ def cmd_dpo(args) -> int:
     return _train_done(f"dpo ({cfg.loss})", train_dpo(cfg), cfg.output_dir)
 
 
+def cmd_sft(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.sft import SFTConfig, train_sft
+
+    cfg = build_config(SFTConfig, args.config, {**_train_fields(args), "data": args.data, "policy": args.policy,
+                                                "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r}
+                                                if args.lora_r else None}, args.set)
+    return _train_done("sft", train_sft(cfg), cfg.output_dir)
+
+
+def cmd_kto(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.kto import KTOConfig, train_kto
+
+    cfg = build_config(KTOConfig, args.config, {
+        **_train_fields(args), "data": args.data, "policy": args.policy, "data_format": args.format,
+        "score_threshold": args.threshold, "pair_margin": args.pair_margin, "beta": args.beta,
+        "desirable_weight": args.desirable_weight, "undesirable_weight": args.undesirable_weight}, args.set)
+    return _train_done("kto", train_kto(cfg), cfg.output_dir)
+
+
 def cmd_ppo(args) -> int:
     from rlaif.train.common import build_config
     from rlaif.train.ppo import PPOConfig, train_ppo
@@ -469,6 +490,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_dpo)
+
+    p = sub.add_parser("sft", help="SL-CAI: supervised fine-tuning on prompt/completion records (loss on the "
+                       "completion only), e.g. critique/sl_cai.jsonl -> OUT/")
+    p.add_argument("--data", required=True, help="prompt/completion JSONL (TRL shape; critique writes sl_cai.jsonl)")
+    p.add_argument("--policy", help="starting model spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
+    _train_args(p, "output folder: the fine-tuned causal-LM dir + train_log.jsonl, summary.json, plots")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("kto", help="KTO on binary desirable/undesirable feedback (unpaired labels, direct "
+                       "scores with a threshold, or the sides of preference pairs) -> OUT/")
+    p.add_argument("--data", required=True, help="JSONL: prompt/completion/label, prompt/completion/score, or "
+                   "preference pairs (chosen -> desirable, rejected -> undesirable)")
+    p.add_argument("--policy", help="starting policy (and reference) spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--format", choices=["auto", "unpaired", "scores", "pairs"], help="input shape (default: auto)")
+    p.add_argument("--threshold", type=float, help="scores: desirable when score >= this (default 0.5)")
+    p.add_argument("--pair-margin", type=float, help="pairs: use only pairs with |p_chosen - 0.5| above this")
+    p.add_argument("--beta", type=_positive(float))
+    p.add_argument("--desirable-weight", type=_positive(float), help="λ_D (default 1)")
+    p.add_argument("--undesirable-weight", type=_positive(float), help="λ_U (default 1)")
+    _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
+    p.set_defaults(func=cmd_kto)
 
     p = sub.add_parser("ppo", help="PPO against a reward model or the labeler's direct score -> OUT/")
     p.add_argument("--prompts", required=True, help="prompt JSONL ('prompt': text or chat messages)")

@@ -3,7 +3,10 @@
 A pipeline is data: which prompts, which engine serves each role (policy, critic, judge; see
 rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
-    judge_check -> responses -> critique -> label -> reward_model -> dpo | ppo -> evaluate -> report
+    judge_check -> responses -> critique -> sft -> label -> reward_model -> dpo | ppo -> evaluate -> report
+
+With an `sft` stage (SL-CAI: the policy fine-tuned on the critique stage's final revisions), DPO
+and PPO start from the SL-CAI model, which is also their reference, as in Constitutional AI.
 
 The pipeline builds each role's engine once and hands every stage the one it needs; no stage picks
 its own. The judge check runs first whenever a stage uses the judge.
@@ -32,6 +35,7 @@ from rlaif.stages.responses import ResponsesConfig
 from rlaif.train.dpo import DPOConfig
 from rlaif.train.ppo import PPOConfig
 from rlaif.train.reward_model import RewardConfig
+from rlaif.train.sft import SFTConfig
 
 DEFAULT_HUMAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
 
@@ -64,6 +68,7 @@ class EvaluateStage(Strict):
 class Stages(Strict):
     responses: ResponsesConfig | None = None
     critique: CritiqueConfig | None = None
+    sft: dict | None = None  # SFTConfig fields: SL-CAI on critique/sl_cai.jsonl
     label: LabelStage | None = None
     reward_model: dict | None = None  # RewardConfig fields
     dpo: dict | None = None  # DPOConfig fields
@@ -117,7 +122,7 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
         cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role]) for role, spec in roles.items()})
     s = cfg.stages
     # training blocks are checked now, not after an hour of labeling
-    for name, cls in (("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
+    for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
         block = getattr(s, name)
         if block is not None:
             from rlaif.config import validate
@@ -125,8 +130,11 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
             validate(cls, block, f"{path}: stages.{name}")
     if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
         raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
+    if s.sft is not None and s.critique is None:
+        raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
+                        "stages.critique")
     roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
-    if any(getattr(s, n) is not None for n in ("reward_model", "dpo", "ppo")):
+    if any(getattr(s, n) is not None for n in ("sft", "reward_model", "dpo", "ppo")):
         check_trainable(roles["policy"], str(path))
     if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
         held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
@@ -304,12 +312,29 @@ class Pipeline:
         return result
 
     def _input_hash(self, fields: dict) -> str:
-        """Hash of the training data files a stage reads, so new labels retrain."""
+        """Hash of the training data files a stage reads, so new labels retrain; a model folder this
+        run trained (e.g. the SL-CAI model DPO starts from) counts by its own done key."""
         parts = []
         for v in fields.values():
             if isinstance(v, str) and Path(v).is_file():
                 parts.append(config_hash(Path(v).read_text()))
+            elif isinstance(v, str) and (Path(v) / "done.json").is_file():
+                parts.append(config_hash((Path(v) / "done.json").read_text()))
         return config_hash(parts)
+
+    def sft(self) -> dict:
+        from rlaif.train.sft import train_sft
+
+        data = str(self.out / "critique" / "sl_cai.jsonl")
+        return self.train("sft", SFTConfig, {"data": data, "policy": self.roles["policy"].model,
+                                             "seed": self.cfg.seed}, train_sft)
+
+    def start_policy(self) -> str:
+        """The model preference training starts from (and keeps as its reference): the SL-CAI
+        model when the pipeline has an sft stage, else the policy role's model."""
+        if self.cfg.stages.sft is not None:
+            return str(self.out / "sft")
+        return self.roles["policy"].model
 
     def reward_model(self) -> dict:
         from rlaif.train.reward_model import train_reward_model
@@ -322,7 +347,7 @@ class Pipeline:
         from rlaif.train.dpo import train_dpo
 
         prefs = str(self.out / "label" / "preferences.jsonl")
-        return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.roles["policy"].model,
+        return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.start_policy(),
                                              "seed": self.cfg.seed}, train_dpo)
 
     def ppo(self) -> dict:
@@ -336,7 +361,7 @@ class Pipeline:
         prompts_path = self.out / "ppo_prompts.jsonl"
         prompts = self.prompts()[: self.cfg.prompts.limit]
         write_jsonl_atomic(prompts_path, [{"prompt": p["prompt"]} for p in prompts])
-        fields = {"prompts": str(prompts_path), "policy": self.roles["policy"].model, "reward": reward,
+        fields = {"prompts": str(prompts_path), "policy": self.start_policy(), "reward": reward,
                   "constitution": constitution, "seed": self.cfg.seed}
         if reward != "labeler:direct":
             return self.train("ppo", PPOConfig, fields, train_ppo)
@@ -360,7 +385,7 @@ class Pipeline:
         try:
             if self.cfg.judge_check.enabled and uses_judge(self.cfg):
                 self.timed("judge_check", self.judge_check)
-            for name in ("responses", "critique", "label", "reward_model", "dpo", "ppo", "evaluate"):
+            for name in ("responses", "critique", "sft", "label", "reward_model", "dpo", "ppo", "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
         finally:

@@ -15,6 +15,7 @@ TINY = ["--set", "prompts.limit=4", "--set", "policy.batch_size=4", "--set", "ju
 STAGE_SIZES = {
     "responses": ["stages.responses.max_tokens=8"],
     "critique": ["stages.critique.critique_max_tokens=8", "stages.critique.revision_max_tokens=8"],
+    "sft": ["stages.sft.epochs=1", "stages.sft.batch_size=2"],
     "reward_model": ["stages.reward_model.epochs=1", "stages.reward_model.batch_size=2"],
     "dpo": ["stages.dpo.epochs=1", "stages.dpo.batch_size=2"],
     "ppo": ["stages.ppo.max_steps=2", "stages.ppo.batch_size=2", "stages.ppo.mini_batch_size=2",
@@ -76,6 +77,10 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
     if name in ("cai_harmless", "rlaif_distilled", "rlaif_direct"):
         pol = metrics["policy"]
         assert pol["prompts"] == 2 and 0 <= pol["win_rate"] <= 1 and 0 <= pol["harmless_rate_trained"] <= 1
+    if name == "cai_harmless":  # SL-CAI first; DPO starts from that model and keeps it as its reference
+        assert (out / "sft" / "config.json").exists()
+        dpo_manifest = json.loads((out / "dpo" / "manifest.json").read_text())
+        assert dpo_manifest["stages"]["dpo"]["config"]["policy"] == str(out / "sft")
     if name == "rlaif_direct":
         assert (out / "ppo" / "reward_vs_kl.png").exists() and not (out / "reward_model").exists()
 
@@ -84,7 +89,7 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
     assert main(["run", str(ROOT / "pipelines" / f"{name}.yaml"), "--out", str(out), *tiny_args(name, model_dir)]) == 0
     printed = capsys.readouterr().out
     assert snapshot(out) == before  # a second run does no new work
-    for stage in ("reward_model", "dpo", "ppo"):
+    for stage in ("sft", "reward_model", "dpo", "ppo"):
         if (out / stage).exists():
             assert f"{stage}: already trained" in printed
 

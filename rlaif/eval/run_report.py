@@ -216,10 +216,11 @@ def write_run_report(p) -> Path:
 
     sec = rep.section("Policy training")
     shown = False
-    for name in ("dpo", "ppo"):
+    for name in ("sft", "dpo", "ppo"):
         if stages.get(name):
             keep = {k: v for k, v in stages[name].items() if not isinstance(v, (dict, list))}
-            sec.append(rep.para(name.upper()))
+            sec.append(rep.para(name.upper() + (" (SL-CAI: the policy fine-tuned on the final revisions; DPO and PPO "
+                                                "start from it and keep it as their reference)" if name == "sft" else "")))
             sec.append(rep.table(keep))
             for png in ("train_curves.png", "reward_vs_kl.png"):
                 if (out / name / png).exists():
