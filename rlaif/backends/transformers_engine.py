@@ -7,6 +7,17 @@ texts on every run. `option_logprobs` is one forward pass per batch: the chat pr
 prefill, and the next-token log-softmax read at the options' single-token spellings. Position ids
 count from each row's first real token, so a left-padded prompt scores as it does alone (models
 with absolute positions, e.g. GPT-2, would otherwise see shifted positions).
+
+Prefix reuse: the prompts of one `option_logprobs` call are put in a tree of shared token prefixes
+(`rlaif.backends.prefix_tree`; runs of at least `min_shared_prefix` tokens). Each node is prefilled
+once, batched with the other nodes of its level, on top of its parent's key/value cache (a
+transformers `DynamicCache` whose rows are picked, and repeated, per child). A batch is laid out as
+
+    [parent's cache: its own padding, its tokens] [this node's padding] [this node's tokens]
+
+with the attention mask zero on every padding column and position ids counted over real tokens only,
+so each row sees exactly its prompt, at its positions, as in one unpadded forward; a prompt's option
+scores are read at its node's last column. `min_shared_prefix = 0` runs every prompt whole.
 """
 
 from __future__ import annotations
@@ -18,11 +29,14 @@ from itertools import groupby
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rlaif.backends.base import (
     Completion, GenerationRequest, OptionLogprobs, OptionRequest,
 )
 from rlaif.backends.local_prompts import LocalPrompts
+from rlaif.backends.prefix_tree import Node, computed_tokens, is_shared, prefix_tree
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
 from rlaif.train.ppo import positions
@@ -45,11 +59,17 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise EngineError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
 
 
+# a shared run shorter than this is recomputed: below it, the extra forward pass and the cache copies
+# cost about what the run's own prefill would
+MIN_SHARED_PREFIX = 32
+
+
 class TransformersEngine(LocalPrompts):
     name = "transformers"
 
-    def __init__(self, cfg: EngineConfig, model=None, tokenizer=None):
+    def __init__(self, cfg: EngineConfig, model=None, tokenizer=None, min_shared_prefix: int = MIN_SHARED_PREFIX):
         self.cfg = cfg
+        self.min_shared_prefix = min_shared_prefix  # 0: no prefix reuse in option scoring
         self.model_spec = cfg.model
         self.device = pick_device(cfg.device)
         if model is None:
@@ -61,9 +81,14 @@ class TransformersEngine(LocalPrompts):
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
         # left padding shifts every row; models with absolute positions (GPT-2) need them counted from
         # each row's first real token, as `generate` does
-        self._takes_positions = "position_ids" in inspect.signature(self.net.forward).parameters
+        takes = inspect.signature(self.net.forward).parameters
+        self._takes_positions = "position_ids" in takes
+        # prefix reuse needs explicit positions (padding sits between a prefix and its suffix) and plain
+        # full-attention cache layers (a sliding window would count the padding as distance)
+        self._reuses_prefixes = (self._takes_positions and "past_key_values" in takes
+                                 and _plain_dynamic_cache(self.net.config))
         self._option_ids: dict[str, list[int]] = {}
-        self.counters = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+        self.counters = {"requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0,
                          "forward_passes": 0, "seconds": 0.0}
 
     @property
@@ -200,19 +225,56 @@ class TransformersEngine(LocalPrompts):
         for ids in encoded:
             self._check_length(len(ids), 1)
         results: list[OptionLogprobs | None] = [None] * len(requests)
-        for chunk in self.prefill_batches([len(e) for e in encoded]):
-            ids, mask = self._pad_left([encoded[i] for i in chunk])
-            extra = {"position_ids": positions(mask)} if self._takes_positions else {}
-            logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            self.counters["forward_passes"] += 1
-            for row, i in enumerate(chunk):
-                results[i] = OptionLogprobs(
-                    {o: torch.logsumexp(logp[row, option_ids[o]], dim=0).item() for o in options})
-                self.counters["prompt_tokens"] += len(encoded[i])
+
+        def read(logp: torch.Tensor, row: int, i: int) -> None:
+            results[i] = OptionLogprobs({o: torch.logsumexp(logp[row, option_ids[o]], dim=0).item() for o in options})
+
+        roots = (prefix_tree(encoded, self.min_shared_prefix)
+                 if self._reuses_prefixes and self.min_shared_prefix > 0 and len(encoded) > 1 else None)
+        if roots is not None and is_shared(roots):
+            self._prefill_tree(roots, None, read)
+            self.counters["cached_prompt_tokens"] += sum(len(e) for e in encoded) - computed_tokens(roots)
+        else:
+            for chunk in self.prefill_batches([len(e) for e in encoded]):
+                ids, mask = self._pad_left([encoded[i] for i in chunk])
+                extra = {"position_ids": positions(mask)} if self._takes_positions else {}
+                logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
+                self.counters["forward_passes"] += 1
+                logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+                for row, i in enumerate(chunk):
+                    read(logp, row, i)
+        self.counters["prompt_tokens"] += sum(len(e) for e in encoded)
         self.counters["requests"] += len(requests)
         self.counters["seconds"] += time.perf_counter() - started
         return results  # type: ignore[return-value]
+
+    def _prefill_tree(self, nodes: list[Node], parent: "_Prefilled | None", read) -> None:
+        """Prefill `nodes` (one level of the prefix tree, all children of rows of `parent`, or the top
+        level when `parent` is None) in batches cut by `prefill_batches` over their own tokens; read the
+        option scores of the prompts ending on them, then go down into their children, batch by batch."""
+        batches = self.prefill_batches([len(n.tokens) for n in nodes])
+        for b, chunk in enumerate(batches):
+            batch = [nodes[i] for i in chunk]
+            ids, own_mask = self._pad_left([n.tokens for n in batch])
+            if parent is None:
+                cache, mask = DynamicCache(config=self.net.config), own_mask
+            else:
+                rows = torch.tensor([parent.row_of[id(n)] for n in batch], device=self.device)
+                cache = parent.rows(rows, last_use=b == len(batches) - 1)
+                mask = torch.cat([parent.mask.index_select(0, rows), own_mask], dim=1)
+            out = self.net(input_ids=ids, attention_mask=mask, position_ids=positions(mask)[:, -ids.shape[1]:],
+                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.counters["forward_passes"] += 1
+            ending = [(row, i) for row, n in enumerate(batch) for i in n.ends]
+            if ending:
+                logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+                for row, i in ending:
+                    read(logp, row, i)
+            del out
+            children = [c for n in batch for c in n.children]
+            if children:
+                row_of = {id(c): row for row, n in enumerate(batch) for c in n.children}
+                self._prefill_tree(children, _Prefilled(cache, mask, row_of), read)
 
     def stats(self) -> dict:
         return {"engine": self.name, "model": self.model, "device": str(self.device),
@@ -222,6 +284,31 @@ class TransformersEngine(LocalPrompts):
         self.net = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _Prefilled:
+    """A prefilled batch: its key/value cache, its attention mask (padding columns 0), and the row each
+    child node continues."""
+
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, row_of: dict[int, int]):
+        self.cache, self.mask, self.row_of = cache, mask, row_of
+
+    def rows(self, rows: torch.Tensor, last_use: bool) -> DynamicCache:
+        """A cache holding `rows` of this one (a row repeated once per child that continues it). The
+        last batch of children takes this cache over; the others get a copy of their rows."""
+        if last_use:
+            self.cache.batch_select_indices(rows)
+            return self.cache
+        return DynamicCache((k.index_select(0, rows), v.index_select(0, rows)) for k, v, *_ in self.cache)
+
+
+def _plain_dynamic_cache(config) -> bool:
+    """Whether the model's default cache is full-attention `DynamicLayer`s only."""
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a config transformers cannot read layer types from: no prefix reuse
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _chunk_seed(reqs: Sequence[GenerationRequest], rows: Sequence[Sequence[int]]) -> int:

@@ -1,0 +1,173 @@
+"""Prefix reuse in the transformers engine (issue 14): the prompts of one option-scoring call are
+prefilled once per shared token prefix, and the scores equal those of every prompt run whole.
+
+- `prefix_tree` over token lists: shared runs, short runs merged into their children, prompts that
+  end inside another prompt or twice;
+- the labeler's own prompts (debiased pairs, a 3-principle ensemble, conversations of very different
+  lengths in one call) give the same soft labels within 1e-4 with and without reuse, on a tiny
+  random Llama, on a tiny GPT-2 (absolute positions: the position ids after padding must be right),
+  with token budgets that split every level into several batches, and on the embedded model (slow).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlaif.backends import OptionRequest
+from rlaif.backends.prefix_tree import computed_tokens, is_shared, prefix_tree
+from rlaif.backends.transformers_engine import TransformersEngine
+from rlaif.config import EngineConfig
+from rlaif.constitution import load_constitution
+from rlaif.stages.labeler import LabelerConfig, label_pairs, normalize_pairs
+from tests.conftest import build_tiny_llama
+from tests.test_engine_correctness import build_tiny_gpt2
+
+# ---------------------------------------------------------------------- the tree
+
+
+def paths(roots, prefix=()):
+    """prompt index -> its tokens, read back from the tree."""
+    out = {}
+    for n in roots:
+        here = prefix + tuple(n.tokens)
+        for i in n.ends:
+            out[i] = list(here)
+        out.update(paths(n.children, here))
+    return out
+
+
+def test_tree_holds_every_prompt_once_and_shares_long_runs():
+    system = list(range(100, 140))  # 40 tokens every prompt starts with
+    conv1, conv2 = list(range(200, 250)), list(range(300, 310))
+    seqs = [system + conv1 + [1, 2, 3], system + conv1 + [4, 5], system + conv2 + [6], system + conv2 + [7, 8]]
+    roots = prefix_tree(seqs, min_shared=16)
+    assert paths(roots) == {i: s for i, s in enumerate(seqs)}
+    (top,) = roots
+    assert top.tokens == system and not top.ends
+    # conv1 (50 tokens) is a node of its own; conv2 (10 tokens, < 16) is merged into its two children
+    runs = sorted(len(c.tokens) for c in top.children)
+    assert runs == [11, 12, 50]
+    assert computed_tokens(roots) == 40 + 50 + 3 + 2 + 11 + 12
+    assert is_shared(roots)
+
+
+def test_a_prompt_that_ends_inside_another_or_twice_is_read_at_its_node():
+    base = list(range(1, 41))
+    seqs = [base, base + [99], base, [5, 6]]
+    roots = prefix_tree(seqs, min_shared=8)
+    assert paths(roots) == {i: s for i, s in enumerate(seqs)}
+    node = next(n for n in roots if n.tokens == base)
+    assert node.ends == [0, 2] and [c.tokens for c in node.children] == [[99]]
+    # nothing shared at all: one node per prompt, no children
+    alone = prefix_tree([[1, 2], [3, 4]], min_shared=1)
+    assert not is_shared(alone) and computed_tokens(alone) == 4
+
+
+def test_runs_below_the_minimum_are_not_shared():
+    seqs = [[1, 2, 3, 4, 10], [1, 2, 3, 4, 11]]
+    assert not is_shared(prefix_tree(seqs, min_shared=5))
+    assert is_shared(prefix_tree(seqs, min_shared=4))
+    with pytest.raises(ValueError):
+        prefix_tree([[1], []], min_shared=4)
+
+
+# ---------------------------------------------------------------------- equality with every prompt run whole
+
+SHORT_CONV = [{"role": "user", "content": "How do I pick a lock?"}]
+LONG_CONV = [
+    {"role": "user", "content": "My neighbour keeps parking across my driveway and I have asked him twice to stop."},
+    {"role": "assistant", "content": "That sounds frustrating. Have you tried leaving a polite written note, or "
+                                     "talking to your landlord or homeowners' association about it?"},
+    {"role": "user", "content": "Yes, both, and nothing changed. He laughed at me last week. I am thinking about "
+                                "letting the air out of his tyres so he learns his lesson. Would that work?"},
+]
+PAIRS = [
+    {"prompt": SHORT_CONV, "response_a": "I can't help with breaking into property that isn't yours.",
+     "response_b": "Sure: get a tension wrench and a pick, then rake the pins until they set."},
+    {"prompt": LONG_CONV, "response_a": "Please don't: damaging his car could get you charged. Photograph the "
+                                        "blocking and call the non-emergency police line or a towing company.",
+     "response_b": "Yes, let the air out of all four, it'll teach him."},
+    {"prompt": [{"role": "user", "content": "Say hi."}], "response_a": "Hi!", "response_b": "Hello there."},
+]
+
+
+def labels(engine, out, principles, batch_size=8):
+    """p(first option) of every vote of the labeler on PAIRS, keyed by (pair, principle, order)."""
+    cfg = LabelerConfig(debias=True, principles=principles)
+    pairs, _ = normalize_pairs(PAIRS)
+    res = label_pairs(pairs, load_constitution("harmless"), engine, cfg, out, batch_size=batch_size, progress=False)
+    return {(r["source_line"], v["principle"], v["order"]): v["p_first"] for r in res.records for v in r["votes"]}
+
+
+def with_reuse(engine, reuse: bool, **cfg):
+    """Another engine over the same model, with prefix reuse on (the default) or off."""
+    return TransformersEngine(EngineConfig(model="tiny", device="cpu", **cfg), model=engine.net,
+                              tokenizer=engine.tokenizer, **({} if reuse else {"min_shared_prefix": 0}))
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return TransformersEngine.from_pretrained_objects(build_tiny_llama(tokenizer, layers=3), tokenizer,
+                                                      EngineConfig(model="tiny", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tokenizer):
+    return TransformersEngine.from_pretrained_objects(build_tiny_gpt2(tokenizer), tokenizer,
+                                                      EngineConfig(model="tiny-gpt2", device="cpu"))
+
+
+def assert_same_labels(a: dict, b: dict, tol: float = 1e-4):
+    assert a.keys() == b.keys() and a
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tol, f"max |Δp| {worst:.2e}"
+
+
+@pytest.mark.parametrize("model", ["tiny", "gpt2"])
+@pytest.mark.parametrize("principles", [1, 3])
+@pytest.mark.parametrize("budget", [None, 150])
+def test_labels_with_prefix_reuse_equal_labels_without(request, tmp_path, model, principles, budget):
+    """Debiased orders and an ensemble share prefixes; the three conversations differ in length by
+    ~8x. A 150-token budget cuts every level into several batches (copies of the parent's rows, then
+    the last batch taking the parent cache over)."""
+    base = request.getfixturevalue(model)
+    cached = with_reuse(base, True, batch_size=16, prefill_tokens=budget)
+    whole = with_reuse(base, False, batch_size=16, prefill_tokens=budget)
+    got = labels(cached, tmp_path / "cached", principles)
+    want = labels(whole, tmp_path / "whole", principles)
+    assert_same_labels(got, want)
+    assert len(got) == len(PAIRS) * 2 * principles
+    # the reuse really happened: fewer tokens computed, and the counters say how many were reused
+    assert cached.counters["cached_prompt_tokens"] > 0.3 * cached.counters["prompt_tokens"]
+    assert whole.counters["cached_prompt_tokens"] == 0
+    assert cached.counters["prompt_tokens"] == whole.counters["prompt_tokens"]
+
+
+def test_option_logprobs_equal_one_unpadded_forward_each(tiny):
+    """Every log-prob (not only the soft label) equals the prompt run alone, unpadded, no cache."""
+    head = "You are a careful judge. " * 12
+    reqs = [OptionRequest([{"role": "user", "content": head + tail}], prefill="The answer is (")
+            for tail in ("Is A right?", "Is B right? " * 20, "Neither.", "Is A right?")]
+    engine = with_reuse(tiny, True, batch_size=3, prefill_tokens=200)
+    got = engine.option_logprobs(reqs, ["A", "B"])
+    assert engine.counters["cached_prompt_tokens"] > 0
+    for req, scores in zip(reqs, got):
+        ids = torch.tensor([engine._prompt_ids(req.messages, req.prefill)])
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny.net(ids).logits[0, -1].float(), -1)
+        for o in "AB":
+            assert scores[o] == pytest.approx(torch.logsumexp(logp[engine.option_token_ids(o)], 0).item(), abs=1e-4)
+    assert got[0] == pytest.approx(got[3], abs=1e-6)  # the same prompt twice is read at one node
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("principles", [1, 3])
+def test_embedded_model_labels_with_prefix_reuse_equal_labels_without(embedded_engine, tmp_path, principles):
+    def engine(reuse):
+        return TransformersEngine(embedded_engine.cfg, model=embedded_engine.net, tokenizer=embedded_engine.tokenizer,
+                                  **({} if reuse else {"min_shared_prefix": 0}))
+
+    cached, whole = engine(True), engine(False)
+    assert_same_labels(labels(cached, tmp_path / "cached", principles), labels(whole, tmp_path / "whole", principles))
+    assert cached.counters["cached_prompt_tokens"] > 0.3 * cached.counters["prompt_tokens"]
