@@ -336,7 +336,8 @@ def cmd_kto(args) -> int:
     cfg = build_config(KTOConfig, args.config, {
         **_train_fields(args), "data": args.data, "policy": args.policy, "data_format": args.format,
         "score_threshold": args.threshold, "pair_margin": args.pair_margin, "beta": args.beta,
-        "desirable_weight": args.desirable_weight, "undesirable_weight": args.undesirable_weight}, args.set)
+        "desirable_weight": args.desirable_weight, "undesirable_weight": args.undesirable_weight,
+        "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None}, args.set)
     return _train_done("kto", train_kto(cfg), cfg.output_dir)
 
 
@@ -510,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=_positive(float))
     p.add_argument("--desirable-weight", type=_positive(float), help="λ_D (default 1)")
     p.add_argument("--undesirable-weight", type=_positive(float), help="λ_U (default 1)")
+    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_kto)
 
