@@ -52,6 +52,10 @@ class EngineConfig(Strict):
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(6, ge=0)
     top_logprobs: int = Field(20, ge=1, le=20)  # OpenAI's API and vLLM's server cap it at 20
+    # how option scoring's prefill reaches the assistant turn (rlaif/backends/openai_engine.py): "auto" picks
+    # "completions" when `tokenizer` is set, "continue_final_message" on a vLLM server, else "user_turn" (warned)
+    prefill_mode: Literal["auto", "completions", "continue_final_message", "user_turn"] = "auto"
+    tokenizer: str | None = None  # the served model's tokenizer (embedded:NAME, a dir, a hub id), for "completions"
     # a system prompt added to every chat, if set
     system_prompt: str | None = None
 

@@ -17,6 +17,7 @@ import platform
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -165,7 +166,13 @@ def run_stage(
 
     `fixed_batches=False`: a partly done batch hands `process` only its missing records. For engines
     whose answers do not depend on what else is in the batch (an HTTP API, one request per record),
-    so that a re-run sends only what failed, not the whole batch around it."""
+    so that a re-run sends only what failed, not the whole batch around it. Such engines are also
+    safe to call from several threads, so a failed batch is replayed record by record concurrently.
+
+    Failures are per record: when a request of the batch fails for good (`RequestFailed`: out of
+    retries, or refused by the server), the batch is replayed one record per `process` call; the
+    engine hands back the answers the batch already got (openai engine), so nothing is sent twice,
+    the failing record lands in failures.jsonl with its reason and the others are written."""
     out_dir = Path(out_dir)
     path = out_dir / (output or f"{stage}.jsonl")
     with OutputLock(out_dir):
@@ -192,7 +199,8 @@ def run_stage(
                 missing = [r for r in batch if r["id"] not in done]
                 if not missing:
                     continue
-                outputs = _process_batch(stage, batch if fixed_batches else missing, process, failures)
+                outputs = _process_batch(stage, batch if fixed_batches else missing, process, failures,
+                                         concurrent=not fixed_batches)
                 new = [o for o in outputs if o["id"] not in done and o["id"] in wanted]
                 append_records(path, new)
                 for o in new:
@@ -224,19 +232,40 @@ def run_stage(
         return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
 
 
-def _process_batch(stage, batch, process, failures) -> list[dict]:
-    """Run a batch; if one request in it failed for good, run its records one by one so the others
-    still land and only the failing ones go to failures.jsonl."""
+def independent_requests(*engines) -> bool:
+    """True when every engine answers each request on its own, whatever else is in the batch, and can
+    be called from several threads (HTTP engines set `independent_requests = True`): a stage over
+    them may pass `fixed_batches=False`, so a re-run sends only what is missing and a failed batch
+    is replayed concurrently. Local engines pad batches, so their batches stay fixed."""
+    return all(getattr(e, "independent_requests", False) for e in engines)
+
+
+def _process_batch(stage, batch, process, failures, concurrent: bool = False) -> list[dict]:
+    """Run a batch; if a request in it failed for good, run its records one per call (at once, in
+    threads, when `concurrent`) so that only the failing ones go to failures.jsonl. Any other error
+    (a fatal engine error, a bug) stops the run as before."""
     try:
         return _checked(process(list(batch)), batch)
     except RequestFailed:
         pass
-    outputs = []
-    for rec in batch:
+
+    def one(rec):
         try:
-            outputs.extend(_checked(process([rec]), [rec]))
+            return _checked(process([rec]), [rec])
         except RequestFailed as e:
-            failures.append({"stage": stage, "id": rec["id"], "reason": e.reason, "attempts": e.attempts})
+            return e
+
+    if concurrent and len(batch) > 1:
+        with ThreadPoolExecutor(len(batch), thread_name_prefix=f"rlaif-{stage}") as pool:
+            results = list(pool.map(one, batch))  # the first non-RequestFailed error is raised here
+    else:
+        results = [one(rec) for rec in batch]
+    outputs = []
+    for rec, result in zip(batch, results):
+        if isinstance(result, RequestFailed):
+            failures.append({"stage": stage, "id": rec["id"], "reason": result.reason, "attempts": result.attempts})
+        else:
+            outputs.extend(result)
     return outputs
 
 
@@ -247,4 +276,5 @@ def _checked(outputs: list[dict], batch: list[dict]) -> list[dict]:
     return outputs
 
 
-__all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps"]
+__all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps",
+           "independent_requests"]

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.backends.base import GenerationRequest, OptionRequest
-from rlaif.backends.openai_engine import OpenAIEngine, _retry_after, score_options
+from rlaif.backends.http_faults import retry_after as _retry_after
+from rlaif.backends.openai_engine import OpenAIEngine, score_options
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError, RequestFailed, UserError
 
@@ -38,7 +39,7 @@ def engine_for(url: str, **cfg) -> OpenAIEngine:
     backoff = {k: cfg.pop(k) for k in ("backoff_initial", "backoff_max", "connect_attempts") if k in cfg}
     backoff.setdefault("backoff_initial", 0.02)
     backoff.setdefault("backoff_max", 0.2)
-    return OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=url, **cfg), **backoff)
+    return OpenAIEngine(EngineConfig(**{"kind": "openai", "model": "fake-model", "base_url": url, **cfg}), **backoff)
 
 
 def user(text: str) -> list[dict]:
@@ -406,3 +407,138 @@ def test_llama_cpp_server_scores_options(llama_server):
         assert g["A"] != g["B"]
         assert math.exp(g["A"]) + math.exp(g["B"]) <= 1 + 1e-6
     print(f"\nllama.cpp option logprobs: {[dict(g) for g in got]} floored {[g.floored for g in got]}")
+
+
+# ---------------------------------------------------------------------- API reality (issue 13, item 12)
+
+
+def test_top_logprobs_above_the_servers_cap_is_refused_in_the_config():
+    from rlaif.config import validate
+
+    with pytest.raises(UserError, match=r"top_logprobs.*20"):
+        validate(EngineConfig, {"kind": "openai", "model": "m", "top_logprobs": 21}, "pipeline.yaml")
+    with FakeOpenAIServer() as srv:  # the cap itself is what the server takes
+        engine = engine_for(srv.base_url, top_logprobs=20)
+        [got] = engine.option_logprobs([OptionRequest(user("A or B?"), prefill="(")], ["A", "B"])
+        engine.close()
+        assert srv.bodies[-1]["top_logprobs"] == 20 and set(got) == {"A", "B"}
+
+
+def test_reasoning_model_generates_with_max_completion_tokens():
+    with FakeOpenAIServer(reasoning=True, model="o3-mini") as srv:
+        engine = engine_for(srv.base_url, model="o3-mini")
+        [c] = engine.generate([GenerationRequest(user("think about it"), max_tokens=9, temperature=0.7,
+                                                 top_p=0.9, stop=["never-said"], seed=3)])
+        stats = engine.stats()
+        engine.close()
+        body = srv.bodies[-1]
+    assert c.texts == [reply_text(user("think about it"), 0, 3, 9)]
+    assert body["max_completion_tokens"] == 9
+    assert not {"max_tokens", "temperature", "top_p", "stop"} & set(body)
+    assert stats["retries"] == 0 and stats["reasoning_model"] is True
+    assert any("temperature" in w for w in stats["warnings"])
+
+
+def test_reasoning_model_stop_strings_are_applied_here():
+    prompt = user("cut me short")
+    full = reply_text(prompt, 0, None, 12)
+    stop = full.split()[2]
+    with FakeOpenAIServer(reasoning=True, model="gpt-5-mini") as srv:
+        engine = engine_for(srv.base_url, model="gpt-5-mini")
+        [c] = engine.generate([GenerationRequest(prompt, max_tokens=12, stop=[stop])])
+        engine.close()
+    assert c.texts == [full[:full.index(stop)].strip()] and c.finish_reasons == ["stop"]
+
+
+def test_option_scoring_on_a_reasoning_model_is_one_clear_error_before_any_request():
+    with FakeOpenAIServer(reasoning=True, model="o1") as srv:
+        engine = engine_for(srv.base_url, model="o1")
+        with pytest.raises(EngineError) as info:
+            engine.option_logprobs([OptionRequest(user(f"q{i}"), prefill="(") for i in range(50)], ["A", "B"])
+        engine.close()
+        assert srv.requests == 0
+    message = str(info.value)
+    assert "'o1'" in message and "reasoning model" in message and "logprobs" in message
+
+
+@pytest.mark.parametrize("name,reasoning", [("o1", True), ("o3-mini", True), ("o4-mini-2025-04-16", True),
+                                            ("gpt-5", True), ("gpt-5-nano", True), ("openai/o3", True),
+                                            ("gpt-5-chat-latest", False), ("gpt-4o-mini", False),
+                                            ("gpt-4.1", False), ("smollm2", False), ("olmo-2-1b", False)])
+def test_reasoning_model_names(name, reasoning):
+    from rlaif.backends.openai_engine import is_reasoning_model
+
+    assert is_reasoning_model(name) is reasoning
+
+
+def test_x_should_retry_true_retries_a_400():
+    with FakeOpenAIServer(script=["400-retry"]) as srv:
+        engine = engine_for(srv.base_url, max_retries=3)
+        [c] = engine.generate([GenerationRequest(user("again please"), max_tokens=4)])
+        stats = engine.stats()
+        engine.close()
+        assert [what for _, what in srv.served_at] == ["400-retry", "ok"]
+    assert c.texts == [reply_text(user("again please"), 0, None, 4)]
+    assert stats["retries"] == 1 and stats["retry_reasons"] == {"400": 1}
+
+
+def test_x_should_retry_false_stops_retrying_a_500():
+    with FakeOpenAIServer(script=["500-noretry"]) as srv:
+        engine = engine_for(srv.base_url, max_retries=5)
+        with pytest.raises(RequestFailed) as info:
+            engine.generate([GenerationRequest(user("do not insist"), max_tokens=4)])
+        stats = engine.stats()
+        engine.close()
+        assert srv.requests == 1
+    assert info.value.attempts == 1 and "500" in info.value.reason and "x-should-retry" in info.value.reason
+    assert stats["retries"] == 0 and stats["failures"] == 1
+
+
+# ---------------------------------------------------------------------- the prefill in the assistant turn (item 11)
+
+
+def test_vllm_server_continues_a_final_assistant_message():
+    req = OptionRequest(user("Which is a fruit? (A) apple (B) brick"), prefill="The answer is (")
+    with FakeOpenAIServer(owned_by="vllm") as srv:
+        engine = engine_for(srv.base_url, top_logprobs=8)
+        [got] = engine.option_logprobs([req], ["A", "B"])
+        stats = engine.stats()
+        engine.close()
+        body = [b for b in srv.bodies if b["path"].endswith("chat/completions")][-1]
+    assert body["messages"] == req.messages + [{"role": "assistant", "content": req.prefill}]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    want = score_options(dict(top_logprobs_for(body["messages"], 8)), ["A", "B"])
+    assert dict(got) == pytest.approx(dict(want), abs=1e-9)
+    assert stats["prefill_mode"] == "continue_final_message" and not stats.get("warnings")
+
+
+def test_server_that_cannot_continue_falls_back_to_the_user_turn_with_a_recorded_warning():
+    req = OptionRequest(user("Which is a fruit? (A) apple (B) brick"), prefill="The answer is (")
+    with FakeOpenAIServer(owned_by="me") as srv:  # llama-cpp-python's server lists itself so
+        engine = engine_for(srv.base_url, top_logprobs=8)
+        [got] = engine.option_logprobs([req], ["A", "B"])
+        stats = engine.stats()
+        engine.close()
+        body = srv.bodies[-1]
+    assert body["messages"][-1]["role"] == "user" and body["messages"][-1]["content"].endswith(req.prefill)
+    want, _ = expected_options(req.messages, req.prefill, 8, ["A", "B"])
+    assert dict(got) == pytest.approx(want, abs=1e-9)
+    assert stats["prefill_mode"] == "user_turn"
+    assert len(stats["warnings"]) == 1 and "engine.tokenizer" in stats["warnings"][0]
+
+
+def test_completions_route_renders_the_chat_template_here(tokenizer):
+    req = OptionRequest(user("Which is a fruit? (A) apple (B) brick"), prefill="The answer is (")
+    with FakeOpenAIServer() as srv:
+        engine = engine_for(srv.base_url, top_logprobs=8, tokenizer="embedded:smollm2-135m-instruct")
+        [got] = engine.option_logprobs([req], ["A", "B"])
+        stats = engine.stats()
+        engine.close()
+        body = srv.bodies[-1]
+    text = tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True) + req.prefill
+    assert body["path"] == "/v1/completions" and body["prompt"] == text
+    assert body["max_tokens"] == 1 and body["logprobs"] == 8 and body["temperature"] == 0
+    from servers.fake_openai import completion_logprobs_for
+    want = score_options(dict(completion_logprobs_for(text, 8)), ["A", "B"])
+    assert dict(got) == pytest.approx(dict(want), abs=1e-9)
+    assert stats["prefill_mode"] == "completions" and not stats.get("warnings")

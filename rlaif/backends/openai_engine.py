@@ -1,27 +1,51 @@
-"""The `openai` engine: any OpenAI-compatible chat server (OpenAI, a vLLM server, llama.cpp, Ollama).
+"""The `openai` engine: any OpenAI-compatible server (OpenAI, a vLLM server, llama.cpp, Ollama).
 
-One `AsyncOpenAI` client and one event loop per engine; a batch fans out as one HTTP request per
-prompt, at most `concurrency` in flight. The client's own retries are off (`max_retries=0`); every
-attempt goes through tenacity here instead, so retries are counted and bounded in one place:
+One `AsyncOpenAI` client on one event loop that runs in the engine's own thread, so calls may come
+from several threads at once (the runner's per-record replay); a batch fans out as one HTTP request
+per prompt, at most `concurrency` in flight. The client's own retries are off (`max_retries=0`);
+every attempt goes through tenacity here instead, so retries are counted and bounded in one place.
+Which answers are retried follows openai-python's `_should_retry`:
 
+- an `x-should-retry` response header is obeyed first: `true` retries even a 4xx, `false` retries
+  nothing, not even a 5xx;
 - retried: 408/409/425/429 and 5xx, timeouts, dropped or refused connections, bodies that are not
-  the JSON a chat completion should be (malformed, truncated). The wait is exponential backoff with
-  full jitter, except that a `Retry-After` header (seconds or an HTTP date; `retry-after-ms` too)
-  is waited out in full (capped at `retry_after_max`).
-- not retried: any other 4xx (400, 401, 403, 404, 422, ...) -> `EngineError`, one sentence naming the
-  server; the run stops with exit code 2.
-- out of budget (`max_retries` retries after the first try) -> `RequestFailed(reason, attempts)`;
-  the runner writes that record to failures.jsonl and goes on.
-- an unreachable server: while no request has ever reached the server, "connection refused" (or an
-  unknown host) is tried only `connect_attempts` times (default 3, ~1 s in all) and then raised as
-  `EngineError("... cannot connect ...")` naming the URL. Once the server has answered once, a
-  refused connection is an ordinary retryable fault (a server restarting).
+  the JSON a completion should be (malformed, truncated). The wait is exponential backoff with full
+  jitter, except that a `Retry-After` header (seconds or an HTTP date; `retry-after-ms` too) is
+  waited out in full (capped at `retry_after_max`).
+- fatal, the run stops at once with one line (`EngineError`, exit code 2): 401/403 (the key), 404
+  (the URL or the model name), 402/405, and a server nothing listens on: while no request has ever
+  reached it, "connection refused" (or an unknown host) is tried `connect_attempts` times (~1 s)
+  and then named. Requests not yet sent are never sent after a fatal answer.
+- one record's problem -> `RequestFailed(reason, attempts)`, and the runner writes that record to
+  failures.jsonl while the rest go on: any other 4xx (an over-long prompt, a content filter's
+  refusal of red-team text) after one attempt, or a retryable fault after `max_retries` retries.
+  Unless nothing has ever succeeded and the first `refusals_before_fatal` requests were all refused:
+  then it is the request itself (a parameter this model rejects), and that is fatal.
 
-Option scoring asks for one token with `logprobs=True, top_logprobs=k` at temperature 0. Chat APIs
-cannot prefill the assistant turn, so `OptionRequest.prefill` goes at the end of the last user
-message. An option's log-probability is the log of the summed probabilities of every listed token
-that is the option once stripped of whitespace ("A", " A", "A\\n"; not "(A" or "a"). An option
-absent from the list gets a floor, log(min listed probability / 2), and is named in `floored`.
+A failed batch keeps its other answers: when a call raises `RequestFailed`, the answers of its other
+requests (and the failure itself) are held, each to be handed out once, so the runner's per-record
+replay of that batch sends nothing twice.
+
+Option scoring asks for one token at temperature 0 with `top_logprobs=k` (servers cap k at 20).
+The prefill ("The answer is (") must continue the assistant turn, as on the local engines, or the
+labels differ from theirs. `prefill_mode` picks how (`auto` decides once, on first use):
+- `completions`: the chat template is rendered here with `tokenizer` (the served model's tokenizer:
+  `embedded:NAME`, a model dir or a hub id) and sent as a raw prompt to `/v1/completions`, which
+  every server with a completions route takes (llama-cpp-python's chat route always opens a fresh
+  assistant turn: its Jinja2ChatFormatter renders with add_generation_prompt=True);
+- `continue_final_message`: the prefill is a final assistant message with vLLM's chat extensions
+  `continue_final_message=True, add_generation_prompt=False` (vLLM's ChatCompletionRequest);
+- `user_turn`: the prefill ends the last user turn (OpenAI's API, which cannot prefill); `stats()`
+  carries a warning, since labels then differ from a local engine's on the same weights.
+`auto`: `completions` when `tokenizer` is set, else `continue_final_message` when `/models` lists
+the model as `owned_by: vllm`, else `user_turn`. Request bodies and reading the listed tokens (an
+option's log-probability sums every listed token that strips to it; an unlisted option gets a floor
+and is named in `floored`) live in rlaif.backends.openai_requests.
+
+Reasoning models (o1, o3, o4-mini, gpt-5; not gpt-5-chat) take `max_completion_tokens` (which also
+pays for their hidden reasoning) instead of `max_tokens`, and reject `temperature`, `top_p`, `stop`
+and `logprobs`: generation sends none of those (stop strings are cut here) and says so in `stats()`;
+option scoring is refused with one clear message before any request.
 
 The API key is read from the environment variable `api_key_env` and handed to the client only; it is
 never logged, never put into an error message, `stats()` or `repr()`. A local server that needs no
@@ -31,24 +55,30 @@ key gets the placeholder "not-needed".
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import math
 import os
 import sys
+import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
+from collections import Counter, OrderedDict
 from typing import Any, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from rlaif.backends.base import Completion, GenerationRequest, OptionLogprobs, OptionRequest
+from rlaif.backends.http_faults import (
+    connection_kind, describe, display_url, exception_tree, is_connect_failure, retry_after, root_cause,
+    server_message, status_line,
+)
+from rlaif.backends.openai_requests import (
+    ChatTemplate, cut_at_stop, generation_body, is_reasoning_model, listed_logprobs, option_body, score_options,
+)
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError, RequestFailed
 
 RETRY_STATUS = {408, 409, 425, 429}
+FATAL_STATUS = {401, 402, 403, 404, 405}
 OPENAI_URL = "https://api.openai.com/v1"
+KEEP = 4096  # answers held for a replay, at most (oldest dropped first)
+_display_url = display_url  # older import path (rlaif.roles)
 
 
 class _Transient(Exception):
@@ -63,9 +93,10 @@ class _Transient(Exception):
 
 class OpenAIEngine:
     name = "openai"
+    independent_requests = True  # one HTTP request per prompt, thread-safe (rlaif.runner.independent_requests)
 
     def __init__(self, cfg: EngineConfig, *, backoff_initial: float = 1.0, backoff_max: float = 30.0,
-                 retry_after_max: float = 60.0, connect_attempts: int = 3):
+                 retry_after_max: float = 60.0, connect_attempts: int = 3, refusals_before_fatal: int = 5):
         try:
             import openai  # noqa: F401
             import tenacity  # noqa: F401
@@ -76,24 +107,42 @@ class OpenAIEngine:
         if not cfg.model:
             raise EngineError("openai engine: no model name given; use openai:MODEL or engine.model")
         self.base_url = cfg.base_url or OPENAI_URL
-        self.url = _display_url(self.base_url)
+        self.url = display_url(self.base_url)
         self.key_env = cfg.api_key_env
         if cfg.base_url is None and not os.environ.get(self.key_env):
             raise EngineError(f"openai engine at {self.url}: no API key; set {self.key_env} "
                               "(or give engine.base_url for a local server)")
+        if cfg.prefill_mode == "completions" and not cfg.tokenizer:
+            raise EngineError("openai engine: prefill_mode 'completions' renders the chat template here, so it "
+                              "needs engine.tokenizer (the served model's tokenizer: embedded:NAME, a dir, a hub id)")
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max
         self.connect_attempts = max(1, connect_attempts)
-        self._loop = asyncio.new_event_loop()
+        self.refusals_before_fatal = max(1, refusals_before_fatal)
+        self.reasoning = is_reasoning_model(cfg.model)
+        self.prefill_mode: str | None = None if cfg.prefill_mode == "auto" else cfg.prefill_mode
+        self.warnings: list[str] = []
+        self._template = None  # the served model's chat template (prefill_mode completions)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._client = None
         self._sem: asyncio.Semaphore | None = None
         self._reached = False  # has any request ever got an HTTP answer from the server?
+        self._succeeded = False  # ... and a good one?
+        self._refusals = 0  # 4xx refusals in a row while nothing has succeeded
+        self._fatal_error: EngineError | None = None  # once set, nothing more is sent
+        self._kept: OrderedDict[str, Any] = OrderedDict()  # request key -> answer, for a replay
+        self._kept_failed: OrderedDict[str, RequestFailed] = OrderedDict()
         self._closed = False
         self.counters: dict[str, Any] = {"requests": 0, "attempts": 0, "retries": 0, "failures": 0,
                                          "prompt_tokens": 0, "completion_tokens": 0,
                                          "options_floored": 0, "seconds": 0.0}
         self.retry_reasons: Counter = Counter()
+        if self.reasoning:
+            self._warn(f"{self.model!r} is a reasoning model: requests carry max_completion_tokens (which also pays "
+                       "for hidden reasoning) and no temperature, top_p or stop; stop strings are cut here")
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(model={self.model!r}, base_url={self.url!r}, key_env={self.key_env!r})"
@@ -101,31 +150,50 @@ class OpenAIEngine:
     # ------------------------------------------------------------------ protocol
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        return self._run_batch([self._generate_one(r) for r in requests])
+        return self._run(self._batch(self._generate_one, list(requests)))
 
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
         options = list(options)
         if not options or any(not isinstance(o, str) or not o.strip() for o in options):
             raise EngineError(f"option_logprobs needs non-empty option strings, got {options!r}")
-        return self._run_batch([self._options_one(r, options) for r in requests])
+        if self.reasoning:
+            raise EngineError(f"openai engine at {self.url}: {self.model!r} is a reasoning model, which returns no "
+                              "logprobs, so option scoring (labels, direct scores) is impossible with it; judge with "
+                              "a chat model that returns logprobs (e.g. gpt-4.1, gpt-4o) or a local model")
+        if self.prefill_mode is None:
+            self._run(self._resolve_prefill())
+        if self.prefill_mode == "completions" and self._template is None:
+            self._template = ChatTemplate(self.cfg)  # loaded here, not on the engine's event loop
+        return self._run(self._batch(self._options_one, list(requests), options))
 
     def stats(self) -> dict:
-        return {"engine": self.name, "model": self.model, "base_url": self.url,
-                **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.counters.items()},
-                "retry_reasons": dict(sorted(self.retry_reasons.items()))}
+        out = {"engine": self.name, "model": self.model, "base_url": self.url,
+               **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.counters.items()},
+               "retry_reasons": dict(sorted(self.retry_reasons.items())), "reasoning_model": self.reasoning,
+               "prefill_mode": self.prefill_mode}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        loop, thread = self._loop, self._thread
+        if loop is None:
+            return
         try:
             if self._client is not None:
-                self._run_sync(self._client.close())
+                asyncio.run_coroutine_threadsafe(self._client.close(), loop).result(timeout=10)
         except Exception:
             pass  # closing sockets of a server that is already gone
         finally:
             self._client = None
-            self._loop.close()
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()
 
     def __del__(self):  # best effort for engines nobody closed; close() is the real thing
         if not sys.is_finalizing() and not getattr(self, "_closed", True):
@@ -134,32 +202,26 @@ class OpenAIEngine:
             except Exception:
                 pass
 
-    # ------------------------------------------------------------------ event loop
+    # ------------------------------------------------------------------ the engine's event loop
 
-    def _run_batch(self, coros: list) -> list:
+    def _run(self, coro):
+        """Run a coroutine on the engine's loop (its own thread) and wait for it; callable from any
+        thread. Interrupted (Ctrl-C), the coroutine is cancelled with everything it started."""
         if self._closed:
-            for c in coros:
-                c.close()
+            coro.close()
             raise EngineError(f"openai engine at {self.url} is closed")
-        started = time.perf_counter()
+        with self._start_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                                name=f"openai-engine-{self.model}")
+                self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return self._run_sync(_gather_or_cancel(coros))
-        finally:
-            self.counters["requests"] += len(coros)
-            self.counters["seconds"] += time.perf_counter() - started
-
-    def _run_sync(self, coro):
-        """Run a coroutine on the engine's own loop. If this thread already runs a loop (a notebook,
-        or another engine being garbage-collected inside its batch), run ours in a worker thread."""
-        try:
-            asyncio.get_running_loop()
-            in_loop = True
-        except RuntimeError:
-            in_loop = False
-        if not in_loop:
-            return self._loop.run_until_complete(coro)
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(self._loop.run_until_complete, coro).result()
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def _get_client(self):
         if self._client is None:
@@ -171,10 +233,61 @@ class OpenAIEngine:
             self._sem = asyncio.Semaphore(self.cfg.concurrency)
         return self._client
 
+    async def _batch(self, one, requests: list, *args) -> list:
+        """`one(request, *args, fresh)` for every request, at once. A fatal error cancels the rest and
+        is raised at once. A `RequestFailed` lets the others finish; their answers (and the failures)
+        are kept for the replay (see the module docstring) and the first failure is raised."""
+        started = time.perf_counter()
+        fresh: dict[str, Any] = {}  # request key -> what this call got from the server (answer or RequestFailed)
+        tasks = [asyncio.ensure_future(one(r, *args, fresh)) for r in requests]
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None and not isinstance(t.exception(), RequestFailed):
+                        raise t.exception()
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            self.counters["requests"] += len(requests)
+            self.counters["seconds"] += time.perf_counter() - started
+        failed = [t.exception() for t in tasks if t.exception() is not None]
+        if not failed:
+            return [t.result() for t in tasks]
+        if len(requests) > 1:  # a call of one request has nothing finer to be replayed as
+            for key, answer in fresh.items():
+                self._keep(self._kept_failed if isinstance(answer, RequestFailed) else self._kept, key, answer)
+        raise failed[0]
+
+    @staticmethod
+    def _keep(store: OrderedDict, key: str, value) -> None:
+        store[key] = value
+        while len(store) > KEEP:
+            store.popitem(last=False)
+
     # ------------------------------------------------------------------ one request, with retries
 
-    async def _create(self, kwargs: dict):
-        """One chat completion, retried as the module docstring says. Returns the parsed response."""
+    async def _create(self, route: str, kwargs: dict, fresh: dict):
+        """One completion (`route` "chat" or "completions"), retried as the module docstring says;
+        the parsed response. An answer or failure kept from a failed batch is handed out first."""
+        key = json.dumps([route, kwargs], sort_keys=True, default=str)
+        if key in self._kept_failed:
+            raise self._kept_failed.pop(key)
+        if key in self._kept:
+            return self._kept.pop(key)
+        try:
+            answer = await self._retrying(route, kwargs)
+        except RequestFailed as e:
+            fresh[key] = e
+            raise
+        fresh[key] = answer
+        return answer
+
+    async def _retrying(self, route: str, kwargs: dict):
         from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, wait_random_exponential
 
         jitter = wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max)
@@ -202,63 +315,90 @@ class OpenAIEngine:
         retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception_type(_Transient),
                                  before_sleep=before_sleep, reraise=False)
         try:
-            return await retrying(self._attempt, kwargs)
+            return await retrying(self._attempt, route, kwargs)
         except RetryError as e:
             exc = e.last_attempt.exception()
             attempts = e.last_attempt.attempt_number
             if isinstance(exc, _Transient) and exc.kind == "connect" and not self._reached:
-                raise EngineError(f"openai engine at {self.url}: {exc.reason} after {attempts} tries; "
-                                  "is the server running and is base_url right?") from None
+                raise self._stop_everything(EngineError(
+                    f"openai engine at {self.url}: {exc.reason} after {attempts} tries; "
+                    "is the server running and is base_url right?")) from None
             self.counters["failures"] += 1
             reason = exc.reason if isinstance(exc, _Transient) else type(exc).__name__
             raise RequestFailed(f"openai engine at {self.url}: gave up after {attempts} attempts; "
                                 f"last error: {reason}", attempts) from None
 
-    async def _attempt(self, kwargs: dict):
+    async def _attempt(self, route: str, kwargs: dict):
         import openai
         import pydantic
 
         client = self._get_client()
         async with self._sem:
+            if self._fatal_error is not None:  # another request's answer stopped the run
+                raise EngineError(str(self._fatal_error))
             self.counters["attempts"] += 1
+            create = client.chat.completions.create if route == "chat" else client.completions.create
             try:
-                resp = await client.chat.completions.create(**kwargs)
+                resp = await create(**kwargs)
             except openai.APITimeoutError:
                 raise _Transient("timeout", f"no response within {self.cfg.timeout:g} s") from None
             except openai.APIConnectionError as e:
-                cause = _root_cause(e)
-                if _is_connect_failure(e):
-                    refused = any(isinstance(x, ConnectionRefusedError) for x in _everything(e))
-                    what = "connection refused" if refused else _describe(cause)
+                cause = root_cause(e)
+                if is_connect_failure(e):
+                    refused = any(isinstance(x, ConnectionRefusedError) for x in exception_tree(e))
+                    what = "connection refused" if refused else describe(cause)
                     raise _Transient("connect", f"cannot connect ({what})") from None
-                raise _Transient(_connection_kind(cause), f"connection error ({_describe(cause)})") from None
+                raise _Transient(connection_kind(cause), f"connection error ({describe(cause)})") from None
             except openai.APIStatusError as e:
                 self._reached = True
-                status = e.status_code
-                if status in RETRY_STATUS or status >= 500:
-                    raise _Transient(str(status), _status_line(status),
-                                     _retry_after(e.response.headers)) from None
-                raise self._fatal(e) from None
+                raise self._status_error(e) from None
             except (json.JSONDecodeError, pydantic.ValidationError, openai.APIResponseValidationError):
                 self._reached = True
                 raise _Transient("malformed", "the response body was not valid JSON") from None
         self._reached = True
         choices = getattr(resp, "choices", None)
-        if not isinstance(choices, list) or not choices or any(
-                getattr(c, "message", None) is None for c in choices):
-            raise _Transient("malformed", "the response had no choices with a message")
+        part = "message" if route == "chat" else "text"
+        if not isinstance(choices, list) or not choices or any(getattr(c, part, None) is None for c in choices):
+            raise _Transient("malformed", f"the response had no choices with a {part}")
+        self._succeeded = True
+        self._refusals = 0
         return resp
+
+    def _status_error(self, e) -> Exception:
+        """What an HTTP error answer means: retry it, fail this request, or stop everything."""
+        status = e.status_code
+        should = (e.response.headers.get("x-should-retry") if e.response is not None else None)
+        if should == "true" or (should != "false" and (status in RETRY_STATUS or status >= 500)):
+            return _Transient(str(status), status_line(status), retry_after(e.response.headers))
+        if status in FATAL_STATUS:
+            return self._stop_everything(self._fatal(e))
+        detail = self._scrub(server_message(e))
+        said = f"{status_line(status)}" + (f": {detail}" if detail else "")
+        if not self._succeeded:
+            self._refusals += 1
+            if self._refusals >= self.refusals_before_fatal:
+                return self._stop_everything(EngineError(
+                    f"openai engine at {self.url}: the first {self._refusals} requests were all refused and none "
+                    f"succeeded, so the requests themselves are wrong for model {self.model!r}, not one record: {said}"))
+        self.counters["failures"] += 1
+        told = " (x-should-retry: false)" if should == "false" else ""
+        return RequestFailed(f"openai engine at {self.url}: {said}{told}", 1)
+
+    def _stop_everything(self, error: EngineError) -> EngineError:
+        if self._fatal_error is None:
+            self._fatal_error = error
+        return self._fatal_error
 
     def _fatal(self, e) -> EngineError:
         status = e.status_code
-        head = f"openai engine at {self.url}: {_status_line(status)}"
+        head = f"openai engine at {self.url}: {status_line(status)}"
         if status == 401:
             hint = (f"set {self.key_env} to a valid key" if os.environ.get(self.key_env)
                     else f"set {self.key_env} (it is not set)")
             return EngineError(f"{head} — {hint}")
         if status == 403:
             return EngineError(f"{head} — the key in {self.key_env} may not use model {self.model!r}")
-        detail = self._scrub(_server_message(e))
+        detail = self._scrub(server_message(e))
         if status == 404:
             return EngineError(f"{head} — check base_url (it usually ends in /v1) and that the server "
                                f"serves model {self.model!r}" + (f" ({detail})" if detail else ""))
@@ -270,6 +410,34 @@ class OpenAIEngine:
             text = text.replace(key, "***")
         return text[:300]
 
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    # ------------------------------------------------------------------ where the prefill goes
+
+    async def _resolve_prefill(self) -> None:
+        """`auto`: decide once how the prefill reaches the assistant turn (module docstring)."""
+        if self.prefill_mode is not None:
+            return
+        if self.cfg.tokenizer:
+            self.prefill_mode = "completions"
+            return
+        owners: set[str] = set()
+        try:
+            page = await self._get_client().models.list()
+            owners = {str(getattr(m, "owned_by", "")) for m in page.data}
+        except Exception:
+            pass  # no /models: judged below as a server that cannot continue a turn
+        if "vllm" in owners:
+            self.prefill_mode = "continue_final_message"
+            return
+        self.prefill_mode = "user_turn"
+        self._warn(f"the server at {self.url} (models owned by {', '.join(sorted(owners)) or 'unknown'}) cannot be "
+                   "asked to continue an assistant turn, so option scoring puts the prefill at the end of the user "
+                   "turn and labels differ from a local engine's on the same weights; set engine.tokenizer to the "
+                   "served model's tokenizer to send raw completions instead (llama.cpp, vLLM)")
+
     # ------------------------------------------------------------------ messages
 
     def _chat(self, messages: list[dict]) -> list[dict]:
@@ -278,7 +446,7 @@ class OpenAIEngine:
             chat.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         return chat
 
-    async def _generate_one(self, r: GenerationRequest) -> Completion:
+    async def _generate_one(self, r: GenerationRequest, fresh: dict) -> Completion:
         texts: list[str] = []
         reasons: list[str] = []
         prompt_tokens = completion_tokens = 0
@@ -286,18 +454,14 @@ class OpenAIEngine:
         # Some servers (llama.cpp) ignore `n`; ask again for what is missing.
         while len(texts) < r.n:
             want = r.n - len(texts)
-            kwargs: dict[str, Any] = dict(model=self.model, messages=chat, temperature=r.temperature,
-                                          max_tokens=r.max_tokens, top_p=r.top_p)
-            if want > 1:
-                kwargs["n"] = want
-            if r.seed is not None:
-                kwargs["seed"] = r.seed + len(texts)
-            if r.stop:
-                kwargs["stop"] = list(r.stop)
-            resp = await self._create(kwargs)
+            kwargs = generation_body(self.model, chat, r, want, len(texts), self.reasoning)
+            resp = await self._create("chat", kwargs, fresh)
             for c in sorted(resp.choices, key=lambda c: c.index or 0)[:want]:
-                texts.append((c.message.content or "").strip())
-                reasons.append(c.finish_reason or "")
+                text, reason = (c.message.content or ""), (c.finish_reason or "")
+                if self.reasoning and r.stop:  # the stop strings the model could not be sent
+                    text, reason = cut_at_stop(text, r.stop, reason)
+                texts.append(text.strip())
+                reasons.append(reason)
             usage = getattr(resp, "usage", None)
             if usage is not None:
                 prompt_tokens = prompt_tokens or (usage.prompt_tokens or 0)
@@ -306,185 +470,21 @@ class OpenAIEngine:
         self.counters["completion_tokens"] += completion_tokens
         return Completion(texts, prompt_tokens, completion_tokens, reasons)
 
-    async def _options_one(self, r: OptionRequest, options: list[str]) -> OptionLogprobs:
-        chat = self._chat(r.messages)
-        if r.prefill:
-            chat = _append_to_last_user(chat, r.prefill)
-        resp = await self._create(dict(model=self.model, messages=chat, max_tokens=1, temperature=0.0,
-                                       logprobs=True, top_logprobs=self.cfg.top_logprobs))
+    async def _options_one(self, r: OptionRequest, options: list[str], fresh: dict) -> OptionLogprobs:
+        route, kwargs = option_body(self.prefill_mode, self.model, self._chat(r.messages), r.prefill,
+                                    self.cfg.top_logprobs, self._template)
+        resp = await self._create(route, kwargs, fresh)
         usage = getattr(resp, "usage", None)
         if usage is not None:
             self.counters["prompt_tokens"] += usage.prompt_tokens or 0
-        listed = _listed_logprobs(resp.choices[0])
+        listed = listed_logprobs(route, resp.choices[0])
         if not listed:
-            raise EngineError(f"openai engine at {self.url}: the server returned no logprobs for model "
-                              f"{self.model!r}; option scoring needs a server that supports "
-                              "logprobs/top_logprobs on chat completions (OpenAI, vLLM, llama-cpp-python)")
+            raise self._stop_everything(EngineError(
+                f"openai engine at {self.url}: the server returned no logprobs for model {self.model!r}; option "
+                "scoring needs a server that returns logprobs/top_logprobs (OpenAI chat models, vLLM, llama.cpp)"))
         result = score_options(listed, options)
         self.counters["options_floored"] += len(result.floored)
         return result
 
 
-# ---------------------------------------------------------------------- pure helpers
-
-
-def score_options(listed: dict[str, float], options: Sequence[str]) -> OptionLogprobs:
-    """Sum the probabilities of every listed token that strips to the option; floor the absent ones
-    at log(min listed probability) - log 2."""
-    floor = min(listed.values()) - math.log(2)
-    values, floored = {}, []
-    for option in options:
-        hits = [lp for tok, lp in listed.items() if tok.strip() == option.strip()]
-        if hits:
-            top = max(hits)
-            values[option] = top + math.log(sum(math.exp(lp - top) for lp in hits))
-        else:
-            values[option] = floor
-            floored.append(option)
-    return OptionLogprobs(values, floored)
-
-
-def _listed_logprobs(choice) -> dict[str, float]:
-    """token -> logprob for the first generated position: its top_logprobs plus the sampled token."""
-    lp = getattr(choice, "logprobs", None)
-    content = getattr(lp, "content", None) if lp is not None else None
-    if not content:
-        return {}
-    first = content[0]
-    listed: dict[str, float] = {}
-    for item in list(getattr(first, "top_logprobs", None) or []) + [first]:
-        token, value = getattr(item, "token", None), getattr(item, "logprob", None)
-        if isinstance(token, str) and isinstance(value, (int, float)) and math.isfinite(value):
-            listed.setdefault(token, float(value))
-    return listed
-
-
-def _append_to_last_user(chat: list[dict], prefill: str) -> list[dict]:
-    for i in range(len(chat) - 1, -1, -1):
-        if chat[i].get("role") == "user":
-            content = chat[i].get("content") or ""
-            sep = "" if not content or content[-1].isspace() else "\n\n"
-            chat[i] = {**chat[i], "content": content + sep + prefill}
-            return chat
-    return chat + [{"role": "user", "content": prefill}]
-
-
-async def _gather_or_cancel(coros: list) -> list:
-    """Run all; on the first failure cancel the rest so nothing is left pending in the loop."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _status_line(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"HTTP {status}"
-
-
-def _server_message(e) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        if isinstance(msg, str):
-            return " ".join(msg.split())
-    return ""
-
-
-def _chain(e: BaseException | None):
-    """An exception and what caused it, outermost first (as a traceback would show them)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    return list(_chain(e))[-1]
-
-
-def _everything(e: BaseException | None):
-    """Every exception reachable through causes, contexts and exception groups (for detection)."""
-    stack, seen = [e], set()
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        yield x
-        stack.extend([x.__cause__, x.__context__, *getattr(x, "exceptions", ())])
-
-
-def _is_connect_failure(e: BaseException) -> bool:
-    """Refused connection or unknown host: nothing listens there (as opposed to a dropped one)."""
-    import socket
-
-    for x in _everything(e):
-        if isinstance(x, (ConnectionRefusedError, socket.gaierror)) or type(x).__name__ == "ConnectError":
-            return True
-    return False
-
-
-def _connection_kind(e: BaseException) -> str:
-    """Name a broken exchange for the stats: a body cut short, a connection dropped, or other."""
-    text = str(e).lower()
-    if "complete message body" in text or "incomplete" in text:
-        return "truncated"
-    if "without sending a response" in text or "disconnected" in text or "reset" in text:
-        return "dropped"
-    return "connection"
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    text = " ".join(str(e).split())
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    return f"{type(e).__name__}: {text}"[:160] if text else type(e).__name__
-
-
-def _display_url(url: str) -> str:
-    """The URL without any user:password part."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
-
-
-__all__ = ["OpenAIEngine", "score_options"]
+__all__ = ["OpenAIEngine", "score_options", "is_reasoning_model", "RETRY_STATUS", "FATAL_STATUS"]
