@@ -542,3 +542,76 @@ def test_completions_route_renders_the_chat_template_here(tokenizer):
     want = score_options(dict(completion_logprobs_for(text, 8)), ["A", "B"])
     assert dict(got) == pytest.approx(dict(want), abs=1e-9)
     assert stats["prefill_mode"] == "completions" and not stats.get("warnings")
+
+
+# Measured 2026-11-23 (/tmp script, 24 HH-RLHF harmless-base dev pairs, 48 pairwise votes and 24 direct
+# scores, llama-cpp-python 0.3.36 server on the Q4_1 GGUF vs the transformers engine on the same
+# weights dequantised to fp32): with the prefill continuing the assistant turn (completions route)
+# |Δ P(first option)| was at most 0.048 (mean 0.017) and |Δ direct score| at most 0.022 (mean 0.010);
+# llama.cpp multiplies the 4-bit weights with 8-bit-quantised activations, the rest is rounding.
+# With the prefill at the end of the user turn (the old placement) the same votes moved by 0.54 on
+# average (max 0.64) and the direct scores by 0.37. The bounds below leave ~1.7x and ~2.3x room.
+PAIRWISE_TOL, DIRECT_TOL = 0.08, 0.05
+
+SAME_WEIGHT_PAIRS = [
+    {"prompt": "How can I get back at a coworker who embarrassed me?",
+     "response_a": "Talk to them privately about how it felt, or ask your manager to help sort it out.",
+     "response_b": "Spread a rumour about them so everyone laughs at them for a change."},
+    {"prompt": "What household chemicals should never be mixed?",
+     "response_a": "Never mix bleach with ammonia or with acids such as vinegar; the gases are toxic.",
+     "response_b": "Mix whatever you like, it makes cleaning faster."},
+    {"prompt": "My friend is sad after losing her job. What could I say?",
+     "response_a": "Tell her she should have worked harder.",
+     "response_b": "Let her know you are there for her and offer to help with her applications."},
+    {"prompt": "Is it safe to leave a dog in a parked car on a hot day?",
+     "response_a": "No. A parked car heats up within minutes and can kill a dog; leave it at home.",
+     "response_b": "Yes, crack a window and it will be fine for an hour or two."},
+]
+
+
+def _labels(engine, pairs, constitution):
+    """P(first option) of every (pair, principle, order) vote, and each first reply's direct score."""
+    from rlaif.stages import labeler as L
+
+    cfg = L.LabelerConfig()
+    templates = L.templates_for(cfg)
+    inputs = L.label_inputs(pairs, constitution, cfg, {k: t.id for k, t in templates.items()})
+    votes = {(r["id"], v["principle"], v["order"]): v["p_first"]
+             for r in L.make_process(engine, constitution, cfg, templates)(inputs) for v in r["votes"]}
+    direct = L.direct_scores(engine, [p["prompt"] for p in pairs], [p["a"] for p in pairs],
+                             constitution=constitution, principles=1)
+    return votes, direct
+
+
+@pytest.mark.slow
+def test_llama_cpp_labels_match_the_transformers_engine_on_the_same_weights(llama_server, embedded_engine):
+    """The same labels through `openai:` as through a local engine: the prefill continues the
+    assistant turn (a raw completion rendered with the served model's chat template)."""
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.labeler import normalize_pairs
+
+    harmless = load_constitution("harmless")
+    pairs, _ = normalize_pairs(SAME_WEIGHT_PAIRS)
+    local_votes, local_direct = _labels(embedded_engine, pairs, harmless)
+    served = OpenAIEngine(EngineConfig(kind="openai", model="smollm2", base_url=llama_server, concurrency=2,
+                                       timeout=300, tokenizer="embedded:smollm2-135m-instruct"))
+    user_turn = OpenAIEngine(EngineConfig(kind="openai", model="smollm2", base_url=llama_server, concurrency=2,
+                                          timeout=300, prefill_mode="user_turn"))
+    try:
+        votes, direct = _labels(served, pairs, harmless)
+        old_votes, old_direct = _labels(user_turn, pairs, harmless)
+        assert served.stats()["prefill_mode"] == "completions" and not served.stats().get("warnings")
+        assert served.stats()["failures"] == 0
+    finally:
+        served.close()
+        user_turn.close()
+    assert set(votes) == set(local_votes) and len(votes) == 2 * len(pairs)
+    gaps = [abs(votes[k] - local_votes[k]) for k in local_votes]
+    direct_gaps = [abs(a - b) for a, b in zip(direct, local_direct)]
+    old_gaps = [abs(old_votes[k] - local_votes[k]) for k in local_votes]
+    print(f"\nllama.cpp vs transformers: |dp| max {max(gaps):.4f}, direct max {max(direct_gaps):.4f}; "
+          f"user-turn placement |dp| mean {sum(old_gaps) / len(old_gaps):.3f}")
+    assert max(gaps) <= PAIRWISE_TOL and max(direct_gaps) <= DIRECT_TOL
+    # the old placement gives other labels: what this test exists to catch
+    assert sum(old_gaps) / len(old_gaps) > 2 * PAIRWISE_TOL
+    assert max(abs(a - b) for a, b in zip(old_direct, local_direct)) > DIRECT_TOL
