@@ -7,10 +7,33 @@ each with its own SamplingParams (n, temperature, top_p, max_tokens, seed, stop)
 
 `option_logprobs` decodes one token at temperature 0 with `logprobs=k` and sums the probabilities of
 the option's single-token spellings ("A", " A") found among the returned top-k token ids. vLLM
-always returns the sampled token too. An option outside the top-k gets the same floor as the openai
-engine (log(min listed probability) - log 2) and is named in `floored`. Prefix caching makes the
-shared prompt head (system prompt, few-shot exemplars, the two responses) nearly free across the
-position-swapped and principle-ensemble requests the labeler sends.
+always returns the sampled token too, and its logprobs are the raw ones (`logprobs_mode`
+"raw_logprobs", before penalties or temperature). An option outside the top-k gets the same floor
+as the openai engine (log(min listed probability) - log 2) and is named in `floored`. Prefix
+caching makes the shared prompt head (system prompt, few-shot exemplars, the two responses) nearly
+free across the position-swapped and principle-ensemble requests the labeler sends.
+
+Settings, as vLLM takes them (read in vLLM's source, not run here: no GPU on the machine this was
+written on; the `gpu` tests in tests/test_vllm_engine.py run them where one is):
+- `device`: vLLM takes no device index (`DeviceConfig.device` is a device type, deprecated and set
+  from the platform; vllm/config/device.py). A GPU is chosen with CUDA_VISIBLE_DEVICES, which vLLM
+  reads when it counts devices (`cuda_device_count_stateless`) and its engine-core process inherits:
+  `cuda:N` sets it to the N-th visible GPU while the engine starts (restored afterwards, so later
+  processes such as `accelerate launch` still see every GPU). `cpu` is refused: use the
+  transformers or gguf engine there.
+- `tensor_parallel_size`, `max_num_seqs`, `quantization`, `max_model_len`, `gpu_memory_utilization`,
+  `dtype` go to `vllm.LLM` as they are (None: vLLM's own default).
+- sampling defaults: like `vllm serve`, `LLM` reads the model's generation_config.json
+  (EngineArgs.generation_config defaults to "auto"), but `LLM.generate` applies it only when no
+  SamplingParams are given. Requests here always set temperature and top_p (as an OpenAI client
+  does), so the model's `top_k`, `min_p` and `repetition_penalty` are taken from
+  `LLM.get_default_sampling_params()` for every request: what a vLLM server does with a request
+  that leaves them out. (The transformers engine applies a generation_config's repetition_penalty
+  through `generate` too, but samples with top_k=0.)
+- `close()` frees the GPU the way vLLM's own tests do (tests/conftest.py, VllmRunner.__exit__): stop
+  the engine-core process, drop the LLM, then `cleanup_dist_env_and_memory()`
+  (vllm/distributed/parallel_state.py: model-parallel groups and torch.distributed destroyed, gc,
+  CUDA cache emptied), so a pipeline can load vLLM again after training.
 
 vLLM is an optional extra (`pip install 'rlaif[vllm]'`) and needs a CUDA GPU; without either the
 constructor raises one clear `EngineError`.
@@ -19,7 +42,10 @@ constructor raises one clear `EngineError`.
 from __future__ import annotations
 
 import math
+import os
+import re
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 from rlaif.backends.base import (
@@ -47,10 +73,63 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
+GENERATION_DEFAULTS = ("top_k", "min_p", "repetition_penalty")  # what a request here leaves to the model
+
+
+def visible_devices(device: str, tensor_parallel_size: int, visible: str | None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES a vLLM engine on `device` needs (None: leave it as it is); `visible`
+    is its current value. `cuda:N` is the N-th GPU this process sees."""
+    if device in ("auto", "cuda"):
+        return None
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if match is None:
+        raise EngineError(f"device {device!r}: the vllm engine runs on CUDA GPUs; expected auto, cuda or cuda:N "
+                          "(on a CPU use the transformers or gguf engine)")
+    if tensor_parallel_size > 1:
+        raise EngineError(f"device {device!r} names one GPU but tensor_parallel_size is {tensor_parallel_size}; "
+                          "choose the GPUs with CUDA_VISIBLE_DEVICES and set device: cuda")
+    index = int(match.group(1))
+    ids = [x.strip() for x in visible.split(",") if x.strip()] if visible is not None else None
+    if ids is None:
+        return str(index)
+    if index >= len(ids):
+        raise EngineError(f"device {device!r}: this process sees {len(ids)} GPU(s) (CUDA_VISIBLE_DEVICES={visible})")
+    return ids[index]
+
+
+def llm_kwargs(cfg: EngineConfig, path) -> dict:
+    """The `vllm.LLM` arguments an EngineConfig asks for (settings left at None are vLLM's own)."""
+    kwargs = dict(model=str(path), enable_prefix_caching=True, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                  dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
+                  max_logprobs=max(20, cfg.top_logprobs), seed=0)
+    for name in ("max_model_len", "max_num_seqs", "quantization"):
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
+    return kwargs
+
+
+@contextmanager
+def _environ(name: str, value: str | None):
+    """`name=value` in os.environ for the block (None: unchanged), restored afterwards."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 class VLLMEngine(LocalPrompts):
     name = "vllm"
 
-    def __init__(self, cfg: EngineConfig, **llm_kwargs):
+    def __init__(self, cfg: EngineConfig, **llm_kwargs_extra):
+        gpus = visible_devices(cfg.device, cfg.tensor_parallel_size, os.environ.get("CUDA_VISIBLE_DEVICES"))
         ok, why = vllm_available()
         if not ok:
             raise EngineError(why)
@@ -61,22 +140,19 @@ class VLLMEngine(LocalPrompts):
         self.cfg = cfg
         self.model = cfg.model
         path = resolve_model_dir(cfg.model)
-        kwargs = dict(model=str(path), enable_prefix_caching=True,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization,
-                      dtype=cfg.dtype,
-                      max_logprobs=max(20, cfg.top_logprobs), seed=0)
-        if cfg.max_model_len is not None:
-            kwargs["max_model_len"] = cfg.max_model_len
-        kwargs.update(llm_kwargs)
+        kwargs = {**llm_kwargs(cfg, path), **llm_kwargs_extra}
         started = time.perf_counter()
         try:
-            self.llm = LLM(**kwargs)
+            with _environ("CUDA_VISIBLE_DEVICES", gpus):
+                self.llm = LLM(**kwargs)
         except Exception as e:  # bad model dir, out of GPU memory, unsupported architecture...
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise EngineError(f"vllm could not load model {cfg.model!r} from {path}: {first}") from None
         self.load_seconds = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self.context_length = self.llm.llm_engine.model_config.max_model_len
+        defaults = self.llm.get_default_sampling_params()  # the model's generation_config, as vLLM reads it
+        self.sampling_defaults = {k: getattr(defaults, k) for k in GENERATION_DEFAULTS}
         self._option_ids: dict[str, list[int]] = {}
         self.counters = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
                          "options_floored": 0, "seconds": 0.0}
@@ -94,8 +170,8 @@ class VLLMEngine(LocalPrompts):
         params = []
         for ids, r in zip(encoded, requests):
             self._check_length(len(ids), r.max_tokens)
-            params.append(SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p,
-                                         max_tokens=r.max_tokens, seed=r.seed, stop=list(r.stop or []) or None))
+            params.append(SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                         seed=r.seed, stop=list(r.stop or []) or None, **self.sampling_defaults))
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         results = []
         for ids, out in zip(encoded, outputs):
@@ -139,20 +215,17 @@ class VLLMEngine(LocalPrompts):
                 **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.counters.items()}}
 
     def close(self) -> None:
+        """Free the GPU (module docstring): a pipeline may load vLLM again after training."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
-        del llm
-        try:
-            import gc
+        core = getattr(llm.llm_engine, "engine_core", None)  # V1: the process holding weights and KV cache
+        if core is not None:
+            core.shutdown()
+        del llm, core
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            import torch
-
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
+        cleanup_dist_env_and_memory()
 
 
 def _score(listed: dict[int, float], option_ids: dict[str, list[int]]) -> OptionLogprobs:
@@ -170,4 +243,4 @@ def _score(listed: dict[int, float], option_ids: dict[str, list[int]]) -> Option
     return OptionLogprobs(values, floored)
 
 
-__all__ = ["VLLMEngine", "vllm_available"]
+__all__ = ["VLLMEngine", "vllm_available", "visible_devices", "llm_kwargs"]
