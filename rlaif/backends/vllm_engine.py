@@ -35,7 +35,7 @@ written on; the `gpu` tests in tests/test_vllm_engine.py run them where one is):
   (vllm/distributed/parallel_state.py: model-parallel groups and torch.distributed destroyed, gc,
   CUDA cache emptied), so a pipeline can load vLLM again after training.
 
-vLLM is an optional extra (`pip install 'rlaif[vllm]'`) and needs a CUDA GPU; without either the
+vLLM is an optional extra (`pip install 'rlaif-kit[vllm]'`) and needs a CUDA GPU; without either the
 constructor raises one clear `EngineError`.
 """
 
@@ -55,7 +55,7 @@ from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
 
-VLLM_MISSING = "vllm is not installed: pip install 'rlaif[vllm]' (needs a CUDA GPU)"
+VLLM_MISSING = "vllm is not installed: pip install 'rlaif-kit[vllm]' (needs a CUDA GPU)"
 
 
 def vllm_available() -> tuple[bool, str]:

@@ -170,7 +170,7 @@ def apply_lora(model, lora: LoraSettings):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise UserError("LoRA needs peft: pip install 'rlaif[lora]'") from None
+        raise UserError("LoRA needs peft: pip install 'rlaif-kit[lora]'") from None
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=lora.target_modules, task_type="CAUSAL_LM"))
 

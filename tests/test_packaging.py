@@ -1,0 +1,21 @@
+"""The distribution name: "rlaif" on PyPI is an unrelated project, so ours is rlaif-kit, and no
+install line anywhere in the project points at the other one."""
+
+import re
+import tomllib
+
+from tests.conftest import ROOT
+
+
+def test_distribution_is_not_the_unrelated_rlaif_on_pypi():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "rlaif-kit"
+    assert project["scripts"]["rlaif"] == "rlaif.cli:main"  # the command and import package stay rlaif
+
+
+def test_no_install_line_names_the_other_project():
+    wrong = re.compile(r"pip install[^\n]*['\" ]rlaif(\[|['\" ]|$)")
+    files = [ROOT / "README.md", ROOT / "Makefile", *ROOT.glob("rlaif/**/*.py"), *ROOT.glob("benchmarks/*.py")]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if wrong.search(line)]
+    assert not offenders, offenders
