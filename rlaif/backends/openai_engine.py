@@ -183,7 +183,7 @@ class OpenAIEngine:
         if loop is None:
             return
         try:
-            if self._client is not None:
+            if self._client is not None and thread is not threading.current_thread():
                 asyncio.run_coroutine_threadsafe(self._client.close(), loop).result(timeout=10)
         except Exception:
             pass  # closing sockets of a server that is already gone
