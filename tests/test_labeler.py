@@ -60,7 +60,8 @@ class FixedEngine:
             text = r.messages[-1]["content"]
             if options == ["A", "B"]:
                 lines = text.splitlines()
-                question = lines[lines.index("Options:") - 1]
+                # the question: after the options in label_pairwise/v2, before them in label_cot/v1
+                question = lines[lines.index("Options:") - 1] or lines[lines.index("Answer with (A) or (B).") - 1]
                 p = self.p_first(_between(text, "reply_a"), question, r.prefill)
                 out.append(OptionLogprobs({"A": math.log(p), "B": math.log(1 - p)}))
             elif options == ["0"]:
@@ -286,7 +287,7 @@ def test_embedded_labeling_run_on_20_pairs(embedded_engine, constitution, tmp_pa
     for r in recs:
         assert 0 <= r["p_chosen"] <= 1 and r["p_chosen"] >= 0.5
         assert r["labels_by_order"]["ab"] is not None and r["labels_by_order"]["ba"] is not None
-        assert r["labeler"]["template"] == "label_pairwise/v1" and r["labeler"]["model"] == embedded_engine.model
+        assert r["labeler"]["template"] == "label_pairwise/v2" and r["labeler"]["model"] == embedded_engine.model
         assert {r["chosen"][0]["content"], r["rejected"][0]["content"]} == {
             next(p for p in pairs if p["prompt"] == r["prompt"])["response_a"],
             next(p for p in pairs if p["prompt"] == r["prompt"])["response_b"]}

@@ -80,6 +80,11 @@ def test_prefill_batches_respect_rows_and_token_budget(tiny_engine):
     assert [len(b) for b in tiny_engine.prefill_batches([400] * 7)] == [2, 2, 2, 1]
     unbounded = same_model(tiny_engine, batch_size=3, prefill_tokens=10**9)
     assert [len(b) for b in unbounded.prefill_batches([400] * 7)] == [3, 3, 1]
+    # rows continuing a cached prefix (prefix reuse) hold its columns too: 3 × (300 + 40) ≤ 1024 < 4 × 340
+    wide = same_model(tiny_engine, batch_size=16)
+    assert [len(b) for b in wide.prefill_batches([40] * 30)] == [16, 14]
+    assert [len(b) for b in wide.prefill_batches([40] * 30, past=300)] == [3] * 10
+    assert [len(b) for b in wide.prefill_batches([40] * 3, past=2000)] == [1] * 3  # over the budget: one row each
 
 
 def test_option_logprobs_do_not_depend_on_the_batching(tiny_engine):

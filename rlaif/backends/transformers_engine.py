@@ -201,17 +201,19 @@ class TransformersEngine(LocalPrompts):
 
     # ------------------------------------------------------------------ option scoring
 
-    def prefill_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+    def prefill_batches(self, lengths: Sequence[int], past: int = 0) -> list[list[int]]:
         """Indices of the prompts, longest first, cut into forward batches of at most `batch_size`
         rows and at most `prefill_tokens` padded tokens (rows × the batch's longest prompt); a
-        prompt longer than the budget goes alone."""
+        prompt longer than the budget goes alone. Rows that continue `past` cached columns (prefix
+        reuse) count those too, rows × (past + longest): each row holds its own copy of the prefix's
+        keys and values, and a wider budget bought no speed here (finding 10 in BENCHMARKS.md)."""
         budget = self.cfg.prefill_tokens or (1024 if self.device.type == "cpu" else None)
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
             if (last is None or len(last) == self.cfg.batch_size
-                    or (budget is not None and (len(last) + 1) * lengths[last[0]] > budget)):
+                    or (budget is not None and (len(last) + 1) * (past + lengths[last[0]]) > budget)):
                 batches.append([i])
             else:
                 last.append(i)
@@ -252,7 +254,7 @@ class TransformersEngine(LocalPrompts):
         """Prefill `nodes` (one level of the prefix tree, all children of rows of `parent`, or the top
         level when `parent` is None) in batches cut by `prefill_batches` over their own tokens; read the
         option scores of the prompts ending on them, then go down into their children, batch by batch."""
-        batches = self.prefill_batches([len(n.tokens) for n in nodes])
+        batches = self.prefill_batches([len(n.tokens) for n in nodes], 0 if parent is None else parent.mask.shape[1])
         for b, chunk in enumerate(batches):
             batch = [nodes[i] for i in chunk]
             ids, own_mask = self._pad_left([n.tokens for n in batch])
