@@ -302,8 +302,8 @@ def cmd_train_rm(args) -> int:
     from rlaif.train.reward_model import RewardConfig, train_reward_model
 
     cfg = build_config(RewardConfig, args.config, {**_train_fields(args), "prefs": args.prefs, "base": args.base,
-                                                   "human_eval_file": args.human_eval_file,
-                                                   "margin": args.margin}, args.set)
+                                                   "human_eval_file": args.human_eval_file, "margin": args.margin,
+                                                   "margin_from_strength": args.margin_from_strength}, args.set)
     return _train_done("train-rm", train_reward_model(cfg), cfg.output_dir)
 
 
@@ -363,7 +363,7 @@ def cmd_best_of_n(args) -> int:
                         batch_size=args.batch_size)
     prompts = read_prompts(args.prompts)
     reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or args.model,
-                                    constitution=args.constitution)
+                                    constitution=args.constitution, prompt_records=prompts)
     engine = load_engine(_engine_config(args))
     try:
         summary = run_best_of_n(prompts, engine, reward_fn, cfg, args.out, overwrite=args.overwrite)
@@ -371,6 +371,63 @@ def cmd_best_of_n(args) -> int:
         engine.close()
     print(f"best-of-{cfg.n}: {json.dumps(summary, sort_keys=True)} -> {Path(args.out) / 'best_of_n.jsonl'}")
     return 1 if summary.get("failed") else 0
+
+
+def cmd_combine_rm(args) -> int:
+    from rlaif.train.reward_combine import build_combination
+
+    cfg = build_combination(args.helpful, args.harmless, args.calibration, args.out, threshold=args.threshold,
+                            unsafe_categories=args.unsafe_category, unsafe_prompts=args.unsafe_prompts,
+                            device=args.device)
+    print(f"combine-rm: helpful mean {cfg.helpful_whitening.mean:.4f} std {cfg.helpful_whitening.std:.4f}, "
+          f"harmless mean {cfg.harmless_whitening.mean:.4f} std {cfg.harmless_whitening.std:.4f} "
+          f"(n={cfg.helpful_whitening.n}), threshold {cfg.threshold} -> {args.out}; use --reward combined:{args.out}")
+    return 0
+
+
+def cmd_train_rm_ensemble(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.reward_ensemble import check_k, train_ensemble
+    from rlaif.train.reward_model import RewardConfig
+
+    check_k(args.k)
+    cfg = build_config(RewardConfig, args.config, {**_train_fields(args), "prefs": args.prefs, "base": args.base,
+                                                   "margin_from_strength": args.margin_from_strength}, args.set)
+    summary = train_ensemble(cfg, args.k, mode="min" if args.min else "mean-std", lam=args.lam)
+    print(f"train-rm-ensemble: {json.dumps(summary, sort_keys=True)} -> {cfg.output_dir}; "
+          f"use --reward ensemble:{cfg.output_dir}")
+    return 0
+
+
+def cmd_rs_ft(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.prompts_io import read_prompts
+    from rlaif.train.best_of_n import BestOfNConfig
+    from rlaif.train.common import build_config
+    from rlaif.train.ppo import reward_fn_from_spec
+    from rlaif.train.rejection_sampling import finetune_on_best, sample_best
+    from rlaif.train.sft import SFTConfig
+
+    bon = BestOfNConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
+                        seed=args.seed or 0, batch_size=args.sample_batch_size)
+    sft_cfg = build_config(SFTConfig, args.config, {**_train_fields(args), "policy": args.policy}, args.set)
+    prompts = read_prompts(args.prompts)
+    reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or sft_cfg.policy,
+                                    constitution=args.constitution, prompt_records=prompts)
+    from rlaif.config import EngineConfig, parse_model_spec
+
+    engine = load_engine(parse_model_spec(sft_cfg.policy, EngineConfig(device=args.device)))
+    try:
+        data, summary = sample_best(prompts, engine, reward_fn, bon, args.out, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    del reward_fn
+    print(f"rs-ft: best of {bon.n}: {json.dumps(summary, sort_keys=True)} -> {data}")
+    if summary.get("failed"):
+        print(f"{summary['failed']} prompts failed after retries; run the same command again to retry them",
+              file=sys.stderr)
+        return 1
+    return _train_done("rs-ft (sft on the kept samples)", finetune_on_best(data, sft_cfg), sft_cfg.output_dir)
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -479,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="backbone model spec (default: embedded:smollm2-135m-instruct)")
     p.add_argument("--human-eval-file", help="human-labelled pairs (e.g. converted HH-RLHF) to report accuracy on")
     p.add_argument("--margin", type=float, help="margin m in the Bradley–Terry loss (default 0)")
+    p.add_argument("--margin-from-strength", type=float, metavar="S",
+                   help="add a margin S·|2p − 1| from each soft label's strength (Llama 2's graded margin)")
     _train_args(p, "output folder: an HF model dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_train_rm)
 
@@ -543,6 +602,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     _engine_args(p)
     p.set_defaults(func=cmd_best_of_n)
+
+    p = sub.add_parser("combine-rm", help="helpful + harmless reward models combined the Llama 2 way (harmless "
+                       "score on unsafe prompts or below a threshold), whitened on a calibration set -> FILE.yaml")
+    p.add_argument("--helpful", required=True, help="helpful reward-model folder (train-rm output)")
+    p.add_argument("--harmless", required=True, help="harmless reward-model folder (train-rm output)")
+    p.add_argument("--calibration", required=True, help="JSONL of prompt + response (or candidates, or "
+                   "chosen/rejected) that the whitening mean/std are measured on")
+    p.add_argument("--out", required=True, type=Path, help="the combination file to write (YAML)")
+    p.add_argument("--threshold", type=float, default=-1.0,
+                   help="use the harmless score below this whitened value (default: %(default)s)")
+    p.add_argument("--unsafe-category", action="append", default=[], metavar="NAME",
+                   help="prompts whose 'category' is NAME count as unsafe (repeatable); 'unsafe: true' always does")
+    p.add_argument("--unsafe-prompts", help="a prompt file whose flagged records count as unsafe wherever used")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_combine_rm)
+
+    p = sub.add_parser("train-rm-ensemble", help="K reward models on seeded bootstrap resamples of the "
+                       "preferences -> OUT/member_*/ and OUT/ensemble.yaml (use --reward ensemble:OUT)")
+    p.add_argument("--prefs", required=True, help="preference JSONL: prompt, chosen, rejected, p_chosen")
+    p.add_argument("--k", type=int, default=4, help="number of members, at least 2 (default: %(default)s)")
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="R = mean − λ·std (default: %(default)s)")
+    p.add_argument("--min", action="store_true", help="R = min over the members instead of mean − λ·std")
+    p.add_argument("--base", help="backbone model spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--margin-from-strength", type=float, metavar="S", help="margin S·|2p − 1| (see train-rm)")
+    _train_args(p, "output folder: member_0..member_{K-1} reward-model dirs and ensemble.yaml")
+    p.set_defaults(func=cmd_train_rm_ensemble)
+
+    p = sub.add_parser("rs-ft", aliases=["rejection-sampling"], help="rejection-sampling fine-tuning: sample K "
+                       "responses per prompt, keep the best by a reward, SFT the policy on them -> OUT/")
+    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
+    p.add_argument("--reward", required=True, help="rm:DIR, combined:FILE, ensemble:DIR|DIR1,DIR2,..., or "
+                   "labeler:direct")
+    p.add_argument("--policy", help="the policy that samples and is fine-tuned (default: "
+                   "embedded:smollm2-135m-instruct)")
+    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+                   help="labeler:direct: the judge's model spec (default: the policy)")
+    p.add_argument("--constitution", help="labeler:direct: constitution file or name")
+    p.add_argument("--n", type=_positive(int), default=4, help="samples per prompt, K (default: %(default)s)")
+    p.add_argument("--max-tokens", type=_positive(int), default=128)
+    p.add_argument("--temperature", type=_positive(float), default=0.8)
+    p.add_argument("--sample-batch-size", type=_positive(int), default=8, help="prompts per sampling call")
+    p.add_argument("--device", default="auto", help="sampling engine: auto, cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="sample again instead of resuming")
+    _train_args(p, "output folder: samples/best_of_n.jsonl, rs_data.jsonl and the fine-tuned model")
+    p.set_defaults(func=cmd_rs_ft)
+
 
     return parser
 

@@ -1,6 +1,8 @@
 """PPO with a per-token KL penalty to a frozen reference (RLHF/RLAIF, Ziegler et al. 2019; Ouyang
 et al. 2022), with the sequence reward `R` from a reward model (`rm:DIR`, distilled RLAIF) or straight
-from the AI labeler (`labeler:direct`, direct RLAIF) — or any `reward_fn(prompts, responses)`.
+from the AI labeler (`labeler:direct`, direct RLAIF), from helpful + harmless RMs combined the Llama 2
+way (`combined:FILE`, rlaif/train/reward_combine.py) or a conservative RM ensemble (`ensemble:...`,
+rlaif/train/reward_ensemble.py) — or any `reward_fn(prompts, responses)`.
 
 One PPO step:
 1. rollouts: sample a response for each prompt of the batch from the policy (temperature `T`);
@@ -53,7 +55,7 @@ DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 class PPOConfig(TrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and frozen reference
     prompts: str | None = None  # prompt JSONL (`prompt`: messages or string)
-    reward: str | None = None  # "rm:DIR" | "labeler:direct" (or pass reward_fn to train_ppo)
+    reward: str | None = None  # "rm:DIR" | "labeler:direct" | "combined:FILE" | "ensemble:..." (or pass reward_fn)
     labeler_model: str | None = None  # model spec for labeler:direct (default: the policy's spec)
     constitution: str | None = None  # for labeler:direct (default: the labeler's own default)
     batch_size: int = Field(8, ge=1)  # prompts per PPO step (global)
@@ -186,23 +188,42 @@ def minibatch_loss(model, ro: Rollouts, mb: torch.Tensor, cfg: PPOConfig) -> tup
 
 
 def make_reward_fn(cfg: PPOConfig, device: str | torch.device = "cpu") -> RewardFn:
+    from rlaif.prompts_io import read_prompts as read_prompt_records
+
     return reward_fn_from_spec(cfg.reward or "", labeler_model=cfg.labeler_model or cfg.policy,
                                constitution=cfg.constitution, device=device,
-                               batch_size=cfg.reward_batch_size, max_length=cfg.max_length)
+                               batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
+                               prompt_records=read_prompt_records(cfg.prompts) if cfg.prompts else None)
+
+
+REWARD_SPECS = ("rm:DIR (a saved reward model), labeler:direct, combined:FILE.yaml (helpful + harmless RMs, "
+                "rlaif combine-rm) or ensemble:DIR|DIR1,DIR2,...[,lambda=L|,min]")
 
 
 def reward_fn_from_spec(spec: str, *, labeler_model: str, constitution: str | None = None,
                         device: str | torch.device = "cpu", batch_size: int = 16,
-                        max_length: int = 512) -> RewardFn:
-    """`rm:DIR` -> a saved reward model; `labeler:direct` -> the labeler's direct 1–10 score."""
+                        max_length: int = 512, prompt_records=None) -> RewardFn:
+    """`rm:DIR` -> a saved reward model; `labeler:direct` -> the labeler's direct 1–10 score;
+    `combined:FILE` -> helpful and harmless RMs by the Llama 2 rule (`prompt_records`, the prompt
+    file's records, say which prompts are flagged unsafe); `ensemble:...` -> a conservative RM ensemble."""
     kind, _, arg = spec.partition(":")
     if kind == "rm" and arg:
         from rlaif.train.reward_model import RewardScorer
 
         return RewardScorer(resolve(arg), device=device, batch_size=batch_size, max_length=max_length)
+    if kind == "combined" and arg:
+        from rlaif.train.reward_combine import CombinedReward, load_combination
+
+        combined = CombinedReward(load_combination(arg), device=device, batch_size=batch_size)
+        combined.flag_prompts(prompt_records or [])
+        return combined
+    if kind == "ensemble" and arg:
+        from rlaif.train.reward_ensemble import EnsembleReward, parse_ensemble_spec
+
+        return EnsembleReward(parse_ensemble_spec(arg), device=device, batch_size=batch_size, max_length=max_length)
     if spec == "labeler:direct":
         return labeler_direct_reward(labeler_model, constitution)
-    raise UserError(f"reward {spec!r}: expected rm:DIR (a saved reward model) or labeler:direct")
+    raise UserError(f"reward {spec!r}: expected {REWARD_SPECS}")
 
 
 def labeler_direct_reward(model_spec: str, constitution: str | None) -> RewardFn:

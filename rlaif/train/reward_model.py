@@ -6,7 +6,14 @@ trained on preference pairs with the soft-label Bradley–Terry loss
     L = -( p · log σ(r_c − r_r − m) + (1 − p) · log σ(r_r − r_c − m) )
 
 where `p = p_chosen` is the labeler's probability that `chosen` is better and `m ≥ 0` an optional
-margin (config `margin` plus a record's own `margin` field, as TRL reads it). At `p = 1` this is
+margin: config `margin`, plus a record's own `margin` field (as TRL reads it), plus a margin from
+the label's strength (config `margin_from_strength`, a scale s ≥ 0)
+
+    m(p) = s · |2p − 1|
+
+Llama 2 gave pairs a larger margin the larger the raters' preference gap ("significantly better"
+vs "negligibly better"); a soft label's distance from 0.5 plays that part here: m(0.5) = 0 (a tie
+asks for no gap), m(0) = m(1) = s, and m grows linearly in |p − 0.5| in between. At `p = 1` this is
 TRL's reward loss `-log σ(r_c − r_r − m)`; at `p = 0.5` its gradient on `r_c − r_r` is zero at
 `r_c = r_r` (the pair carries no preference). An optional `center_rewards_coefficient` adds
 `c · mean((r_c + r_r)²)` (Eisenstein et al. 2023, as in TRL) to keep rewards centred.
@@ -50,6 +57,7 @@ class RewardConfig(PairTrainConfig):
     human_eval_file: str | None = None  # human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL
     learning_rate: float = Field(2e-5, gt=0)
     margin: float = Field(0.0, ge=0)
+    margin_from_strength: float = Field(0.0, ge=0)  # s in m(p) = s·|2p − 1| (Llama 2's graded margin)
     center_rewards_coefficient: float | None = Field(None, ge=0)
 
 
@@ -61,6 +69,16 @@ def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tens
     """Per-pair soft-label Bradley–Terry loss (see the module docstring)."""
     d = r_chosen - r_rejected
     return -(p * F.logsigmoid(d - margin) + (1 - p) * F.logsigmoid(-d - margin))
+
+
+def strength_margin(p: torch.Tensor, scale: float) -> torch.Tensor:
+    """m(p) = scale · |2p − 1|: zero for a tie, `scale` for a certain label."""
+    return scale * (2 * p - 1).abs()
+
+
+def pair_margin(batch: dict, p: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
+    """The margin of each pair: config `margin` + the record's `margin` + m(p)."""
+    return cfg.margin + batch["margin"].to(p.dtype) + strength_margin(p, cfg.margin_from_strength)
 
 
 def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -111,7 +129,7 @@ def pair_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def batch_loss(model, batch: dict, cfg: RewardConfig):
     r_c, r_r = pair_rewards(model, batch)
     p = batch["p"].to(r_c.dtype)
-    per_pair = soft_bt_loss(r_c, r_r, p, cfg.margin + batch["margin"].to(r_c.dtype))
+    per_pair = soft_bt_loss(r_c, r_r, p, pair_margin(batch, p, cfg))
     loss = per_pair.mean()
     if cfg.center_rewards_coefficient:
         loss = loss + cfg.center_rewards_coefficient * ((r_c + r_r) ** 2).mean()
@@ -126,7 +144,7 @@ def evaluate(accelerator, model, loader, cfg: RewardConfig) -> dict:
     for batch in loader:
         r_c, r_r = pair_rewards(model, batch)
         p = batch["p"].to(r_c.dtype)
-        loss = soft_bt_loss(r_c, r_r, p, cfg.margin + batch["margin"].to(r_c.dtype))
+        loss = soft_bt_loss(r_c, r_r, p, pair_margin(batch, p, cfg))
         a, l, m = accelerator.gather_for_metrics((pair_accuracy(r_c, r_r, p), loss, r_c - r_r))
         accs.append(a), losses.append(l), margins.append(m)
     model.train()

@@ -1,0 +1,347 @@
+"""Llama 2's reward recipes and RM ensembles on tiny random-weight models: the helpful/harmless
+combination follows its rule at and around the threshold and on flagged prompts, with the stored
+whitening; the graded margin equals its formula; rejection sampling keeps exactly the best sample
+and fine-tunes on it; the ensemble reward equals mean − λ·std (or min) of its members, trained on
+seeded bootstrap resamples; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import run_cli  # noqa: E402
+from conftest_train import one_thread, tiny_dir, tiny_tokenizer, toy_prefs, write_jsonl  # noqa: E402,F401
+
+from rlaif.train.reward_combine import (CombinedReward, Whitening, build_combination, combine,  # noqa: E402
+                                        load_combination, whiten)
+from rlaif.train.reward_ensemble import (EnsembleConfig, EnsembleReward, bootstrap_indices,  # noqa: E402
+                                         conservative, parse_ensemble_spec, train_ensemble)
+from rlaif.train.reward_model import (PairBatches, RewardConfig, RewardScorer, batch_loss,  # noqa: E402
+                                      load_reward_model, strength_margin)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WORDS = ["hi", "yo", "ok", "no", "up", "go", "be", "so"]
+
+
+def msgs(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def save_tiny_rm(path: Path, seed: int) -> Path:
+    """A random-weight 1-layer Llama with a scalar head: a reward-model folder as train-rm writes one."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, num_labels=1,
+                      initializer_range=0.5)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rms(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("rms")
+    return [save_tiny_rm(root / f"rm{i}", seed=10 + i) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory) -> Path:
+    rows = [{"prompt": msgs(f"tell me about {w}"), "response": f"{w} is a word, {i} times."}
+            for i, w in enumerate(WORDS)]
+    rows.append({"prompt": msgs("and pairs?"), "chosen": [{"role": "assistant", "content": "sure."}],
+                 "rejected": "no way at all"})
+    return write_jsonl(tmp_path_factory.mktemp("cal") / "calibration.jsonl", rows)
+
+
+# ---------------------------------------------------------------- combination
+
+
+def test_combine_rule_at_and_around_the_threshold():
+    T = -0.5
+    harmless = [T - 1e-9, T, T + 1e-9, -3.0, 2.0, T]
+    helpful = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    unsafe = [False, False, False, False, False, True]
+    reward, used = combine(helpful, harmless, unsafe, T)
+    # below T: harmless; at T and above: helpful; a flagged prompt: harmless whatever the score
+    assert reward == [T - 1e-9, 11.0, 12.0, -3.0, 14.0, T]
+    assert used == ["harmless", "helpful", "helpful", "harmless", "helpful", "harmless"]
+    assert combine([1.0], [5.0], [True], T)[0] == [5.0]  # unsafe prompt, high harmless score: still harmless
+
+
+def test_combination_whitens_with_its_stored_statistics_and_follows_the_rule(rms, calibration, tmp_path):
+    out = tmp_path / "combo.yaml"
+    cfg = build_combination(str(rms[0]), str(rms[1]), str(calibration), out, threshold=0.0,
+                            unsafe_categories=["violence"])
+    # the stored statistics are the RMs' mean and (n − 1) standard deviation on the calibration set
+    from rlaif.train.reward_combine import calibration_pairs
+
+    cal_prompts, cal_texts = calibration_pairs(calibration)
+    assert len(cal_texts) == len(WORDS) + 2
+    for side, rm in (("helpful", rms[0]), ("harmless", rms[1])):
+        raw = RewardScorer(str(rm))(cal_prompts, cal_texts)
+        w = getattr(cfg, f"{side}_whitening")
+        assert w.mean == pytest.approx(statistics.mean(raw), abs=1e-6)
+        assert w.std == pytest.approx(statistics.stdev(raw), abs=1e-6) and w.n == len(raw)
+    assert yaml.safe_load(out.read_text())["helpful_whitening"]["mean"] == pytest.approx(cfg.helpful_whitening.mean)
+
+    # whitening reads the file: other statistics written there give other z-scores
+    data = yaml.safe_load(out.read_text())
+    data["helpful_whitening"] = {"mean": 1.5, "std": 2.0, "n": 7}
+    data["harmless_whitening"] = {"mean": -0.25, "std": 0.5, "n": 7}
+    prompts = [msgs(f"question {w}") for w in WORDS] + [msgs("how to hurt"), msgs("a flagged one")]
+    texts = [f"answer {w} {'!' * i}" for i, w in enumerate(WORDS)] + ["never.", "fine."]
+    raw_h = RewardScorer(str(rms[0]))(prompts, texts)
+    raw_s = RewardScorer(str(rms[1]))(prompts, texts)
+    z_h = [(r - 1.5) / 2.0 for r in raw_h]
+    z_s = [(r + 0.25) / 0.5 for r in raw_s]
+    # put the threshold exactly on one response's harmless score (up to float rounding)
+    data["threshold"] = sorted(z_s[:len(WORDS)])[len(WORDS) // 2]
+    out.write_text(yaml.safe_dump(data))
+    combo = CombinedReward(load_combination(out))
+    flagged = combo.flag_prompts([{"prompt": prompts[-2], "meta": {"category": "violence"}},
+                                  {"prompt": prompts[-1], "meta": {"unsafe": True}},
+                                  {"prompt": prompts[0], "meta": {"category": "cooking", "unsafe": False}}])
+    assert flagged == 2
+    rows = combo.explain(prompts, texts)
+    T = data["threshold"]
+    for i, row in enumerate(rows):
+        assert row["helpful_z"] == pytest.approx(z_h[i], abs=1e-5) and row["harmless_z"] == pytest.approx(z_s[i], abs=1e-5)
+        unsafe = i >= len(WORDS)
+        expect = "harmless" if unsafe or row["harmless_z"] < T else "helpful"
+        assert row["used"] == expect and row["unsafe_prompt"] == unsafe
+        assert row["reward"] == (row["harmless_z"] if expect == "harmless" else row["helpful_z"])
+    at = [r for r in rows[:len(WORDS)] if r["harmless_z"] == T]
+    assert at and all(r["used"] == "helpful" for r in at)  # at the threshold: helpful
+    assert {r["used"] for r in rows[:len(WORDS)]} == {"helpful", "harmless"}  # both sides exercised
+    assert combo(prompts, texts) == [r["reward"] for r in rows]
+
+
+def test_whiten_is_the_stored_affine_map():
+    w = Whitening(mean=2.0, std=4.0, n=3)
+    assert whiten([2.0, 6.0, -2.0], w) == [0.0, 1.0, -1.0]
+
+
+def test_combined_reward_in_ppo_reads_the_prompt_files_flags(rms, calibration, tiny_dir, tmp_path):
+    from rlaif.train.ppo import PPOConfig, make_reward_fn
+
+    combo = tmp_path / "combo.yaml"
+    build_combination(str(rms[0]), str(rms[1]), str(calibration), combo, unsafe_categories=["weapons"])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}, {"prompt": "make a bomb", "category": "weapons"},
+                                                 {"prompt": "steal", "unsafe": True}])
+    fn = make_reward_fn(PPOConfig(policy=str(tiny_dir), prompts=str(prompts), reward=f"combined:{combo}"))
+    assert isinstance(fn, CombinedReward) and len(fn.unsafe) == 2
+    rows = fn.explain([msgs("make a bomb"), msgs("steal"), msgs("hello")], ["no", "no", "hi"])
+    assert [r["unsafe_prompt"] for r in rows] == [True, True, False]
+    assert all(r["used"] == "harmless" for r in rows[:2])
+
+
+# ---------------------------------------------------------------- margin from the label's strength
+
+
+def test_margin_from_strength_is_the_documented_formula(tiny_dir):
+    p = torch.tensor([0.5, 0.6, 0.75, 0.9, 1.0, 0.0, 0.25])
+    m = strength_margin(p, 2.0)
+    assert m.tolist() == pytest.approx([0.0, 0.4, 1.0, 1.6, 2.0, 2.0, 1.0])
+    assert m[0] == 0 and torch.all(torch.diff(m[:5]) > 0)  # grows with |p − 0.5|
+    assert strength_margin(torch.tensor(0.3), 1.0) == pytest.approx(strength_margin(torch.tensor(0.7), 1.0))
+
+    from rlaif.train.common import parse_pair
+
+    tok = tiny_tokenizer()
+    rows = toy_prefs(4)
+    for r, p_c, own in zip(rows, (0.5, 0.7, 0.95, 0.2), (0.0, 0.3, 0.0, 0.1)):
+        r["p_chosen"], r["margin"] = p_c, own
+    pairs = [parse_pair(r, f"x:{i}") for i, r in enumerate(rows)]
+    batch = PairBatches(tok, pairs, 128)(list(range(4)))
+    model = load_reward_model(str(tiny_dir), tok)
+    cfg = RewardConfig(base=str(tiny_dir), margin=0.2, margin_from_strength=1.5)
+    torch.manual_seed(0)
+    loss, r_c, r_r, pt = batch_loss(model, batch, cfg)
+    d = (r_c - r_r).detach()
+    expected = []
+    for i, (p_c, own) in enumerate(zip((0.5, 0.7, 0.95, 0.2), (0.0, 0.3, 0.0, 0.1))):
+        m_i = 0.2 + own + 1.5 * abs(2 * p_c - 1)
+        expected.append(-(p_c * F.logsigmoid(d[i] - m_i) + (1 - p_c) * F.logsigmoid(-d[i] - m_i)))
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-6)
+    plain, *_ = batch_loss(model, batch, RewardConfig(base=str(tiny_dir), margin=0.2))
+    assert plain.item() != pytest.approx(loss.item(), abs=1e-4)  # the option changes the loss
+
+
+# ---------------------------------------------------------------- rejection sampling
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.backends.transformers_engine import TransformersEngine
+
+    return TransformersEngine.from_pretrained_objects(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer())
+
+
+def vowel_reward(prompts, texts):
+    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
+
+
+def test_rejection_sampling_keeps_exactly_the_best_sample_and_finetunes_on_it(engine, tiny_dir, tmp_path):
+    from rlaif.train.best_of_n import BestOfNConfig
+    from rlaif.train.rejection_sampling import finetune_on_best, sample_best
+    from rlaif.train.sft import SFTConfig
+
+    prompts = [{"id": w, "prompt": msgs(f"say {w}")} for w in WORDS]
+    data, summary = sample_best(prompts, engine, vowel_reward, BestOfNConfig(n=5, max_tokens=8), tmp_path,
+                                progress=False)
+    kept = [json.loads(x) for x in data.read_text().splitlines()]
+    samples = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "samples" / "best_of_n.jsonl").read_text().splitlines()}
+    assert len(kept) == len(WORDS) == summary["prompts"]
+    for r in kept:
+        cands = samples[r["id"]]["candidates"]
+        scores = vowel_reward(None, cands)  # scored again, independently of the stage
+        best = max(range(len(cands)), key=lambda i: (scores[i], -i))  # the max; the first of equals
+        assert r["completion"] == [{"role": "assistant", "content": cands[best]}]
+        assert r["score"] == pytest.approx(max(scores)) and r["prompt"] == samples[r["id"]]["prompt"]
+        assert len(cands) == 5
+    assert summary["mean_best_score"] >= summary["mean_sample_score"]
+    result = finetune_on_best(data, SFTConfig(policy=str(tiny_dir), output_dir=str(tmp_path / "model"),
+                                              batch_size=4, max_steps=3, learning_rate=1e-2, progress=False))
+    assert result["steps"] == 3 and result["loss_end"] < result["loss_start"]
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_rs_ft_from_the_command_line(rms, tiny_dir, tmp_path, capsys):
+    from rlaif.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("say hi\nsay yo\nsay ok\n")
+    out = tmp_path / "rs"
+    assert main(["rs-ft", "--prompts", str(prompts), "--policy", str(tiny_dir), "--reward", f"rm:{rms[0]}",
+                 "--n", "3", "--max-tokens", "6", "--device", "cpu", "--out", str(out), "--steps", "2",
+                 "--batch-size", "3", "--set", "progress=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "rs-ft: best of 3" in printed and "rs-ft (sft on the kept samples)" in printed
+    kept = [json.loads(x) for x in (out / "rs_data.jsonl").read_text().splitlines()]
+    scorer = RewardScorer(str(rms[0]))
+    for r in kept:
+        sample = next(json.loads(x) for x in (out / "samples" / "best_of_n.jsonl").read_text().splitlines()
+                      if json.loads(x)["id"] == r["id"])
+        scores = scorer([r["prompt"]] * 3, sample["candidates"])
+        assert r["completion"][0]["content"] == sample["candidates"][scores.index(max(scores))]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def test_conservative_reward_equals_its_formula():
+    s = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, -2.0], [2.0, 3.0, 0.0]])
+    mean = [2.0, 1.0, 0.0]
+    std = [math.sqrt(2 / 3), math.sqrt(2.0), math.sqrt(8 / 3)]  # population std over the 3 members
+    got = conservative(s, "mean-std", 0.5)
+    assert got.tolist() == pytest.approx([m - 0.5 * d for m, d in zip(mean, std)])
+    assert conservative(s, "min").tolist() == [1.0, 0.0, -2.0]
+    assert conservative(s, "mean-std", 0.0).tolist() == pytest.approx(mean)
+
+
+def test_ensemble_reward_over_saved_members(rms):
+    prompts = [msgs(f"q {w}") for w in WORDS]
+    texts = [f"a {w} {i}" for i, w in enumerate(WORDS)]
+    each = torch.tensor([RewardScorer(str(rm))(prompts, texts) for rm in rms], dtype=torch.float64)
+    ens = parse_ensemble_spec(",".join(map(str, rms)) + ",lambda=2")
+    assert ens.mode == "mean-std" and ens.lam == 2.0 and len(ens.members) == 3
+    got = EnsembleReward(ens)(prompts, texts)
+    expect = each.mean(0) - 2.0 * torch.sqrt(((each - each.mean(0)) ** 2).mean(0))
+    assert got == pytest.approx(expect.tolist(), abs=1e-6)
+    got_min = EnsembleReward(parse_ensemble_spec(f"{rms[0]},{rms[2]},min"))(prompts, texts)
+    assert got_min == pytest.approx(torch.minimum(each[0], each[2]).tolist(), abs=1e-6)
+
+
+def test_bootstrap_subsets_are_seeded(tiny_dir, tmp_path):
+    a, b = bootstrap_indices(16, 3, 0), bootstrap_indices(16, 3, 1)
+    assert a == bootstrap_indices(16, 3, 0) and a != b and a != bootstrap_indices(16, 4, 0)
+    assert len(a) == 16 and len(set(a)) < 16 and all(0 <= i < 16 for i in a)  # with replacement
+    rows = toy_prefs(12)
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = RewardConfig(base=str(tiny_dir), prefs=str(prefs), output_dir=str(tmp_path / "ens"), batch_size=4,
+                       max_steps=1, progress=False, seed=5)
+    summary = train_ensemble(cfg, 2, lam=0.5)
+    assert summary["k"] == 2 and len(summary["members"]) == 2
+    for m in range(2):
+        written = [json.loads(x) for x in (tmp_path / "ens" / f"member_{m}" / "bootstrap.jsonl").read_text().splitlines()]
+        assert written == [rows[i] for i in bootstrap_indices(12, 5, m)]
+        assert (tmp_path / "ens" / f"member_{m}" / "model.safetensors").exists()
+    ens = parse_ensemble_spec(str(tmp_path / "ens"))
+    assert isinstance(ens, EnsembleConfig) and ens.lam == 0.5 and all(Path(p).is_dir() for p in ens.members)
+
+
+def test_ppo_runs_on_an_ensemble_reward(rms, tiny_dir, tmp_path):
+    from rlaif.train.ppo import PPOConfig, train_ppo
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": msgs(f"say {w}")} for w in WORDS[:4]])
+    cfg = PPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path / "ppo"), batch_size=4,
+                    mini_batch_size=2, max_steps=1, max_new_tokens=4, reward=f"ensemble:{rms[0]},{rms[1]},min",
+                    progress=False, save=False)
+    result = train_ppo(cfg)
+    assert result["steps"] == 1 and result["reward"].startswith("ensemble:")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_ensemble_with_fewer_than_two_members_is_exit_2(rms, tmp_path):
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", toy_prefs(4))
+    line = _one_line_error(run_cli("train-rm-ensemble", "--prefs", prefs, "--k", "1", "--out", tmp_path / "ens"))
+    assert "'k'" in line and "K >= 2" in line
+    assert not (tmp_path / "ens").exists()  # nothing written
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("say hi\n")
+    line = _one_line_error(run_cli("best-of-n", "--prompts", prompts, "--reward", f"ensemble:{rms[0]},lambda=1",
+                                   "--out", tmp_path / "bon", "--model", rms[0]))
+    assert "K >= 2" in line and not (tmp_path / "bon").exists()
+
+
+def test_combination_naming_a_missing_rm_folder_is_exit_2(rms, calibration, tmp_path):
+    missing = tmp_path / "no_such_rm"
+    line = _one_line_error(run_cli("combine-rm", "--helpful", missing, "--harmless", rms[1], "--calibration",
+                                   calibration, "--out", tmp_path / "combo.yaml"))
+    assert "'helpful'" in line and str(missing) in line
+    assert not (tmp_path / "combo.yaml").exists()
+    combo = tmp_path / "written.yaml"
+    combo.write_text(yaml.safe_dump({"helpful": str(rms[0]), "harmless": "gone_rm",
+                                     "helpful_whitening": {"mean": 0, "std": 1, "n": 2},
+                                     "harmless_whitening": {"mean": 0, "std": 1, "n": 2}}))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("say hi\n")
+    line = _one_line_error(run_cli("ppo", "--prompts", prompts, "--reward", f"combined:{combo}", "--policy", rms[0],
+                                   "--out", tmp_path / "ppo"))
+    assert "'harmless'" in line and "gone_rm" in line and not (tmp_path / "ppo").exists()
+
+
+def test_train_rm_takes_the_strength_margin_from_the_command_line(tiny_dir, tmp_path, capsys):
+    from rlaif.cli import main
+
+    rows = toy_prefs(4, p=0.8)
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    assert main(["train-rm", "--prefs", str(prefs), "--base", str(tiny_dir), "--out", str(tmp_path / "rm"),
+                 "--steps", "1", "--batch-size", "4", "--margin-from-strength", "1.5", "--set", "progress=false"]) == 0
+    manifest = (tmp_path / "rm" / "manifest.json").read_text()
+    assert '"margin_from_strength": 1.5' in manifest
