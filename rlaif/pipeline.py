@@ -3,10 +3,13 @@
 A pipeline is data: which prompts, which engine serves each role (policy, critic, judge; see
 rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
-    judge_check -> responses -> critique -> sft -> label -> reward_model -> dpo | ppo -> evaluate -> report
+    judge_check -> responses -> critique -> sft -> label -> reward_model -> rejection_sampling
+        -> dpo | ppo -> evaluate -> report
 
 With an `sft` stage (SL-CAI: the policy fine-tuned on the critique stage's final revisions), DPO
-and PPO start from the SL-CAI model, which is also their reference, as in Constitutional AI.
+and PPO start from the SL-CAI model, which is also their reference, as in Constitutional AI. A
+`rejection_sampling` stage (Llama 2: best of K samples by a reward, then SFT on them) fine-tunes that
+model once more, and DPO/PPO start from (and keep as reference) the result.
 
 The pipeline builds each role's engine once and hands every stage the one it needs; no stage picks
 its own. The judge check runs first whenever a stage uses the judge.
@@ -65,12 +68,21 @@ class EvaluateStage(Strict):
     harmless_constitution: str = "harmless"
 
 
+class RejectionSamplingStage(Strict):
+    reward: str = "rm"  # "rm" (this run's reward model), "labeler:direct" (the judge), or any reward spec
+    n: int = Field(4, ge=2)  # samples per prompt
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    sft: dict = {}  # SFTConfig fields for the fine-tuning on the kept samples
+
+
 class Stages(Strict):
     responses: ResponsesConfig | None = None
     critique: CritiqueConfig | None = None
     sft: dict | None = None  # SFTConfig fields: SL-CAI on critique/sl_cai.jsonl
     label: LabelStage | None = None
     reward_model: dict | None = None  # RewardConfig fields
+    rejection_sampling: RejectionSamplingStage | None = None  # best-of-K then SFT, before DPO/PPO
     dpo: dict | None = None  # DPOConfig fields
     ppo: dict | None = None  # PPOConfig fields; reward: "rm" (this run's RM) or "labeler:direct"
     evaluate: EvaluateStage | None = None
@@ -128,13 +140,20 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
             from rlaif.config import validate
 
             validate(cls, block, f"{path}: stages.{name}")
+    if s.rejection_sampling is not None:
+        from rlaif.config import validate
+
+        validate(SFTConfig, s.rejection_sampling.sft, f"{path}: stages.rejection_sampling.sft")
+        if s.rejection_sampling.reward == "rm" and s.reward_model is None:
+            raise UserError(f"{path}: stages.rejection_sampling.reward is 'rm' but the pipeline has no "
+                            "stages.reward_model")
     if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
         raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
     if s.sft is not None and s.critique is None:
         raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
                         "stages.critique")
     roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
-    if any(getattr(s, n) is not None for n in ("sft", "reward_model", "dpo", "ppo")):
+    if any(getattr(s, n) is not None for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo")):
         check_trainable(roles["policy"], str(path))
     if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
         held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
@@ -143,7 +162,8 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
 
 def uses_judge(cfg: PipelineConfig) -> bool:
     s = cfg.stages
-    return bool(s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct"))
+    return bool(s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
+                or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct"))
 
 
 def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline") -> list[dict]:
@@ -298,9 +318,10 @@ class Pipeline:
                                                 self.constitution.name, other.name)
         return info
 
-    def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = ()) -> dict:
+    def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = (), block: dict | None = None) -> dict:
         stage_dir = self.out / name
-        cfg = cls(**{**(getattr(self.cfg.stages, name) or {}), **fields, "output_dir": str(stage_dir)})
+        block = getattr(self.cfg.stages, name) if block is None else block
+        cfg = cls(**{**(block or {}), **fields, "output_dir": str(stage_dir)})
         done = stage_dir / "done.json"
         key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": self._input_hash(fields)})
         if not self.overwrite and done.exists() and json.loads(done.read_text()).get("key") == key:
@@ -329,12 +350,48 @@ class Pipeline:
         return self.train("sft", SFTConfig, {"data": data, "policy": self.roles["policy"].model,
                                              "seed": self.cfg.seed}, train_sft)
 
-    def start_policy(self) -> str:
-        """The model preference training starts from (and keeps as its reference): the SL-CAI
-        model when the pipeline has an sft stage, else the policy role's model."""
+    def start_policy(self, rejection_sampled: bool = True) -> str:
+        """The model preference training starts from (and keeps as its reference): the rejection-
+        sampling model, else the SL-CAI model when the pipeline has an sft stage, else the policy
+        role's model."""
+        if rejection_sampled and self.cfg.stages.rejection_sampling is not None:
+            return str(self.out / "rejection_sampling")
         if self.cfg.stages.sft is not None:
             return str(self.out / "sft")
         return self.roles["policy"].model
+
+    def rejection_sampling(self) -> dict:
+        """Best of K samples of the starting policy by the stage's reward, then SFT on them."""
+        from rlaif.backends import load_engine
+        from rlaif.train.best_of_n import BestOfNConfig
+        from rlaif.train.rejection_sampling import sample_best
+        from rlaif.train.sft import train_sft
+
+        stage = self.cfg.stages.rejection_sampling
+        start = self.start_policy(rejection_sampled=False)
+        prompts = self.prompts()[: self.cfg.prompts.limit]
+        if stage.reward == "labeler:direct":
+            from rlaif.stages.labeler import direct_reward
+
+            reward_fn = direct_reward(self.engine("judge"), self.constitution, seed=self.cfg.seed)
+        else:
+            from rlaif.train.ppo import reward_fn_from_spec
+
+            spec = f"rm:{self.out / 'reward_model'}" if stage.reward == "rm" else stage.reward
+            reward_fn = reward_fn_from_spec(spec, labeler_model=start, prompt_records=prompts)
+        self.close(keep=("judge",) if stage.reward == "labeler:direct" else ())
+        engine = load_engine(self.roles["policy"].model_copy(update={"model": start}))
+        bon = BestOfNConfig(n=stage.n, max_tokens=stage.max_tokens, temperature=stage.temperature,
+                            seed=self.cfg.seed, batch_size=self.batch_size("policy"))
+        try:
+            data, sampled = sample_best(prompts, engine, reward_fn, bon, self.out / "rejection_sampling_data",
+                                        overwrite=self.overwrite)
+        finally:
+            engine.close()
+        self.failed += sampled.get("failed", 0)
+        result = self.train("rejection_sampling", SFTConfig, {"data": str(data), "policy": start,
+                                                              "seed": self.cfg.seed}, train_sft, block=stage.sft)
+        return {**result, "best_of_n": sampled}
 
     def reward_model(self) -> dict:
         from rlaif.train.reward_model import train_reward_model
@@ -385,7 +442,8 @@ class Pipeline:
         try:
             if self.cfg.judge_check.enabled and uses_judge(self.cfg):
                 self.timed("judge_check", self.judge_check)
-            for name in ("responses", "critique", "sft", "label", "reward_model", "dpo", "ppo", "evaluate"):
+            for name in ("responses", "critique", "sft", "label", "reward_model", "rejection_sampling", "dpo", "ppo",
+                         "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
         finally:

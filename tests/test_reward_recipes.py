@@ -345,3 +345,38 @@ def test_train_rm_takes_the_strength_margin_from_the_command_line(tiny_dir, tmp_
                  "--steps", "1", "--batch-size", "4", "--margin-from-strength", "1.5", "--set", "progress=false"]) == 0
     manifest = (tmp_path / "rm" / "manifest.json").read_text()
     assert '"margin_from_strength": 1.5' in manifest
+
+
+def test_pipeline_rejection_sampling_stage_before_ppo(tokenizer, tmp_path, capsys):
+    """rlaif_distilled with a rejection-sampling stage: best of K by this run's RM, SFT on the kept
+    samples, and PPO starts from (and keeps as reference) that model; a second run trains nothing."""
+    from rlaif.cli import main
+    from tests.conftest import ROOT, build_tiny_llama
+
+    model_dir = tmp_path / "model"
+    model = build_tiny_llama(tokenizer, seed=1)
+    model.config.max_position_embeddings = 4096
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    args = ["run", str(ROOT / "pipelines" / "rlaif_distilled.yaml"), "--out", str(out),
+            "--set", "prompts.limit=4", "--set", "policy.batch_size=4", "--set", "judge.batch_size=4",
+            "--set", f"policy.model={model_dir}", "--set", f"judge.model={model_dir}",
+            "--set", "stages.responses.max_tokens=8", "--set", "stages.reward_model.epochs=1",
+            "--set", "stages.reward_model.batch_size=2", "--set", "stages.evaluate=null",
+            "--set", "stages.ppo.max_steps=1", "--set", "stages.ppo.batch_size=2", "--set", "stages.ppo.mini_batch_size=2",
+            "--set", "stages.ppo.max_new_tokens=6",
+            "--set", "stages.rejection_sampling={n: 3, max_tokens: 6, sft: {max_steps: 1, batch_size: 2}}"]
+    assert main(args) == 0
+    kept = [json.loads(x) for x in (out / "rejection_sampling_data" / "rs_data.jsonl").read_text().splitlines()]
+    assert len(kept) == 4
+    samples = [json.loads(x) for x in (out / "rejection_sampling_data" / "samples" / "best_of_n.jsonl").read_text().splitlines()]
+    assert all(s["score"] == max(s["scores"]) and len(s["candidates"]) == 3 for s in samples)
+    rs_manifest = json.loads((out / "rejection_sampling" / "manifest.json").read_text())
+    assert rs_manifest["stages"]["sft"]["config"]["data"] == str(out / "rejection_sampling_data" / "rs_data.jsonl")
+    ppo_manifest = json.loads((out / "ppo" / "manifest.json").read_text())
+    assert ppo_manifest["stages"]["ppo"]["config"]["policy"] == str(out / "rejection_sampling")
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "rejection_sampling: already trained" in printed and "ppo: already trained" in printed
