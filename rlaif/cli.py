@@ -353,6 +353,20 @@ def cmd_ppo(args) -> int:
     return _train_done("ppo", train_ppo(cfg), cfg.output_dir)
 
 
+def cmd_plot_reward_kl(args) -> int:
+    from rlaif.train.plots import plot_reward_vs_kl_runs, read_log
+
+    runs = {}
+    for d in args.runs:
+        log, summary = Path(d) / "train_log.jsonl", Path(d) / "summary.json"
+        if not log.is_file():
+            raise UserError(f"{d}: no train_log.jsonl; expected a PPO output folder")
+        reward = json.loads(summary.read_text()).get("reward", "?") if summary.is_file() else "?"
+        runs[f"{Path(d).name} ({reward})"] = read_log(log)
+    print(f"plot-reward-kl: {len(runs)} runs -> {plot_reward_vs_kl_runs(runs, args.out, title=args.title)}")
+    return 0
+
+
 def cmd_best_of_n(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.prompts_io import read_prompts
@@ -587,6 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo-epochs", type=_positive(int))
     _train_args(p, "output folder: policy dir, value_head.safetensors, train_log.jsonl, reward_vs_kl.png")
     p.set_defaults(func=cmd_ppo)
+
+    p = sub.add_parser("plot-reward-kl", help="several PPO runs (e.g. a single RM and an RM ensemble) on one "
+                       "reward-vs-KL plot -> PNG")
+    p.add_argument("runs", nargs="+", help="PPO output folders")
+    p.add_argument("--out", required=True, type=Path, help="the PNG to write")
+    p.add_argument("--title", default="reward vs KL: single RM vs ensemble")
+    p.set_defaults(func=cmd_plot_reward_kl)
 
     p = sub.add_parser("best-of-n", help="sample N responses per prompt, keep the best by reward -> OUT/best_of_n.jsonl")
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")

@@ -286,15 +286,24 @@ def test_bootstrap_subsets_are_seeded(tiny_dir, tmp_path):
     assert isinstance(ens, EnsembleConfig) and ens.lam == 0.5 and all(Path(p).is_dir() for p in ens.members)
 
 
-def test_ppo_runs_on_an_ensemble_reward(rms, tiny_dir, tmp_path):
+def test_ppo_on_a_single_rm_and_an_ensemble_share_one_reward_vs_kl_plot(rms, tiny_dir, tmp_path, capsys):
+    from rlaif.cli import main
     from rlaif.train.ppo import PPOConfig, train_ppo
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": msgs(f"say {w}")} for w in WORDS[:4]])
-    cfg = PPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path / "ppo"), batch_size=4,
-                    mini_batch_size=2, max_steps=1, max_new_tokens=4, reward=f"ensemble:{rms[0]},{rms[1]},min",
-                    progress=False, save=False)
-    result = train_ppo(cfg)
-    assert result["steps"] == 1 and result["reward"].startswith("ensemble:")
+    for name, reward in (("single", f"rm:{rms[0]}"), ("ensemble", f"ensemble:{rms[0]},{rms[1]},min")):
+        cfg = PPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path / name), batch_size=4,
+                        mini_batch_size=2, max_steps=2, max_new_tokens=4, reward=reward, progress=False, save=False)
+        result = train_ppo(cfg)
+        assert result["steps"] == 2 and result["reward"] == reward
+    # the ensemble's logged reward is min over its members: never above the single RM it contains
+    # on the first step (same policy, same seed, same samples)
+    first = {n: json.loads((tmp_path / n / "train_log.jsonl").read_text().splitlines()[0]) for n in ("single", "ensemble")}
+    assert first["ensemble"]["sample"] == first["single"]["sample"]
+    assert first["ensemble"]["reward"] <= first["single"]["reward"] + 1e-6
+    png = tmp_path / "compare.png"
+    assert main(["plot-reward-kl", str(tmp_path / "single"), str(tmp_path / "ensemble"), "--out", str(png)]) == 0
+    assert "2 runs" in capsys.readouterr().out and png.stat().st_size > 5000
 
 
 # ---------------------------------------------------------------- bad input

@@ -2,6 +2,8 @@
 
 - `plot_reward_vs_kl`: mean reward against mean KL to the reference, one point per PPO step,
   coloured by step — over-optimisation shows as reward flattening (or falling) while KL grows.
+- `plot_reward_vs_kl_runs`: several PPO runs on one reward-vs-KL plot (single RM vs an ensemble),
+  drawn by `rlaif plot-reward-kl RUN_DIR...`.
 - `plot_curves`: a few logged metrics against the step, one panel each.
 """
 
@@ -61,6 +63,31 @@ def plot_curves(rows: Sequence[dict], keys: Sequence[str], out: str | Path, titl
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_reward_vs_kl_runs(runs: dict[str, Sequence[dict]], out: str | Path, reward_key: str = "reward",
+                           kl_key: str = "kl", title: str = "reward vs KL") -> Path:
+    """Several PPO runs on one reward-vs-KL plot (e.g. a single RM against an RM ensemble), one
+    line per run, labelled by `runs`' keys. Each run's reward is the one it optimised, so the
+    curves show how fast each reward is bought with KL, not which policy is better."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, rows in runs.items():
+        pts = [(r[kl_key], r[reward_key]) for r in rows
+               if r.get(kl_key) is not None and r.get(reward_key) is not None]
+        if pts:
+            kl, reward = zip(*pts)
+            ax.plot(kl, reward, marker="o", markersize=3, linewidth=1, label=label)
+    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
+    ax.set_ylabel(f"mean {reward_key}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
