@@ -31,7 +31,7 @@ from rlaif.config import EngineConfig, Strict, config_hash, load_config
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
 from rlaif.roles import Engines, check_trainable, judge_is_policy, resolve_roles
-from rlaif.runner import OutputLock, run_stage
+from rlaif.runner import OutputLock, independent_requests, run_stage
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig
 from rlaif.stages.responses import ResponsesConfig
@@ -252,7 +252,8 @@ class Pipeline:
         check_context(policy, prompts, rc.max_tokens, self.cfg.prompts.file)
         result = run_stage("responses", expand(prompts, policy.model, rc), make_process(policy, rc),
                            self.out / "responses", config=rc, batch_size=self.batch_size("policy"),
-                           overwrite=self.overwrite, stats=getattr(policy, "stats", None))
+                           overwrite=self.overwrite, stats=getattr(policy, "stats", None),
+                           fixed_batches=not independent_requests(policy))
         self.failed += result.failed
         self.response_records = result.records
         return {"records": len(result.records), "new": result.written, "failed": result.failed}

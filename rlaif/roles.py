@@ -55,11 +55,9 @@ def _key(cfg: EngineConfig) -> str:
 
 
 def display_url(url: str | None) -> str | None:
-    if not url:
-        return None
-    from rlaif.backends.openai_engine import _display_url
+    from rlaif.backends.http_faults import display_url as without_credentials
 
-    return _display_url(url)
+    return without_credentials(url) if url else None
 
 
 def describe_engine(cfg: EngineConfig) -> dict:

@@ -31,6 +31,8 @@ from rlaif.errors import EngineError, RequestFailed, UserError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers.fake_openai import FAULTS, FakeOpenAIServer, reply_text, top_logprobs_for  # noqa: E402
 
+from tests.conftest import run_cli  # noqa: E402
+
 SENTINEL = "sk-SENTINEL-never-print-me-9f2c"
 
 
@@ -615,3 +617,29 @@ def test_llama_cpp_labels_match_the_transformers_engine_on_the_same_weights(llam
     # the old placement gives other labels: what this test exists to catch
     assert sum(old_gaps) / len(old_gaps) > 2 * PAIRWISE_TOL
     assert max(abs(a - b) for a, b in zip(old_direct, local_direct)) > DIRECT_TOL
+
+
+@pytest.mark.slow
+def test_cli_label_through_llama_cpp_with_the_served_models_tokenizer(llama_server, tmp_path):
+    """`--tokenizer` on the command line: option scoring renders the chat template here and prefills
+    the assistant turn (prefill mode "completions", no warning), recorded in the label manifest."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in SAME_WEIGHT_PAIRS[:2]))
+    out = tmp_path / "label"
+    r = run_cli("label", "--pairs", pairs, "--constitution", "harmless", "--out", out, "--judge", "openai:smollm2",
+                "--base-url", llama_server, "--tokenizer", "embedded:smollm2-135m-instruct", "--timeout", "300",
+                env={"OPENAI_API_KEY": "sk-local"})
+    assert r.returncode == 0, r.stderr
+    engine = json.loads((out / "manifest.json").read_text())["stages"]["label"]["engine"]
+    assert engine["prefill_mode"] == "completions" and not engine.get("warnings"), engine
+    assert len((out / "preferences.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_tokenizer_and_prefill_mode_are_refused_for_a_local_engine(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(SAME_WEIGHT_PAIRS[0]) + "\n")
+    r = run_cli("label", "--pairs", pairs, "--constitution", "harmless", "--out", tmp_path / "o",
+                "--judge", "embedded:smollm2-135m-instruct", "--prefill-mode", "completions")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--prefill-mode" in r.stderr and "transformers" in r.stderr
+    assert not (tmp_path / "o").exists()

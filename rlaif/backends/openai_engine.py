@@ -78,7 +78,6 @@ RETRY_STATUS = {408, 409, 425, 429}
 FATAL_STATUS = {401, 402, 403, 404, 405}
 OPENAI_URL = "https://api.openai.com/v1"
 KEEP = 4096  # answers held for a replay, at most (oldest dropped first)
-_display_url = display_url  # older import path (rlaif.roles)
 
 
 class _Transient(Exception):

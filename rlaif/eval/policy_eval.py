@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rlaif.config import EngineConfig
 from rlaif.records import record_id, write_jsonl_atomic
-from rlaif.runner import run_stage
+from rlaif.runner import independent_requests, run_stage
 from rlaif.stages.labeler import LabelerConfig, direct_scores_detailed, label_pairs
 from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
@@ -53,7 +53,7 @@ def reward_model_on_human(rm_dir: Path, human: Path, limit: int) -> dict:
 def policy_responses(engine, prompts: list[dict], max_tokens: int, out: Path, stage: str, batch_size: int) -> list[dict]:
     cfg = ResponsesConfig(n=1, max_tokens=max_tokens, temperature=0.0)
     result = run_stage(stage, expand(prompts, engine.model, cfg), make_process(engine, cfg), out,
-                       config=cfg, batch_size=batch_size)
+                       config=cfg, batch_size=batch_size, fixed_batches=not independent_requests(engine))
     return result.records
 
 

@@ -38,7 +38,7 @@ from rlaif.constitution import Constitution, FewShot, Principle, load_constituti
 from rlaif.errors import UserError
 from rlaif.prompts_io import as_messages
 from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
-from rlaif.runner import OutputLock, read_manifest, run_stage, update_manifest
+from rlaif.runner import OutputLock, independent_requests, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
 
 STAGE = "critique"
@@ -432,7 +432,7 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
                                      "hash": config_hash(constitution)},
                     "critic_model": engine.model},
             batch_size=batch_size, output=CHAINS, overwrite=overwrite, progress=progress,
-            stats=getattr(engine, "stats", None))
+            stats=getattr(engine, "stats", None), fixed_batches=not independent_requests(engine))
         sl, pairs = derive_datasets(result.records)
         write_jsonl_atomic(out_dir / SL_CAI, sl)
         write_jsonl_atomic(out_dir / PAIRS, pairs)

@@ -68,7 +68,7 @@ from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.errors import UserError
 from rlaif.prompts_io import as_messages
 from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
-from rlaif.runner import OutputLock, StageResult, read_manifest, run_stage, update_manifest
+from rlaif.runner import OutputLock, StageResult, independent_requests, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
 
 STAGE = "label"
@@ -588,7 +588,8 @@ def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engin
                                  "hash": config_hash(constitution)},
                 "labeler_model": engine.model},
         batch_size=batch_size, output=output, overwrite=overwrite, progress=progress,
-        stats=getattr(engine, "stats", None), batch_key=lambda rec: judged_length(rec, cfg))
+        stats=getattr(engine, "stats", None), batch_key=lambda rec: judged_length(rec, cfg),
+        fixed_batches=not independent_requests(engine))
 
 
 def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerConfig, *,
