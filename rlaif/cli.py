@@ -57,6 +57,12 @@ def _engine_args(p: argparse.ArgumentParser, role: str = "policy",
     g.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="openai engine: retries per request after the first try")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--tokenizer", help="openai engine: the served model's tokenizer (embedded:NAME, a dir, a hub id); "
+                   "option scoring then renders the chat template here and prefills the assistant turn over "
+                   "/v1/completions, as llama.cpp's and vLLM's servers allow")
+    g.add_argument("--prefill-mode", default=d.prefill_mode,
+                   choices=["auto", "completions", "continue_final_message", "user_turn"],
+                   help="openai engine: how option scoring reaches the assistant turn (default: %(default)s)")
 
 
 def _engine_config(args):
@@ -64,8 +70,12 @@ def _engine_config(args):
 
     base = EngineConfig(device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
                         api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries,
-                        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"))
+                        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"),
+                        tokenizer=args.tokenizer, prefill_mode=args.prefill_mode)
     cfg = parse_model_spec(args.model, base)
+    if (args.tokenizer or args.prefill_mode != "auto") and cfg.kind != "openai":
+        raise UserError(f"--tokenizer and --prefill-mode are for the openai engine, but the model {args.model} "
+                        f"runs on the {cfg.kind} engine; drop them")
     if args.base_url and cfg.kind != "openai":
         raise UserError(f"--base-url is for the openai engine, but the model {args.model} runs on the "
                         f"{cfg.kind} engine; name it openai:NAME, or drop --base-url")
@@ -123,7 +133,7 @@ def cmd_models(args) -> int:
 def cmd_generate(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.prompts_io import read_prompts
-    from rlaif.runner import run_stage
+    from rlaif.runner import independent_requests, run_stage
     from rlaif.stages.responses import ResponsesConfig, check_context, expand, make_process
 
     cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
@@ -137,7 +147,7 @@ def cmd_generate(args) -> int:
                            config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},
                            batch_size=args.batch_size, overwrite=args.overwrite,
                            stats=getattr(engine, "stats", None),
-                           fixed_batches=engine_cfg.kind != "openai")  # API answers do not depend on the batch
+                           fixed_batches=not independent_requests(engine))  # API answers do not depend on the batch
     finally:
         engine.close()
     return _summary(result)
