@@ -389,3 +389,57 @@ def test_pipeline_rejection_sampling_stage_before_ppo(tokenizer, tmp_path, capsy
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "rejection_sampling: already trained" in printed and "ppo: already trained" in printed
+
+
+# ---------------------------------------------------------------- learning check
+
+
+def _length_pairs(topics: list[str], seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for t in topics:
+        short, long = f"{t}: ok.", f"{t} is a topic one could talk about at great length, so here is a long reply on {t}."
+        a, b = (short, long) if rng.random() < 0.5 else (long, short)
+        out.append({"prompt": msgs(f"tell me about {t}"), "response_a": a, "response_b": b})
+    return out
+
+
+def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the_control_does_not(tiny_dir, tmp_path):
+    """Labels from the rule judge (tests/rule_judge.py: the shorter reply wins with p = 0.9) through the
+    real labeler train a 2-member bootstrap ensemble with the strength margin; the checked quantity is
+    the conservative reward's mean gap r(short) − r(long) on held-out prompts, against the same
+    ensemble at its initial weights (trained with a learning rate of 1e-12). Measured (judge seeds
+    0 / 1 / 2 for the control): rule arm +2.26; random-label control +0.07 / −0.19 / +0.15."""
+    from rlaif.stages.labeler import LabelerConfig, run_label
+    from rule_judge import RuleJudge
+
+    topics = ["cats", "tea", "maps", "rain", "bees", "jazz", "kites", "salt", "ink", "moss", "owls", "figs",
+              "wool", "clay", "reef", "dune", "pears", "snow", "ants", "lamps"]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _length_pairs([f"{t}{i}" for i in range(5) for t in topics], 0))
+    held = [f"{t}x" for t in topics]
+    held_prompts = [msgs(f"tell me about {t}") for t in held]
+    shorts = [f"{t}: ok." for t in held]
+    longs = [f"{t} is a topic one could talk about at great length, so here is a long reply on {t}." for t in held]
+
+    def gap(folder: Path) -> float:
+        ens = EnsembleReward(parse_ensemble_spec(str(folder)))
+        s, lo = ens(held_prompts, shorts), ens(held_prompts, longs)
+        return sum(a - b for a, b in zip(s, lo)) / len(s)
+
+    deltas = {}
+    for rule in ("shorter", "random"):
+        out = tmp_path / rule
+        run_label(pairs, "harmless", RuleJudge(rule, 0.9, seed=0), out / "label", LabelerConfig(), progress=False)
+        prefs = out / "label" / "preferences.jsonl"
+        common = dict(base=str(tiny_dir), prefs=str(prefs), batch_size=8, max_steps=20, margin_from_strength=1.0,
+                      progress=False, seed=0)
+        train_ensemble(RewardConfig(**common, output_dir=str(out / "ens"), learning_rate=1e-3), 2)
+        train_ensemble(RewardConfig(**{**common, "max_steps": 1}, output_dir=str(out / "init"), learning_rate=1e-12), 2)
+        deltas[rule] = gap(out / "ens") - gap(out / "init")
+        if rule == "shorter":
+            rows = [json.loads(x) for x in prefs.read_text().splitlines()]
+            assert all(len(r["chosen"][0]["content"]) < len(r["rejected"][0]["content"]) for r in rows)
+    assert deltas["shorter"] > 1.0, deltas
+    assert abs(deltas["random"]) < 0.6, deltas
