@@ -44,11 +44,14 @@ class RecordingEngine:
         self.inner.close()
 
     def asked(self) -> list[tuple[str, str]]:
-        """(reply, question) of every first-digit request, in the order received."""
+        """(reply, question) of every first-digit request, in the order received (not the "0" after
+        "1" reads: a call of their own, or, on an engine that reuses prefixes, the call's second half)."""
         out = []
         for requests, options in self.calls:
             if options == ["0"]:
                 continue
+            if "0" in options:
+                requests = requests[:len(requests) // 2]
             for r in requests:
                 text = r.messages[-1]["content"]
                 out.append((REPLY.search(text).group(1), QUESTION.search(text).group(1)))
@@ -215,7 +218,8 @@ def test_direct_score_reads_a_single_token_ten():
     harmless = load_constitution("harmless")
     score, = L.direct_scores(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
     assert score == pytest.approx(want_score, abs=1e-6)
-    assert eng.is_single_token("10") is True and eng.calls[0][1] == list(L.DIGITS) + ["10"]
+    # one call: the first-token options, then "0" read after "1" (the engine reuses the prompt's cache)
+    assert eng.is_single_token("10") is True and eng.calls[0][1] == list(L.DIGITS) + ["10", "0"]
     detailed = L.direct_scores_detailed(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
     assert detailed[0]["distributions"][0] == pytest.approx(want, abs=1e-6)
     assert detailed[0]["score"] == pytest.approx(want_score, abs=1e-6)
@@ -225,7 +229,7 @@ def test_split_ten_tokenizers_keep_the_two_step_reading(tiny_engine, harmless):
     eng = RecordingEngine(tiny_engine)  # SmolLM2's tokenizer spells "10" as "1", "0"
     assert eng.is_single_token("10") is False and eng.is_single_token("7") is True
     L.direct_scores(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)
-    assert eng.calls[0][1] == list(L.DIGITS)
+    assert eng.calls[0][1] == list(L.DIGITS) + ["0"]
 
 
 def test_a_server_is_asked_for_ten_and_an_unlisted_ten_reads_as_zero():

@@ -171,3 +171,30 @@ def test_embedded_model_labels_with_prefix_reuse_equal_labels_without(embedded_e
     cached, whole = engine(True), engine(False)
     assert_same_labels(labels(cached, tmp_path / "cached", principles), labels(whole, tmp_path / "whole", principles))
     assert cached.counters["cached_prompt_tokens"] > 0.3 * cached.counters["prompt_tokens"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "gpt2"])
+def test_direct_scores_read_ten_on_top_of_the_first_pass_cache(request, model):
+    """The direct score's second read ("0" after "1") goes in the first read's call: one call, the
+    prompt computed once, and the scores equal the two-call path that always reads the "0"."""
+    from rlaif.stages.labeler import conversation_text, direct_score_requests, load_template, score_requests
+
+    base = request.getfixturevalue(model)
+    question = load_constitution("harmless").principles[0].comparison_question
+    replies = [(conversation_text(p["prompt"], 3000), p[side]) for p in PAIRS for side in ("response_a", "response_b")]
+    reqs = direct_score_requests(load_template("label_direct"), [c for c, _ in replies], [r for _, r in replies],
+                                 [question] * len(replies))
+    cached, whole = with_reuse(base, True, batch_size=16), with_reuse(base, False, batch_size=16)
+    assert cached.prefix_reuse and not whole.prefix_reuse
+    calls = []
+    real = cached.option_logprobs
+    cached.option_logprobs = lambda r, o: calls.append(len(r)) or real(r, o)
+    got = score_requests(cached, reqs)
+    want = score_requests(whole, reqs, ten_threshold=0.0)  # the second call for every request
+    assert calls == [2 * len(reqs)]
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+        assert g["distribution"] == pytest.approx(w["distribution"], abs=1e-5)
+    # each continuation cost one token on top of its prompt's cache
+    prompt_tokens = sum(len(cached._prompt_ids(r.messages, r.prefill)) for r in reqs)
+    assert cached.counters["prompt_tokens"] - cached.counters["cached_prompt_tokens"] <= prompt_tokens + len(reqs)

@@ -263,6 +263,7 @@ class GGUFTokenizer:
 
 class GGUFEngine(LocalPrompts):
     name = "gguf"
+    prefix_reuse = True  # a prompt after another that it continues evaluates only its new blocks
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg

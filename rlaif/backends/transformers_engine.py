@@ -95,6 +95,12 @@ class TransformersEngine(LocalPrompts):
     def model(self) -> str:
         return self.model_spec
 
+    @property
+    def prefix_reuse(self) -> bool:
+        """Whether one option-scoring call computes a prefix its prompts share once (callers then
+        put continuations of a prompt in the same call as the prompt)."""
+        return self._reuses_prefixes and self.min_shared_prefix > 0
+
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, cfg: EngineConfig | None = None):
         """Wrap an already-built model and tokenizer (tests build tiny random-weight ones)."""

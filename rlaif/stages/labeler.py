@@ -37,7 +37,8 @@ forward pass with "1" appended gives q = p(next token "0" | "1"), which covers t
 
     p(1) = p̃₁ · (1 − q),   p(10) = p̃₁₀ + p̃₁ · q,   p(k) = p̃_k for k = 2..9   (p̃₁₀ = 0 without the token)
 
-The second pass is skipped when p̃₁ ≤ 10⁻³, which moves s by at most p̃₁. A server (the openai
+Engines that reuse shared prefixes run both reads in one call (the second costs one token); on
+others the second pass is skipped when p̃₁ ≤ 10⁻³, which moves s by at most p̃₁. A server (the openai
 engine) cannot say which strings are one token, so it is always asked for "10" too; a "10" absent
 from its `top_logprobs` is read as no mass (not floored: on most tokenizers there is no such token).
 
@@ -408,15 +409,29 @@ def _read_ten(lp: OptionLogprobs) -> OptionLogprobs:
 
 
 def score_requests(engine: Engine, requests: Sequence[OptionRequest], ten_threshold: float = TEN_THRESHOLD) -> list[dict]:
-    """Direct scores of prepared requests: one engine call for the first token ("1".."9", and "10"
-    where it is one token), and a second one ("0" after "1") only for requests whose p̃₁ exceeds
-    `ten_threshold`. Skipping it reads every "1" as 1 rather than 10, which moves the normalised
+    """Direct scores of prepared requests: the first token ("1".."9", and "10" where it is one token),
+    then "0" after "1".
+
+    An engine that reuses shared prompt prefixes (`engine.prefix_reuse`: the transformers and gguf
+    engines) gets both in one call: each request and its continuation by "1" share the whole prompt,
+    so the second read costs one token on top of the first one's cache. Other engines (servers,
+    where every request is paid for) get a second call only for the requests whose p̃₁ exceeds
+    `ten_threshold`; skipping it reads every "1" as 1 rather than 10, which moves the normalised
     score by at most p̃₁ (≤ ten_threshold)."""
-    first = [_read_ten(lp) for lp in engine.option_logprobs(list(requests), first_token_options(engine))]
-    need = [i for i, lp in enumerate(first) if score_distribution(lp, -math.inf)[0] > ten_threshold]
-    tens = engine.option_logprobs([OptionRequest(requests[i].messages, requests[i].prefill + "1") for i in need],
-                                  ["0"]) if need else []
-    zero = {i: lp for i, lp in zip(need, tens)}
+    firsts = first_token_options(engine)
+    if getattr(engine, "prefix_reuse", False):
+        both = engine.option_logprobs([*requests, *(OptionRequest(r.messages, r.prefill + "1") for r in requests)],
+                                      [*firsts, "0"])
+        n = len(requests)
+        first = [_read_ten(OptionLogprobs({o: lp[o] for o in firsts}, [o for o in lp.floored if o in firsts]))
+                 for lp in both[:n]]
+        zero = dict(enumerate(OptionLogprobs({"0": lp["0"]}, [o for o in lp.floored if o == "0"]) for lp in both[n:]))
+    else:
+        first = [_read_ten(lp) for lp in engine.option_logprobs(list(requests), firsts)]
+        need = [i for i, lp in enumerate(first) if score_distribution(lp, -math.inf)[0] > ten_threshold]
+        tens = engine.option_logprobs([OptionRequest(requests[i].messages, requests[i].prefill + "1")
+                                       for i in need], ["0"]) if need else []
+        zero = {i: lp for i, lp in zip(need, tens)}
     out = []
     for i, lp1 in enumerate(first):
         lp0 = zero.get(i, OptionLogprobs({"0": -math.inf}))
