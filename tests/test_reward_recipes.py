@@ -443,3 +443,67 @@ def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the
             assert all(len(r["chosen"][0]["content"]) < len(r["rejected"][0]["content"]) for r in rows)
     assert deltas["shorter"] > 1.0, deltas
     assert abs(deltas["random"]) < 0.6, deltas
+
+
+def test_rejection_sampling_learns_the_rule_judges_preference_and_the_control_does_not(tmp_path):
+    """A tiny policy first fine-tuned to answer "ok." about a third of the time and a long sentence
+    otherwise; rejection sampling (best of 8 by the rule judge's direct score through the real
+    labeler, which favours fewer words) then SFT for 10 steps. The checked quantity is the share of
+    short (< 6 words) replies among 8 samples on each of 20 prompts. Here (fixed engine names, so
+    fixed sampling seeds): rule arm +0.60, random-label control −0.08. With the sampling seeds drawn
+    anew (15 runs, judge seeds 1-4): rule +0.53 to +0.66, control −0.23 to +0.13 — SFT on its own
+    samples sharpens the policy a little whichever samples are kept, hence the control's spread."""
+    from conftest_train import save_tiny
+    from rule_judge import RuleJudge
+
+    from rlaif.config import EngineConfig
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.labeler import direct_reward
+    from rlaif.train.best_of_n import BestOfNConfig, best_of_n
+    from rlaif.train.rejection_sampling import finetune_on_best, sample_best
+    from rlaif.train.sft import SFTConfig, train_sft
+
+    topics = ["cats", "tea", "maps", "rain", "bees", "jazz", "kites", "salt", "ink", "moss", "owls", "figs",
+              "wool", "clay", "reef", "dune", "pears", "snow", "ants", "lamps"]
+    short, long = "ok.", "well, there is a lot to say here and i will say all of it now."
+    mix = [{"prompt": msgs(f"tell me about {t}"), "completion": [{"role": "assistant", "content": short if i % 3 == 0 else long}]}
+           for i, t in enumerate(topics * 3)]
+    train_sft(SFTConfig(policy=str(save_tiny(tmp_path / "base")), data=str(write_jsonl(tmp_path / "mix.jsonl", mix)),
+                        output_dir=str(tmp_path / "start"), batch_size=8, max_steps=60, learning_rate=1e-2, progress=False))
+    prompts = [{"prompt": msgs(f"tell me about {t}")} for t in topics]
+
+    def engine(model_dir: Path):
+        """A fixed engine name: best-of-N's sampling seeds come from it, so every run samples alike."""
+        from transformers import AutoModelForCausalLM
+
+        from rlaif.backends.transformers_engine import TransformersEngine
+
+        return TransformersEngine.from_pretrained_objects(AutoModelForCausalLM.from_pretrained(model_dir),
+                                                          tiny_tokenizer(), EngineConfig(model=model_dir.name, device="cpu"))
+
+    def short_share(model_dir: Path) -> float:
+        eng = engine(model_dir)
+        try:
+            out = best_of_n(prompts, eng, lambda p, t: [0.0] * len(t),
+                            BestOfNConfig(n=8, max_tokens=40, temperature=1.0, seed=123))
+        finally:
+            eng.close()
+        texts = [c for r in out for c in r["candidates"]]
+        return sum(len(c.split()) < 6 for c in texts) / len(texts)
+
+    before = short_share(tmp_path / "start")
+    assert 0.2 < before < 0.6  # the starting policy says both
+    deltas = {}
+    for rule in ("shorter", "random"):
+        eng = engine(tmp_path / "start")
+        try:
+            reward = direct_reward(RuleJudge(rule, 0.9, seed=1), load_constitution("harmless"))
+            data, _ = sample_best(prompts, eng, reward, BestOfNConfig(n=8, max_tokens=40, temperature=1.0),
+                                  tmp_path / rule, progress=False)
+        finally:
+            eng.close()
+        finetune_on_best(data, SFTConfig(policy=str(tmp_path / "start"), output_dir=str(tmp_path / rule / "model"),
+                                         batch_size=4, max_steps=10, learning_rate=3e-3, progress=False))
+        deltas[rule] = short_share(tmp_path / rule / "model") - before
+    assert deltas["shorter"] > 0.35, deltas
+    assert deltas["random"] < 0.25 and deltas["shorter"] - deltas["random"] > 0.3, deltas
