@@ -445,6 +445,9 @@ def cmd_rs_ft(args) -> int:
         data, summary = sample_best(prompts, engine, reward_fn, bon, args.out, overwrite=args.overwrite)
     finally:
         engine.close()
+    judge = getattr(reward_fn, "engine", None)  # labeler:direct holds a judge engine: free it before training
+    if judge is not None:
+        judge.close()
     del reward_fn
     print(f"rs-ft: best of {bon.n}: {json.dumps(summary, sort_keys=True)} -> {data}")
     if summary.get("failed"):
