@@ -457,6 +457,12 @@ def cmd_rs_ft(args) -> int:
     return _train_done("rs-ft (sft on the kept samples)", finetune_on_best(data, sft_cfg), sft_cfg.output_dir)
 
 
+def cmd_rank(args) -> int:
+    from rlaif.eval.rank_cmd import cmd_rank as run
+
+    return run(args, _engine_config(args))
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
@@ -682,6 +688,20 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, "output folder: samples/best_of_n.jsonl, rs_data.jsonl and the fine-tuned model")
     p.set_defaults(func=cmd_rs_ft)
 
+    p = sub.add_parser("rank", help="rank checkpoints: round-robin judgements on held-out prompts -> Bradley-Terry "
+                       "ratings (Elo scale, 95 %% CIs), win-rate matrix, length-controlled win rates -> OUT/ranking.*")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="two or more: model folders, model specs, "
+                   "or responses JSONL files (prompt + response, e.g. best-of-n output); the first is the LC baseline")
+    p.add_argument("--prompts", required=True, help="held-out prompts: JSONL with a 'prompt' field, or text lines")
+    p.add_argument("--n-prompts", type=_positive(int), help="the first N prompts only (default: all)")
+    p.add_argument("--max-tokens", type=_positive(int), default=128, help="reply length for model checkpoints")
+    p.add_argument("--constitution", default="harmless", help="constitution the judge applies (default: %(default)s)")
+    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap draws for the CIs")
+    p.add_argument("--seed", type=int, default=0, help="principle draws and bootstrap (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="judge again instead of resuming")
+    _engine_args(p, role="judge")
+    p.set_defaults(func=cmd_rank)
 
     return parser
 

@@ -1,0 +1,240 @@
+"""`rlaif rank CHECKPOINT... --prompts P --judge SPEC --out DIR`: rank checkpoints by pairwise judgements.
+
+1. Check every input before any work: at least two checkpoints, each a model folder that
+   transformers can load as a causal LM, a model spec (`embedded:NAME`, `gguf:PATH`, `openai:NAME`,
+   `vllm:ID`, a hub id), or a responses JSONL file (`prompt` + `response` per line, e.g. the output
+   of `rlaif generate` or `rlaif best-of-n`) that answers every ranked prompt.
+2. Each model answers the held-out prompts greedily (the evaluation stage's `policy_responses`),
+   one model loaded at a time and closed after use; files are read as they are.
+3. Round robin: on every prompt, every pair of checkpoints is judged by the labeler, position-
+   debiased (both orders, averaged), giving y = p(i's reply ≻ j's reply).
+4. Bradley–Terry ratings with bootstrap CIs (prompts redrawn), the win-rate matrix and the
+   length-controlled win rates (rlaif/eval/ranking.py), written by rlaif/eval/ranking_report.py.
+
+Outputs in DIR: responses/*.jsonl, judgments.jsonl (the labeler's records), ranking.json,
+ranking.md, ranking.html, ratings.png, win_rate.png. Steps 2 and 3 resume like every stage.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from rlaif.config import EngineConfig, parse_model_spec
+from rlaif.errors import UserError
+from rlaif.records import read_jsonl, record_id
+
+JUDGMENTS = "judgments.jsonl"
+_MODEL_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+@dataclass
+class Checkpoint:
+    name: str  # as given on the command line
+    kind: str  # "model" or "responses"
+    engine: EngineConfig | None = None
+    replies: dict | None = None  # prompt id -> reply text (responses files)
+
+
+def check_model_folder(path: Path, field: str) -> None:
+    """A folder must hold a causal LM that transformers can configure, with weights."""
+    if not (path / "config.json").is_file():
+        raise UserError(f"{field} {path}: folder is not a model (no config.json); expected a model folder "
+                        "(e.g. a dpo/ppo/sft output), a model spec or a responses JSONL file")
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as e:  # broken JSON, unknown model_type, ...
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"{field} {path}: config.json cannot be loaded as a model config ({reason})") from None
+    arch = list(getattr(cfg, "architectures", None) or [])
+    if arch and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in arch):
+        raise UserError(f"{field} {path}: a {', '.join(arch)} is not a text generator; expected a causal LM folder")
+    if not any(next(path.glob(g), None) for g in _MODEL_WEIGHTS):
+        raise UserError(f"{field} {path}: folder has config.json but no weights (*.safetensors or *.bin)")
+
+
+def read_reply_file(path: Path, field: str, prompts: list[dict], source: str) -> dict:
+    """prompt id -> reply, the first record per prompt (sample 0 where the file has several)."""
+    replies: dict[str, str] = {}
+    from rlaif.prompts_io import as_messages
+
+    for n, rec in enumerate(read_jsonl(path), 1):
+        where = f"{path}:{n}"
+        if "prompt" not in rec or not isinstance(rec.get("response"), str):
+            raise UserError(f"{where}: expected fields prompt and response (text), as written by rlaif generate "
+                            "or rlaif best-of-n")
+        key = record_id("prompt", as_messages(rec["prompt"], where))
+        replies.setdefault(key, rec["response"])
+    for p in prompts:
+        if p["id"] not in replies:
+            line = f"{source}:{p['line']}" if p.get("line") else f"{source}: prompt {p['id']}"
+            raise UserError(f"{field} {path}: no response to the prompt at {line}; a responses file must answer "
+                            "every ranked prompt (use the same --prompts and --n-prompts it was generated with)")
+    return replies
+
+
+def resolve_checkpoints(specs: list[str], prompts: list[dict], base: EngineConfig, source: str) -> list[Checkpoint]:
+    if len(specs) < 2:
+        raise UserError(f"checkpoints: got {len(specs)}; expected at least 2 to rank")
+    seen = set()
+    out = []
+    for k, spec in enumerate(specs, 1):
+        field = f"checkpoint {k}"
+        if spec in seen:
+            raise UserError(f"{field} {spec}: given twice; expected distinct checkpoints")
+        seen.add(spec)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            check_model_folder(path, field)
+            out.append(Checkpoint(spec, "model", engine=parse_model_spec(str(path), base)))
+        elif path.is_file() and path.suffix in (".jsonl", ".json", ".gz"):
+            out.append(Checkpoint(spec, "responses", replies=read_reply_file(path, field, prompts, source)))
+        elif path.is_file() and path.suffix == ".gguf":
+            out.append(Checkpoint(spec, "model", engine=parse_model_spec(f"gguf:{path}", base)))
+        elif path.is_file():
+            raise UserError(f"{field} {spec}: is a file but not a responses JSONL; expected a model folder, "
+                            "a model spec or a .jsonl of prompt/response records")
+        else:
+            from rlaif.backends.embedded import is_hub_id
+
+            cfg = parse_model_spec(spec, base)
+            if cfg.kind == "transformers" and not spec.startswith("embedded:") and not is_hub_id(spec):
+                raise UserError(f"{field} {spec}: not found; expected a model folder, a responses JSONL file, "
+                                "embedded:NAME, gguf:PATH, openai:NAME, vllm:ID or a hub id org/name")
+            if cfg.kind == "gguf" and not Path(cfg.model).expanduser().is_file():
+                raise UserError(f"{field} {spec}: GGUF file {cfg.model} not found")
+            out.append(Checkpoint(spec, "model", engine=cfg))
+    return out
+
+
+def generate_replies(ckpt: Checkpoint, prompts: list[dict], out: Path, max_tokens: int, source: str) -> dict:
+    """prompt id -> greedy reply from a model checkpoint (loaded here, closed after use)."""
+    from rlaif.backends import load_engine
+    from rlaif.eval.policy_eval import policy_responses
+    from rlaif.stages.responses import check_context
+
+    engine = load_engine(ckpt.engine)
+    try:
+        check_context(engine, prompts, max_tokens, source)
+        stage = f"responses-{record_id('rank-checkpoint', ckpt.name)[:10]}"
+        records = policy_responses(engine, prompts, max_tokens, out / "responses", stage, ckpt.engine.batch_size)
+    finally:
+        engine.close()
+    return {r["prompt_id"]: r["response"] for r in records}
+
+
+def round_robin_pairs(names: list[str], replies: list[dict], prompts: list[dict]) -> list[dict]:
+    """One pair record per (prompt, i < j) where both answered; a = i's reply, b = j's reply."""
+    pairs = []
+    for q, p in enumerate(prompts):
+        for i, j in combinations(range(len(names)), 2):
+            if p["id"] in replies[i] and p["id"] in replies[j]:
+                a, b = replies[i][p["id"]], replies[j][p["id"]]
+                pid = record_id("rank", p["id"], names[i], names[j], a, b)
+                pairs.append({"id": pid, "prompt": p["prompt"], "a": a, "b": b, "given": "unordered",
+                              "source_line": q + 1, "source_id": pid, "i": i, "j": j, "prompt_index": q})
+    return pairs
+
+
+def judge_pairs(pairs: list[dict], judge, constitution, out: Path, *, seed: int, batch_size: int,
+                overwrite: bool = False):
+    """Debiased soft labels for every pair, joined back by content: pairs with the same prompt and
+    the same two replies in the same order share one judgement."""
+    from rlaif.stages.labeler import LabelerConfig, label_pairs
+
+    result = label_pairs(pairs, constitution, judge, LabelerConfig(seed=seed, debias=True), out,
+                         batch_size=batch_size, output=JUDGMENTS, overwrite=overwrite)
+    key_of = {pr["source_id"]: record_id(pr["prompt"], pr["a"], pr["b"]) for pr in pairs}
+    p_by_key = {key_of[r["source_id"]]: r for r in result.records if r["source_id"] in key_of}
+    games = []
+    for pr in pairs:
+        rec = p_by_key.get(key_of[pr["source_id"]])
+        if rec is not None:
+            games.append({**{k: pr[k] for k in ("i", "j", "prompt_index")}, "p": rec["p_a"],
+                          "labels_by_order": rec["labels_by_order"],
+                          "len_a": len(pr["a"].split()), "len_b": len(pr["b"].split())})
+    return games, result
+
+
+def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution, out: Path, *,
+         max_tokens: int = 128, seed: int = 0, n_boot: int = 1000, batch_size: int = 8, source: str = "prompts",
+         judge_loader=None, overwrite: bool = False) -> dict:
+    """Replies from every checkpoint, round-robin judgements, ratings and reports in `out`.
+    `judge` is an engine, or None with `judge_loader()` to load it once the replies are made."""
+    from rlaif.eval.ranking_report import summarise, write_reports
+    from rlaif.runner import OutputLock
+
+    out = Path(out)
+    names = [c.name for c in checkpoints]
+    with OutputLock(out):
+        replies = [c.replies if c.kind == "responses" else generate_replies(c, prompts, out, max_tokens, source)
+                   for c in checkpoints]
+        pairs = round_robin_pairs(names, replies, prompts)
+        if not pairs:
+            raise UserError(f"{source}: no prompt was answered by every pair of checkpoints; nothing to judge")
+        owned = judge is None
+        judge = judge_loader() if owned else judge
+        try:
+            games, result = judge_pairs(pairs, judge, constitution, out, seed=seed, batch_size=batch_size,
+                                        overwrite=overwrite)
+            judge_name = f"{judge.name}:{judge.model}"
+        finally:
+            if owned:
+                judge.close()
+        if not games:
+            raise UserError(f"{out / 'failures.jsonl'}: every judgement failed; nothing to rank")
+        info = summarise(names, [c.kind for c in checkpoints], replies, prompts, games, n_boot=n_boot, seed=seed)
+        info["setup"] = {"judge": judge_name, "constitution": constitution.name, "prompts": source,
+                         "n_prompts": len(prompts), "pairs_judged": len(games), "failed_judgements": result.failed,
+                         "max_tokens": max_tokens, "seed": seed, "debias": "both orders, averaged",
+                         "length_unit": "words (whitespace-separated)"}
+        write_reports(info, out)
+    return info
+
+
+def cmd_rank(args, judge_cfg: EngineConfig) -> int:
+    """The CLI command (rlaif/cli.py parses the flags and builds the judge's engine block)."""
+    from rlaif.constitution import load_constitution
+    from rlaif.prompts_io import read_prompts
+
+    prompts, seen = [], set()
+    for p in read_prompts(args.prompts):  # a repeated prompt is ranked once
+        if p["id"] not in seen:
+            seen.add(p["id"])
+            prompts.append(p)
+    prompts = prompts[: args.n_prompts]
+    constitution = load_constitution(args.constitution)
+    # a checkpoint's engine block is the judge's (device, batch size, server settings) with its own model
+    checkpoints = resolve_checkpoints(list(args.checkpoints), prompts, judge_cfg, str(args.prompts))
+    judge_path = Path(judge_cfg.model).expanduser()
+    if judge_cfg.kind == "transformers" and judge_path.is_dir():
+        check_model_folder(judge_path, "--judge")
+
+    def load_judge():
+        from rlaif.backends import load_engine
+
+        return load_engine(judge_cfg)
+
+    info = rank(checkpoints, prompts, None, constitution, args.out, max_tokens=args.max_tokens, seed=args.seed,
+                n_boot=args.bootstrap, batch_size=judge_cfg.batch_size, source=str(args.prompts),
+                judge_loader=load_judge, overwrite=args.overwrite)
+    for r in info["players"]:
+        lo, hi = r["ci95"]
+        lc = ("(the LC baseline)" if r["name"] == info["baseline"]
+              else f"LC win rate vs {info['baseline']} {_pct(r.get('lc_vs_baseline'))}")
+        print(f"{r['rank']:>2}. {r['name']}: Elo {r['elo']:.0f} (95 % CI {lo:.0f}-{hi:.0f}), {lc}")
+    print(f"rank: {info['setup']['pairs_judged']} judgements on {info['setup']['n_prompts']} prompts -> "
+          f"{Path(args.out) / 'ranking.json'}, ranking.md, ranking.html")
+    if info["setup"]["failed_judgements"]:
+        print(f"{info['setup']['failed_judgements']} judgements failed after retries; see "
+              f"{Path(args.out) / 'failures.jsonl'}; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
