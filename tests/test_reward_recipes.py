@@ -284,6 +284,9 @@ def test_bootstrap_subsets_are_seeded(tiny_dir, tmp_path):
         assert (tmp_path / "ens" / f"member_{m}" / "model.safetensors").exists()
     ens = parse_ensemble_spec(str(tmp_path / "ens"))
     assert isinstance(ens, EnsembleConfig) and ens.lam == 0.5 and all(Path(p).is_dir() for p in ens.members)
+    assert ens.mode == "mean-std" and ens.seed == 5 and len(ens.members) == 2
+    assert parse_ensemble_spec(f"{tmp_path / 'ens'},min").mode == "min"  # the spec overrides the folder's setting
+    assert parse_ensemble_spec(f"{tmp_path / 'ens'},lambda=3").lam == 3.0
 
 
 def test_ppo_on_a_single_rm_and_an_ensemble_share_one_reward_vs_kl_plot(rms, tiny_dir, tmp_path, capsys):

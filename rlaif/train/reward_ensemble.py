@@ -9,8 +9,8 @@ exploits one member's quirks is caught by the others; the conservative reward fo
     R = min_k r_k                          ("min", worst-case)
 
 Layout: `OUT/member_K/` is a reward-model folder (trained on `OUT/member_K/bootstrap.jsonl`), and
-`OUT/ensemble.yaml` lists the members, the mode and λ. Use it as `--reward ensemble:OUT` or
-`--reward ensemble:DIR1,DIR2,...[,lambda=L|,min]` (at least two members).
+`OUT/ensemble.yaml` lists the members, the mode and λ. Use it as `--reward ensemble:OUT[,lambda=L|,min]`
+or `--reward ensemble:DIR1,DIR2,...[,lambda=L|,min]` (at least two members).
 """
 
 from __future__ import annotations
@@ -90,34 +90,33 @@ def train_ensemble(cfg, k: int, *, mode: str = "mean-std", lam: float = 1.0) -> 
 
 
 def parse_ensemble_spec(arg: str) -> EnsembleConfig:
-    """`DIR` (a folder with ensemble.yaml) or `DIR1,DIR2,...[,lambda=L|,min]` -> absolute members."""
+    """`DIR` (a folder with ensemble.yaml), `DIR1,DIR2,...` (reward-model folders), either followed
+    by `,lambda=L` or `,min` (which override the folder's own setting) -> absolute member folders."""
     from rlaif.train.reward_combine import check_rm_folder
 
-    parts = [p for p in arg.split(",") if p]
-    if len(parts) == 1 and (Path(parts[0]) / "ensemble.yaml").is_file():
-        root = Path(parts[0])
-        cfg = load_config(EnsembleConfig, root / "ensemble.yaml")
-        members = [str(Path(m) if Path(m).is_absolute() else root / m) for m in cfg.members]
-        where = str(root / "ensemble.yaml")
-    else:
-        mode, lam, members = "mean-std", 1.0, []
-        for p in parts:
-            if p == "min":
-                mode = "min"
-            elif p.startswith("lambda="):
-                try:
-                    lam = float(p.split("=", 1)[1])
-                except ValueError:
-                    raise UserError(f"ensemble:{arg}: field 'lambda': expected a number, got {p!r}") from None
-                if lam < 0:
-                    raise UserError(f"ensemble:{arg}: field 'lambda': expected a number >= 0, got {lam}")
-            else:
-                members.append(p)
-        cfg = EnsembleConfig(members=members, mode=mode, lam=lam)
-        where = f"ensemble:{arg}"
+    where = f"ensemble:{arg}"
+    mode, lam, members, saved = None, None, [], None
+    for part in (p for p in arg.split(",") if p):
+        if part == "min":
+            mode = "min"
+        elif part.startswith("lambda="):
+            try:
+                lam = float(part.split("=", 1)[1])
+            except ValueError:
+                raise UserError(f"{where}: field 'lambda': expected a number, got {part!r}") from None
+            if lam < 0:
+                raise UserError(f"{where}: field 'lambda': expected a number >= 0, got {lam}")
+        elif (Path(part) / "ensemble.yaml").is_file():
+            root = Path(part)
+            saved = load_config(EnsembleConfig, root / "ensemble.yaml")
+            members += [str(Path(m) if Path(m).is_absolute() else root / m) for m in saved.members]
+        else:
+            members.append(part)
     check_k(len(members), where)
     members = [str(check_rm_folder(m, "members", where)) for m in members]
-    return cfg.model_copy(update={"members": members})
+    return EnsembleConfig(members=members, mode=mode or (saved.mode if saved else "mean-std"),
+                          lam=lam if lam is not None else (saved.lam if saved else 1.0),
+                          seed=saved.seed if saved else 0)
 
 
 class EnsembleReward:
