@@ -83,13 +83,15 @@ def fit_logistic(X, pos, total, ridge, iters: int = 100, tol: float = 1e-10):
     single = np.ndim(pos) == 1
     pos, total = np.atleast_2d(pos).astype(float), np.atleast_2d(total).astype(float)
     ridge = np.broadcast_to(np.asarray(ridge, dtype=float), (X.shape[1],))
-    beta = np.zeros((pos.shape[0], X.shape[1]))
+    B, K = pos.shape[0], X.shape[1]
+    outer = (X[:, :, None] * X[:, None, :]).reshape(len(X), K * K)  # x_g x_gᵀ, flattened
+    beta = np.zeros((B, K))
     f = _objective(beta, X, pos, total, ridge)
     for _ in range(iters):
         s = 1.0 / (1.0 + np.exp(-(beta @ X.T)))
         grad = (pos - total * s) @ X - ridge * beta  # (B, K)
         curv = total * s * (1 - s)  # (B, G)
-        hess = np.einsum("gk,bg,gl->bkl", X, curv, X) + np.diag(ridge)  # minus the Hessian
+        hess = (curv @ outer).reshape(B, K, K) + np.diag(ridge)  # minus the Hessian: Σ_g curv_g x_g x_gᵀ + diag(ridge)
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
         t = np.ones((beta.shape[0], 1))
         for _ in range(40):
