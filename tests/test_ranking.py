@@ -268,4 +268,11 @@ def test_rank_refuses_missing_paths_and_incomplete_response_files(tiny_pair, pro
     assert len(err.splitlines()) == 1 and f"{prompt_file}:2" in err and "checkpoint 2" in err, err
     assert _rank_main(tiny_pair[0], tiny_pair[0], "--prompts", prompt_file, "--out", tmp_path / "o") == 2
     assert "given twice" in capsys.readouterr().err
+    assert _rank_main(tiny_pair[0], "embedded:no-such-model", "--prompts", prompt_file, "--out", tmp_path / "o") == 2
+    assert "checkpoint 2 embedded:no-such-model: unknown embedded model" in capsys.readouterr().err
+    assert _rank_main(f"transformers:{tmp_path}", tiny_pair[0], "--prompts", prompt_file, "--out", tmp_path / "o") == 2
+    assert f"checkpoint 1 {tmp_path}: folder is not a model" in capsys.readouterr().err
+    assert _rank_main(tiny_pair[0], tiny_pair[1], "--judge", tmp_path, "--prompts", prompt_file,
+                      "--out", tmp_path / "o") == 2
+    assert f"--judge {tmp_path}: folder is not a model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -99,16 +99,29 @@ def resolve_checkpoints(specs: list[str], prompts: list[dict], base: EngineConfi
             raise UserError(f"{field} {spec}: is a file but not a responses JSONL; expected a model folder, "
                             "a model spec or a .jsonl of prompt/response records")
         else:
-            from rlaif.backends.embedded import is_hub_id
-
             cfg = parse_model_spec(spec, base)
-            if cfg.kind == "transformers" and not spec.startswith("embedded:") and not is_hub_id(spec):
-                raise UserError(f"{field} {spec}: not found; expected a model folder, a responses JSONL file, "
-                                "embedded:NAME, gguf:PATH, openai:NAME, vllm:ID or a hub id org/name")
-            if cfg.kind == "gguf" and not Path(cfg.model).expanduser().is_file():
-                raise UserError(f"{field} {spec}: GGUF file {cfg.model} not found")
+            check_spec(cfg, spec, field)
             out.append(Checkpoint(spec, "model", engine=cfg))
     return out
+
+
+def check_spec(cfg: EngineConfig, spec: str, field: str) -> None:
+    """What can be known about a model spec without loading it: a known embedded name, a model
+    folder, a hub-id shape, an existing GGUF file."""
+    from rlaif.backends.embedded import EMBEDDED, is_hub_id
+
+    model = cfg.model
+    if cfg.kind == "transformers" and model.startswith("embedded:"):
+        if model.split(":", 1)[1] not in EMBEDDED:
+            raise UserError(f"{field} {spec}: unknown embedded model; expected one of "
+                            + ", ".join(f"embedded:{name}" for name in EMBEDDED))
+    elif cfg.kind == "transformers" and Path(model).expanduser().is_dir():
+        check_model_folder(Path(model).expanduser(), field)
+    elif cfg.kind == "transformers" and not is_hub_id(model):
+        raise UserError(f"{field} {spec}: not found; expected a model folder, a responses JSONL file, "
+                        "embedded:NAME, gguf:PATH, openai:NAME, vllm:ID or a hub id org/name")
+    if cfg.kind == "gguf" and not Path(model).expanduser().is_file():
+        raise UserError(f"{field} {spec}: GGUF file {model} not found")
 
 
 def generate_replies(ckpt: Checkpoint, prompts: list[dict], out: Path, max_tokens: int, source: str) -> dict:
@@ -210,9 +223,7 @@ def cmd_rank(args, judge_cfg: EngineConfig) -> int:
     constitution = load_constitution(args.constitution)
     # a checkpoint's engine block is the judge's (device, batch size, server settings) with its own model
     checkpoints = resolve_checkpoints(list(args.checkpoints), prompts, judge_cfg, str(args.prompts))
-    judge_path = Path(judge_cfg.model).expanduser()
-    if judge_cfg.kind == "transformers" and judge_path.is_dir():
-        check_model_folder(judge_path, "--judge")
+    check_spec(judge_cfg, args.model, "--judge")
 
     def load_judge():
         from rlaif.backends import load_engine
