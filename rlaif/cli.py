@@ -697,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive(int), default=128, help="reply length for model checkpoints")
     p.add_argument("--constitution", default="harmless", help="constitution the judge applies (default: %(default)s)")
     p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap draws for the CIs")
+    p.add_argument("--outcomes", choices=["soft", "hard"], default="soft", help="fit the judge's p (soft, default) "
+                   "or its verdict p > 0.5 (hard)")
     p.add_argument("--seed", type=int, default=0, help="principle draws and bootstrap (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="judge again instead of resuming")

@@ -100,6 +100,9 @@ def test_lc_win_rate_equals_the_raw_win_rate_when_lengths_are_equal():
     assert fit["lc"] == pytest.approx(fit["raw"], abs=1e-9) and fit["raw"] == pytest.approx(y.mean())
     hard = (y > 0.3).astype(float)
     assert lc_win_rate(hard, np.full(300, 7), np.full(300, 7))["lc"] == pytest.approx(hard.mean(), abs=1e-9)
+    # a side that wins every game: the MLE runs off to α = ∞; the fit stays defined and says 1
+    sweep = lc_win_rate_ci(np.ones(20), rng.integers(5, 50, 20), rng.integers(5, 50, 20), n_boot=50)
+    assert sweep["lc"] == pytest.approx(1.0) and sweep["lc_ci95"][0] == pytest.approx(1.0)
 
 
 def _length_judge(seed, n=3000, quality=0.0, length_coef=2.0, linear=False):
@@ -194,6 +197,12 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     again = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
                  batch_size=8, source=str(prompt_file))
     assert judge.counters["option_requests"] == 2 * 12 and again["players"] == info["players"]
+    # hard outcomes (the verdicts) from the same judgements: short beats wordy outright, so the spread grows
+    hard = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
+                batch_size=8, source=str(prompt_file), outcomes="hard")
+    assert judge.counters["option_requests"] == 2 * 12 and hard["win_rate_matrix"]["mean_p"][1][2] == 1.0
+    spread = {k: r["players"][0]["elo"] - r["players"][-1]["elo"] for k, r in (("soft", info), ("hard", hard))}
+    assert spread["hard"] > spread["soft"] + 100, spread
 
 
 def test_rank_cli_end_to_end_with_tiny_models(tiny_pair, prompt_file, tmp_path):

@@ -175,7 +175,7 @@ def judge_pairs(pairs: list[dict], judge, constitution, out: Path, *, seed: int,
 
 def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution, out: Path, *,
          max_tokens: int = 128, seed: int = 0, n_boot: int = 1000, batch_size: int = 8, source: str = "prompts",
-         judge_loader=None, overwrite: bool = False) -> dict:
+         judge_loader=None, overwrite: bool = False, outcomes: str = "soft") -> dict:
     """Replies from every checkpoint, round-robin judgements, ratings and reports in `out`.
     `judge` is an engine, or None with `judge_loader()` to load it once the replies are made."""
     from rlaif.eval.ranking_report import summarise, write_reports
@@ -200,10 +200,11 @@ def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution
                 judge.close()
         if not games:
             raise UserError(f"{out / 'failures.jsonl'}: every judgement failed; nothing to rank")
-        info = summarise(names, [c.kind for c in checkpoints], replies, prompts, games, n_boot=n_boot, seed=seed)
+        info = summarise(names, [c.kind for c in checkpoints], replies, prompts, games, n_boot=n_boot, seed=seed,
+                         outcomes=outcomes)
         info["setup"] = {"judge": judge_name, "constitution": constitution.name, "prompts": source,
                          "n_prompts": len(prompts), "pairs_judged": len(games), "failed_judgements": result.failed,
-                         "max_tokens": max_tokens, "seed": seed, "debias": "both orders, averaged",
+                         "max_tokens": max_tokens, "seed": seed, "debias": "both orders, averaged", "outcomes": outcomes,
                          "length_unit": "words (whitespace-separated)"}
         write_reports(info, out)
     return info
@@ -232,7 +233,7 @@ def cmd_rank(args, judge_cfg: EngineConfig) -> int:
 
     info = rank(checkpoints, prompts, None, constitution, args.out, max_tokens=args.max_tokens, seed=args.seed,
                 n_boot=args.bootstrap, batch_size=judge_cfg.batch_size, source=str(args.prompts),
-                judge_loader=load_judge, overwrite=args.overwrite)
+                judge_loader=load_judge, overwrite=args.overwrite, outcomes=args.outcomes)
     for r in info["players"]:
         lo, hi = r["ci95"]
         lc = ("(the LC baseline)" if r["name"] == info["baseline"]

@@ -92,7 +92,10 @@ def fit_logistic(X, pos, total, ridge, iters: int = 100, tol: float = 1e-10):
         grad = (pos - total * s) @ X - ridge * beta  # (B, K)
         curv = total * s * (1 - s)  # (B, G)
         hess = (curv @ outer).reshape(B, K, K) + np.diag(ridge)  # minus the Hessian: Σ_g curv_g x_g x_gᵀ + diag(ridge)
-        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        # a touch of damping keeps the solve defined when a side won every game (unpenalised α grows without
+        # bound there, as the MLE does); it changes the steps, not where the gradient is zero
+        damp = 1e-9 * (1.0 + np.trace(hess, axis1=1, axis2=2))[:, None, None] * np.eye(K)
+        step = np.linalg.solve(hess + damp, grad[..., None])[..., 0]
         t = np.ones((beta.shape[0], 1))
         for _ in range(40):
             f_new = _objective(beta + t * step, X, pos, total, ridge)

@@ -22,11 +22,17 @@ from rlaif.records import write_atomic
 
 
 def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: list[dict], games: list[dict],
-              *, n_boot: int = 1000, seed: int = 0) -> dict:
+              *, n_boot: int = 1000, seed: int = 0, outcomes: str = "soft") -> dict:
+    """`outcomes`: "soft" fits the judge's p itself; "hard" its verdict (p > ½: 1, p = ½: ½, else 0),
+    which spreads the ratings of a judge whose p stays near ½ but leans the same way every time."""
     n = len(names)
     i = np.array([g["i"] for g in games])
     j = np.array([g["j"] for g in games])
     y = np.array([g["p"] for g in games], dtype=float)
+    if outcomes == "hard":
+        y = np.where(y > 0.5, 1.0, np.where(y == 0.5, 0.5, 0.0))
+    elif outcomes != "soft":
+        raise ValueError(f"outcomes {outcomes!r}: expected soft or hard")
     la = np.array([g["len_a"] for g in games], dtype=float)
     lb = np.array([g["len_b"] for g in games], dtype=float)
     groups = np.array([g["prompt_index"] for g in games])
@@ -63,7 +69,7 @@ def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: 
         row.update(raw_vs_baseline=fit["raw"], raw_vs_baseline_ci95=fit["raw_ci95"], lc_vs_baseline=fit["lc"],
                    lc_vs_baseline_ci95=fit["lc_ci95"], length_coef_vs_baseline=fit["length_coef"],
                    mean_length_diff_vs_baseline=fit["mean_length_diff"])
-    return {**ranking, "names": names, "baseline": names[0],
+    return {**ranking, "names": names, "baseline": names[0], "outcomes": outcomes,
             "win_rate_matrix": matrix, "lc_win_rate_matrix": lc}
 
 
@@ -156,7 +162,7 @@ def markdown(info: dict) -> str:
     s = info["setup"]
     lines = ["# Ranking", "",
              f"Judge {s['judge']}, constitution {s['constitution']}, {s['n_prompts']} prompts from {s['prompts']}, "
-             f"{s['pairs_judged']} pairwise judgements ({s['debias']}). {info['scale']}, {info['anchor']}; CIs from "
+             f"{s['pairs_judged']} pairwise judgements ({s['debias']}), fitted on {info['outcomes']} outcomes. {info['scale']}, {info['anchor']}; CIs from "
              f"{info['bootstrap']['draws']} bootstrap draws of whole prompts (seed {info['bootstrap']['seed']}). "
              f"LC: length-controlled win rate against the baseline {info['baseline']} (length in words).", "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
