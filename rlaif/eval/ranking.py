@@ -91,7 +91,7 @@ def fit_logistic(X, pos, total, ridge, iters: int = 100, tol: float = 1e-10):
         s = 1.0 / (1.0 + np.exp(-(beta @ X.T)))
         grad = (pos - total * s) @ X - ridge * beta  # (B, K)
         curv = total * s * (1 - s)  # (B, G)
-        hess = (curv @ outer).reshape(B, K, K) + np.diag(ridge)  # minus the Hessian: Σ_g curv_g x_g x_gᵀ + diag(ridge)
+        hess = (curv @ outer).reshape(B, K, K) + np.diag(ridge)  # −∇²: Σ_g curv_g x_g x_gᵀ + diag(ridge)
         # a touch of damping keeps the solve defined when a side won every game (unpenalised α grows without
         # bound there, as the MLE does); it changes the steps, not where the gradient is zero
         damp = 1e-9 * (1.0 + np.trace(hess, axis1=1, axis2=2))[:, None, None] * np.eye(K)
@@ -103,7 +103,7 @@ def fit_logistic(X, pos, total, ridge, iters: int = 100, tol: float = 1e-10):
             if not bad.any():
                 break
             t[bad] /= 2
-        beta, f = beta + t * step, np.maximum(f_new, f)
+        beta, f = beta + t * step, f_new
         if np.abs(t * step).max() < tol:
             break
     return beta[0] if single else beta
