@@ -39,7 +39,7 @@ def prefs(tmp_path_factory):
 def rm_run(one_thread, tiny_dir, prefs, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     cfg = RewardConfig(base=str(tiny_dir), prefs=str(prefs[0]), eval_file=str(prefs[1]), human_eval_file=str(prefs[1]),
-                       output_dir=str(out), batch_size=8, max_steps=12, learning_rate=3e-3, eval_every=6,
+                       output_dir=str(out), batch_size=8, max_steps=12, max_length=256, learning_rate=3e-3, eval_every=6,
                        progress=False)
     return cfg, train_reward_model(cfg), out
 
@@ -74,6 +74,19 @@ def test_saved_reward_model_reloads_and_scores_identically(rm_run, prefs):
     # batch composition does not change a score (padding is handled)
     one = [scorer([held[i]["prompt"]], [held[i]["chosen"][0]["content"]])[0] for i in range(3)]
     assert one == pytest.approx(r_c[:3], abs=1e-5)
+    # it truncates as training did: the run's max_length, read from the folder's manifest
+    assert scorer.max_length == cfg.max_length != 512
+    assert RewardScorer(str(out), max_length=64).max_length == 64
+
+
+def test_scorer_truncates_a_long_reply_as_training_did(rm_run):
+    """A reply past the training max_length: the scorer cuts it where training would have, so two
+    replies that differ only beyond the cut get one score."""
+    cfg, _, out = rm_run
+    scorer = RewardScorer(str(out))
+    head = "Sure, here is a careful answer. " * 40
+    a, b = scorer(["Tell me something."] * 2, [head + "The end.", head + "Something else entirely, at length."])
+    assert a == pytest.approx(b, abs=1e-6)
 
 
 def test_reward_model_seeded_runs_repeat(rm_run, tmp_path):

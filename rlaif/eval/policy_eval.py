@@ -42,7 +42,7 @@ def reward_model_on_human(rm_dir: Path, human: Path, limit: int) -> dict:
     from rlaif.train.reward_model import RewardScorer
 
     pairs = read_hh_rlhf(human).pairs[:limit]
-    scorer = RewardScorer(str(rm_dir))
+    scorer = RewardScorer(str(rm_dir), progress=True)  # truncates as the reward model was trained
     prompts = [pr["prompt"] for pr in pairs]
     r_c = scorer(prompts, [pr["chosen"] for pr in pairs])
     r_r = scorer(prompts, [pr["rejected"] for pr in pairs])

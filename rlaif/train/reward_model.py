@@ -267,16 +267,33 @@ def train_reward_model(cfg: RewardConfig) -> dict:
 # ---------------------------------------------------------------- scoring with a saved RM
 
 
+def trained_lengths(path: str | Path) -> tuple[int | None, int | None]:
+    """(max_length, max_prompt_length) a reward model folder was trained with, from the manifest
+    `rlaif train-rm` writes beside it; (None, None) for a folder trained elsewhere."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "manifest.json").read_text())["stages"]["train-rm"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    return cfg.get("max_length"), cfg.get("max_prompt_length")
+
+
 class RewardScorer:
     """A saved reward model as a reward function: `scorer(prompts, responses) -> list[float]`,
     prompts as chat messages (or strings), responses as assistant texts. Same tokenisation as
-    training (chat template, same truncation: pass the training run's `max_length` and
-    `max_prompt_length`)."""
+    training (chat template, same truncation): `max_length` and `max_prompt_length` default to the
+    training run's (read from the folder's manifest), else 512 and max_length // 2."""
 
     def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16,
-                 max_length: int = 512, dtype: str = "float32", max_prompt_length: int | None = None):
+                 max_length: int | None = None, dtype: str = "float32", max_prompt_length: int | None = None,
+                 progress: bool = False):
         from transformers import AutoModelForSequenceClassification
 
+        trained_max, trained_prompt = trained_lengths(path)
+        max_length = max_length or trained_max or 512
+        max_prompt_length = max_prompt_length or (trained_prompt if max_length == trained_max else None)
+        self.progress = progress
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype(dtype))
         self.model.config.pad_token_id = pad_id(self.tokenizer)
@@ -293,7 +310,8 @@ class RewardScorer:
             completion = text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
             seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length))
         scores: list[float] = []
-        for i in range(0, len(seqs), self.batch_size):
+        for i in tqdm(range(0, len(seqs), self.batch_size), desc="reward model", unit="batch",
+                      disable=not self.progress or len(seqs) <= self.batch_size):
             chunk = seqs[i:i + self.batch_size]
             ids = pad(chunk, pad_id(self.tokenizer))
             lengths = torch.tensor([len(s) for s in chunk])
