@@ -9,6 +9,16 @@ experiment, sizes and helpers are the test's own (tests/learning_helpers.py).
     python -m benchmarks.learning [--seeds 0,1,2] [--trainers dpo,ppo] [--out DIR]
 
 About 2 minutes per (trainer, seed) pair on an idle 2-core CPU; results.json goes under --out.
+
+Breaking a trainer on purpose (seed 0, rule arm; each break applied to a copy of the tree, then
+`Experiment(tmp, SIZES).dpo("shorter", 0)` or `.ppo(...)` from tests/learning_helpers.py):
+
+    break                                                         Δ rule arm   the test
+    rlaif/train/dpo.py: logsigmoid(beta*h) <-> logsigmoid(-beta*h)   +9.82        fails
+    rlaif/train/ppo.py: pg1/pg2 = +advantages * ratio               +8.18        fails
+    rlaif/train/common.py encode(): mask 1 on the prompt, 0 on       0.00        fails
+      the completion (DPO)
+    unbroken                                                        -10.46       passes
 """
 
 from __future__ import annotations

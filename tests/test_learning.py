@@ -6,8 +6,8 @@ of the same confidence whose side ignores length. Through the real stages on the
 the policy's greedy replies on held-out prompts by more than the control moves them, and the
 control must stay inside the noise. Loss-level tests (equal to TRL, gradients) cannot see a sign
 error or a masking bug that a trainer makes consistently; this test can: see the thresholds below
-for what was measured, and the report of the run that flipped the DPO loss, the PPO advantage and
-broke the completion masks.
+for what was measured, and what the rule arm did with the DPO loss or the PPO advantage flipped,
+or the completion mask inverted.
 
 The experiment is tests/learning_helpers.py; `python -m benchmarks.learning` prints its effect sizes
 over several seeds (how the thresholds were chosen).
@@ -31,12 +31,16 @@ SEED = 0
 #                 Δ rule judge (seeds 0 / 1 / 2)     Δ random-label control (seeds 0 / 1 / 2)
 #   DPO           -10.5 / -13.3 / -15.5               +2.7 / +5.2 / -7.8
 #   PPO           -13.8 / -14.3 / -13.5               -8.6 / -2.1 / -5.1
+# (label_pairwise/v2, which reorders the labeler prompt, moved the DPO control of seed 0 to +6.1:
+# the control's coin is seeded by the prompt text; the rule arm stayed at -10.5.)
 # NOISE: the control may move the length, in either direction, by at most 1.4 × the largest |Δ| it
 # showed over the three seeds (8.6). MARGIN: the rule arm must shorten the replies by more than
 # the control moved them plus one whole held-out reply going from the cap to nothing (48/28 = 1.7).
-# A flipped DPO loss or PPO advantage lengthens the replies in the rule arm; a completion mask
-# that scores the prompt instead of the reply leaves the policy where it started (see the report
-# in benchmarks/learning.py's docstring).
+# What the test catches (seed 0, rule arm; tests/../benchmarks/learning.py's docstring has the how):
+#   DPO loss with its sign flipped                        Δ +9.8  (every reply runs to the cap)
+#   PPO policy loss with the advantage's sign flipped     Δ +8.2
+#   completion mask inverted (loss on the prompt tokens)  Δ  0.0  (chosen and rejected share the
+#                                                                  prompt: no gradient at all)
 NOISE = 12.0
 MARGIN = 2.0
 

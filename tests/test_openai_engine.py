@@ -354,7 +354,7 @@ def llama_server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "w+")  # a file: a full pipe would block it
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.servers.llama_cpp_server", "--model", gguf, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"],
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smollm2"],
         stdout=log, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parent.parent)
     url = f"http://127.0.0.1:{port}/v1"
     try:
