@@ -374,10 +374,7 @@ class GGUFEngine(LocalPrompts):
 
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
         started = time.perf_counter()
-        option_ids = {o: self.option_token_ids(o) for o in options}
-        encoded = [self._prompt_ids(r.messages, r.prefill) for r in requests]
-        for ids in encoded:
-            self._check_length(len(ids), 1)
+        option_ids, encoded = self._scoring_inputs(requests, options)
         results: list[OptionLogprobs | None] = [None] * len(requests)
         for i in sorted(range(len(requests)), key=lambda i: encoded[i]):  # neighbours share prefixes
             self._eval(encoded[i])

@@ -1,4 +1,4 @@
-"""Prompt building shared by the engines that hold a tokenizer in-process (transformers, vllm).
+"""Prompt building shared by the engines that hold a tokenizer in-process (transformers, vllm, gguf).
 
 Both build the same text: the chat template with the generation prompt (or a plain
 "Role: text" transcript for base models without one), then the prefill, tokenised without extra
@@ -32,6 +32,15 @@ class LocalPrompts:
         if n_prompt + max_tokens > self.context_length:
             raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
                             f"context length of {self.model} ({self.context_length} tokens)")
+
+    def _scoring_inputs(self, requests, options) -> tuple[dict[str, list[int]], list[list[int]]]:
+        """Option scoring's inputs: each option's token ids, and each request's prompt ids (checked
+        to leave room for one more token)."""
+        option_ids = {o: self.option_token_ids(o) for o in options}
+        encoded = [self._prompt_ids(r.messages, r.prefill) for r in requests]
+        for ids in encoded:
+            self._check_length(len(ids), 1)
+        return option_ids, encoded
 
     def check_prompt(self, messages: list[dict], max_tokens: int) -> None:
         """Raise the context-length UserError now if this prompt cannot fit `max_tokens` more."""

@@ -228,10 +228,7 @@ class TransformersEngine(LocalPrompts):
     @torch.inference_mode()
     def option_logprobs(self, requests: Sequence[OptionRequest], options: Sequence[str]) -> list[OptionLogprobs]:
         started = time.perf_counter()
-        option_ids = {o: self.option_token_ids(o) for o in options}
-        encoded = [self._prompt_ids(r.messages, r.prefill) for r in requests]
-        for ids in encoded:
-            self._check_length(len(ids), 1)
+        option_ids, encoded = self._scoring_inputs(requests, options)
         results: list[OptionLogprobs | None] = [None] * len(requests)
 
         def read(logp: torch.Tensor, row: int, i: int) -> None:

@@ -191,10 +191,7 @@ class VLLMEngine(LocalPrompts):
         from vllm import SamplingParams
 
         started = time.perf_counter()
-        option_ids = {o: self.option_token_ids(o) for o in options}
-        encoded = [self._prompt_ids(r.messages, r.prefill) for r in requests]
-        for ids in encoded:
-            self._check_length(len(ids), 1)
+        option_ids, encoded = self._scoring_inputs(requests, options)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.cfg.top_logprobs)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         results = []
