@@ -238,6 +238,13 @@ def prefix_reuse_speed(engine, report: Report, sizes: dict, rates: dict, peak: d
                        "≤ 1.2x", r <= 1.2,
                        note=f"{rss['on']['peak_rss_mb']:.0f} vs {rss['off']['peak_rss_mb']:.0f} MB")
             entry["rss_mb"] = {key: v["peak_rss_mb"] for key, v in rss.items()}
+            if rss["on"].get("labeling_peak_mb") and rss["off"].get("labeling_peak_mb"):
+                # the whole-process peak is the model load's; this one starts after the load
+                r = rss["on"]["labeling_peak_mb"] / rss["off"]["labeling_peak_mb"]
+                report.add(tag, f"{what}: peak RSS while labeling (after the load), reuse on / off", r, "x",
+                           "≤ 1.2x", r <= 1.2, note=f"{rss['on']['labeling_peak_mb']:.0f} vs "
+                                                    f"{rss['off']['labeling_peak_mb']:.0f} MB")
+                entry["labeling_rss_mb"] = {key: v["labeling_peak_mb"] for key, v in rss.items()}
         out[what] = entry
         assert worst <= 1e-4, f"prefix reuse changed a label by {worst:.2e} ({what})"
     return out
@@ -259,11 +266,28 @@ def rss_worker(argv=None) -> None:
     a = ap.parse_args(argv)
     engine = load_engine(a.engine_batch)
     pairs = hh_pairs(a.pairs)
+    loaded = high_water_mb(reset=True)  # the peak so far is the model load; from here on, labeling's
     with prefix_reuse(engine, a.reuse == "on"):
         t, records = label_once(engine, pairs, load_constitution("harmless"),
                                 LabelerConfig(debias=True, principles=a.principles), a.batch)
     print(json.dumps({"reuse": a.reuse, "pairs": len(records), "seconds": t,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "load_peak_mb": loaded, "labeling_peak_mb": high_water_mb()}))
+
+
+def high_water_mb(reset: bool = False) -> float | None:
+    """This process's peak RSS (VmHWM) in MB; `reset` then sets the peak back to the current RSS
+    (Linux: writing 5 to /proc/self/clear_refs), so a later reading covers only what came after.
+    None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        return hwm
+    except (OSError, StopIteration):
+        return None
 
 
 if __name__ == "__main__":
