@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT    ?= runs/demo
 
-.PHONY: demo test test-fast install bench bench-quick clean
+.PHONY: demo test test-fast test-learning test-all install bench bench-quick clean
 
 install: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rlaif run pipelines/cai_harmless.yaml --out $(OUT)
 
+# make test leaves out the embedded-policy learning test (about 5 more minutes here): make test-learning
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not learning"
+
+test-learning: $(STAMP)
+	$(BIN)/python -m pytest -q -rP -m learning
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

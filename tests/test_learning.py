@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from learning_helpers import RULES, SIZES, Experiment, shorter_chosen_rate  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.learning]  # `make test-learning` (about 5 min); `make test` leaves it out
 SEED = 0
 # Thresholds, in tokens of mean greedy reply length over the 28 held-out prompts (cap 48; the
 # starting policy averages 38.2). Measured with `python -m benchmarks.learning --seeds 0,1,2`:
