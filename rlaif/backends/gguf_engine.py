@@ -327,9 +327,7 @@ class GGUFEngine(LocalPrompts):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         started = time.perf_counter()
-        encoded = [self._prompt_ids(r.messages) for r in requests]
-        for ids, r in zip(encoded, requests):
-            self._check_length(len(ids), r.max_tokens)
+        encoded = self._generation_inputs(requests)
         results: list[Completion | None] = [None] * len(requests)
         for i in sorted(range(len(requests)), key=lambda i: encoded[i]):  # neighbours share prefixes
             r, ids = requests[i], encoded[i]

@@ -33,6 +33,13 @@ class LocalPrompts:
             raise UserError(f"a prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the "
                             f"context length of {self.model} ({self.context_length} tokens)")
 
+    def _generation_inputs(self, requests) -> list[list[int]]:
+        """Each generation request's prompt ids, checked to leave room for its `max_tokens`."""
+        encoded = [self._prompt_ids(r.messages) for r in requests]
+        for ids, r in zip(encoded, requests):
+            self._check_length(len(ids), r.max_tokens)
+        return encoded
+
     def _scoring_inputs(self, requests, options) -> tuple[dict[str, list[int]], list[list[int]]]:
         """Option scoring's inputs: each option's token ids, and each request's prompt ids (checked
         to leave room for one more token)."""

@@ -138,9 +138,7 @@ class TransformersEngine(LocalPrompts):
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         started = time.perf_counter()
-        encoded = [self._prompt_ids(r.messages) for r in requests]
-        for ids, r in zip(encoded, requests):
-            self._check_length(len(ids), r.max_tokens)
+        encoded = self._generation_inputs(requests)
         results: list[Completion | None] = [None] * len(requests)
 
         def settings(i):

@@ -166,12 +166,10 @@ class VLLMEngine(LocalPrompts):
         from vllm import SamplingParams
 
         started = time.perf_counter()
-        encoded = [self._prompt_ids(r.messages) for r in requests]
-        params = []
-        for ids, r in zip(encoded, requests):
-            self._check_length(len(ids), r.max_tokens)
-            params.append(SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                         seed=r.seed, stop=list(r.stop or []) or None, **self.sampling_defaults))
+        encoded = self._generation_inputs(requests)
+        params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                 seed=r.seed, stop=list(r.stop or []) or None, **self.sampling_defaults)
+                  for r in requests]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         results = []
         for ids, out in zip(encoded, outputs):

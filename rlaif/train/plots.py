@@ -27,6 +27,19 @@ def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def _save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str) -> Path:
+    """The axes every reward-vs-KL plot shares, then the PNG."""
+    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
+    ax.set_ylabel(f"mean {reward_key}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_reward_vs_kl(rows: Sequence[dict], out: str | Path, reward_key: str = "reward",
                       kl_key: str = "kl", title: str = "reward vs KL") -> Path:
     plt = _plt()
@@ -38,15 +51,7 @@ def plot_reward_vs_kl(rows: Sequence[dict], out: str | Path, reward_key: str = "
         ax.plot(kl, reward, color="0.75", linewidth=0.8, zorder=1)
         sc = ax.scatter(kl, reward, c=step, cmap="viridis", s=18, zorder=2)
         fig.colorbar(sc, ax=ax, label="step")
-    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
-    ax.set_ylabel(f"mean {reward_key}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_reward_kl(plt, fig, ax, out, reward_key, title)
 
 
 def plot_curves(rows: Sequence[dict], keys: Sequence[str], out: str | Path, title: str = "") -> Path:
@@ -83,13 +88,5 @@ def plot_reward_vs_kl_runs(runs: dict[str, Sequence[dict]], out: str | Path, rew
         if pts:
             kl, reward = zip(*pts)
             ax.plot(kl, reward, marker="o", markersize=3, linewidth=1, label=label)
-    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
-    ax.set_ylabel(f"mean {reward_key}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_reward_kl(plt, fig, ax, out, reward_key, title)
