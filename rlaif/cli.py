@@ -264,6 +264,12 @@ def cmd_eval_labeler(args) -> int:
     from rlaif.eval.labeler_report import format_metrics, run_eval
 
     cfg = _labeler_config(args)
+    from rlaif.annotate.human_eval import is_annotation_source
+
+    if is_annotation_source(args.human):  # labels made with `rlaif annotate` (a db, or its export)
+        from rlaif.annotate.cli import eval_labeler_on_annotations
+
+        return eval_labeler_on_annotations(args, cfg, _engine_config(args))
     constitution = load_constitution(args.constitution)
     load_human_pairs(args.human)  # a bad human-label file fails before the model loads
     engine = load_engine(_engine_config(args))
@@ -559,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-labeler", help="label human-labelled pairs blind; agreement, calibration, "
                        "position and length bias -> OUT/metrics.json, calibration.png, report.md")
-    p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, or hub:Anthropic/hh-rlhf[:DIR[:SPLIT]]")
+    p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, hub:Anthropic/hh-rlhf[:DIR[:SPLIT]], "
+                   "or your own labels: an `rlaif annotate` database or its exported JSONL")
     p.add_argument("--limit", type=_positive(int), help="first N usable pairs only")
     _labeler_args(p)
     p.set_defaults(func=cmd_eval_labeler)
@@ -705,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, role="judge")
     p.set_defaults(func=cmd_rank)
 
+    from rlaif.annotate.cli import register as register_annotate
+
+    register_annotate(sub)
     return parser
 
 
