@@ -212,3 +212,20 @@ def test_a_port_in_use_is_one_line_and_nothing_is_created(tmp_path, capsys, no_s
         assert f"127.0.0.1:{port} is already in use" in line and not db.exists()
     finally:
         busy.close()
+
+
+def test_the_page_files_ship_in_the_wheel():
+    """pyproject lists the package and a package-data glob for every static file of the page."""
+    import fnmatch
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "rlaif.annotate" in cfg["packages"]
+    globs = cfg["package-data"]["rlaif.annotate"]
+    static = sorted((ROOT / "rlaif" / "annotate" / "static").iterdir())
+    assert {p.name for p in static} >= {"page.html", "pair.html", "page.css", "page.js"}
+    assert all(any(fnmatch.fnmatch(f"static/{p.name}", g) for g in globs) for p in static)
+    deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "starlette" in deps and "uvicorn" in deps
