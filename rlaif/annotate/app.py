@@ -96,7 +96,7 @@ def create_app(store: Store, default_annotator: str) -> Starlette:
             return _html(f"<p>{esc(e)}</p>", 400)
         point = form.get("point") or None
         if point is not None and point not in {str(k) for k in scale.POINTS}:
-            return _html(f"<p>point {esc(point)!s}: expected 1 to 8</p>", 400)
+            return _html(f"<p>point {esc(point)}: expected 1 to 8</p>", 400)
         try:
             await run_in_threadpool(lambda: store.record(
                 annotator, form.get("pair_id", ""), point=int(point) if point else None,

@@ -134,7 +134,7 @@ def write_report(out_dir: Path, m: dict, title: str) -> None:
     lines += [f"| {name} | {a['n']} | {_ci(a['agreement'], a['agreement_ci95'])} | {_f(a['cohen_kappa'])} |"
               for name, a in m["annotators"].items()]
     if maj:
-        lines += [f"| **majority** ({maj['n']} pairs; {m['majority_ties']} even splits left out) | {maj['n']} | "
+        lines += [f"| **majority** ({m['majority_ties']} even splits left out) | {maj['n']} | "
                   f"{_ci(maj['accuracy'], maj['accuracy_ci95'])} | {_f(m['majority_cohen_kappa'])} |", "",
                   f"Against the majority: ECE {_f(maj['ece'])}, Brier {_f(maj['brier'])}, position flip rate "
                   f"{_f(maj['position_flip_rate'])}, prefers longer {_f(maj['prefers_longer_rate'])} "
