@@ -1,24 +1,27 @@
 """Does training learn from the judge's signal? Effect sizes of tests/test_learning.py over seeds.
 
-For each seed, trainer (DPO, PPO with the judge's direct score as reward) and judge rule ("shorter":
+For each seed, trainer (DPO; KTO on the same preference file, chosen desirable and rejected
+undesirable; PPO with the judge's direct score as reward) and judge rule ("shorter":
 the shorter reply wins with p = 0.9; "random": the same confidence on a side that ignores length),
 it prints the mean greedy reply length on the held-out prompts before and after training and the
 change Δ (tokens), then per trainer and rule the mean Δ and the largest |Δ| over the seeds. The
 experiment, sizes and helpers are the test's own (tests/learning_helpers.py).
 
-    python -m benchmarks.learning [--seeds 0,1,2] [--trainers dpo,ppo] [--out DIR]
+    python -m benchmarks.learning [--seeds 0,1,2] [--trainers dpo,kto,ppo] [--out DIR]
 
 About 2 minutes per (trainer, seed) pair on an idle 2-core CPU; results.json goes under --out.
 
 Breaking a trainer on purpose (seed 0, rule arm; each break applied to a copy of the tree, then
-`Experiment(tmp, SIZES).dpo("shorter", 0)` or `.ppo(...)` from tests/learning_helpers.py):
+`Experiment(tmp, SIZES).dpo("shorter", 0)`, `.kto(...)` or `.ppo(...)` from tests/learning_helpers.py):
 
     break                                                         Δ rule arm   the test
     rlaif/train/dpo.py: logsigmoid(beta*h) <-> logsigmoid(-beta*h)   +9.82        fails
+    rlaif/train/kto.py kto_loss(): r = ref_logps - logps            +9.82        fails
+      (the implied reward's sign flipped; unbroken KTO: -16.64)
     rlaif/train/ppo.py: pg1/pg2 = +advantages * ratio               +8.18        fails
     rlaif/train/common.py encode(): mask 1 on the prompt, 0 on       0.00        fails
       the completion (DPO)
-    unbroken                                                        -10.46       passes
+    unbroken (DPO)                                                  -10.46       passes
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ from learning_helpers import RULES, SIZES, Experiment  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--trainers", default="dpo,ppo", help="dpo, ppo or both (default)")
+    ap.add_argument("--trainers", default="dpo,kto,ppo", help="comma-separated: dpo, kto, ppo (default all three)")
     ap.add_argument("--out", default=None, help="folder for the runs and results.json (default: a temp dir)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     trainers = [t for t in args.trainers.split(",") if t]
-    if not set(trainers) <= {"dpo", "ppo"}:
-        ap.error(f"--trainers {args.trainers!r}: expected dpo, ppo or dpo,ppo")
+    if not trainers or not set(trainers) <= {"dpo", "kto", "ppo"}:
+        ap.error(f"--trainers {args.trainers!r}: expected a comma-separated subset of dpo,kto,ppo")
     out = Path(args.out or tempfile.mkdtemp(prefix="rlaif-learning-"))
     exp = Experiment(out, SIZES)
     print(f"held-out prompts: {len(exp.heldout)}, training prompts: {len(exp.train)}; {SIZES}", flush=True)
