@@ -160,8 +160,15 @@ def cmd_run(args) -> int:
     if args.require_judge_accuracy is not None:
         overrides.append(f"judge_check.require_accuracy={_require_accuracy(args.require_judge_accuracy)}")
     roles = {role: getattr(args, role) for role in ("policy", "critic", "judge") if getattr(args, role)}
+    launcher = None
+    if args.launcher == "accelerate":
+        from rlaif.train.launcher import AccelerateLauncher
+
+        launcher = AccelerateLauncher(args.config_file, args.num_processes)
+    elif args.config_file or args.num_processes:
+        raise UserError("--config_file and --num_processes apply with --launcher accelerate")
     return run_pipeline(args.pipeline, args.out, overrides=overrides, constitution=args.constitution,
-                        overwrite=args.overwrite, roles=roles)
+                        overwrite=args.overwrite, roles=roles, launcher=launcher)
 
 
 def cmd_judge_check(args) -> int:
@@ -527,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
                        f"other settings of the role stay as the pipeline sets them (--set {role}.FIELD=...)")
     p.add_argument("--require-judge-accuracy", metavar="X",
                    help="stop (exit 2) before labeling if the judge check's accuracy is below X, in (0.5, 1]")
+    p.add_argument("--launcher", choices=("local", "accelerate"), default="local",
+                   help="run the training stages in this process (local) or as `accelerate launch` subprocesses")
+    p.add_argument("--config_file", metavar="F", help="with --launcher accelerate: an accelerate config YAML, or "
+                   "a shipped one: cpu_ddp, ddp, fsdp2, zero2, zero3 (default: accelerate's own default config)")
+    p.add_argument("--num_processes", type=int, metavar="N", help="with --launcher accelerate: processes per stage "
+                   "(default: the config file's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("judge-check", help="the judge on the constitution's unambiguous check pairs: accuracy "

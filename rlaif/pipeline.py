@@ -193,6 +193,8 @@ def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline") -> list[dict
 class Pipeline:
     """Runs one pipeline config into one output folder."""
 
+    launcher = None  # how training stages run: None in this process, else an AccelerateLauncher
+
     def __init__(self, cfg: PipelineConfig, out: Path, overwrite: bool = False):
         from rlaif.constitution import load_constitution
 
@@ -329,7 +331,8 @@ class Pipeline:
             print(f"{name}: already trained with this config and data -> {stage_dir}")
             return json.loads((stage_dir / "summary.json").read_text())
         self.close(keep)  # free the engines' memory while training (but those the trainer calls)
-        result = fn(cfg)
+        # `launcher` (rlaif/train/launcher.py): the trainer under `accelerate launch`; None: in this process
+        result = self.launcher(fn, cfg) if self.launcher else fn(cfg)
         write_atomic(done, json.dumps({"key": key}) + "\n")
         return result
 
@@ -479,10 +482,13 @@ def compare_labels(path_a: Path, path_b: Path, name_a: str, name_b: str) -> dict
 
 
 def run_pipeline(path_or_name: str, out: Path, overrides=None, constitution=None, overwrite=False,
-                 roles: dict | None = None) -> int:
-    """`roles`: role -> model spec replacing the pipeline's model for that role (see load_pipeline)."""
+                 roles: dict | None = None, launcher=None) -> int:
+    """`roles`: role -> model spec replacing the pipeline's model for that role (see load_pipeline).
+    `launcher`: runs the training stages (rlaif/train/launcher.py); this process keeps the lock."""
     _, cfg = load_pipeline(path_or_name, overrides, constitution, roles)
     out = Path(out)
     with OutputLock(out):
         write_atomic(out / "pipeline.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-        return Pipeline(cfg, out, overwrite).run()
+        pipeline = Pipeline(cfg, out, overwrite)
+        pipeline.launcher = launcher
+        return pipeline.run()

@@ -325,6 +325,9 @@ def make_accelerator(cfg: TrainConfig, sync_with_dataloader: bool = True):
                           num_steps=cfg.grad_accum, sync_with_dataloader=sync_with_dataloader),
                       cpu=distributed and not torch.cuda.is_available(),
                       dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True))
+    from rlaif.train.distributed import check_launch
+
+    check_launch(acc, cfg.grad_accum)  # FSDP2 over gloo on CPU; DeepSpeed's own accumulation checked
     check_batch(cfg, acc)
     return acc
 

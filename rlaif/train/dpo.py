@@ -46,6 +46,7 @@ from rlaif.train.common import (Pair, PairTrainConfig, TrainLog, disable_dropout
                                 finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
                                 pad, pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
                                 start_training, torch_dtype)
+from rlaif.train.distributed import save_model
 
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 
@@ -258,13 +259,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     if eval_state:
         result["eval_skipped_pairs"] = dict(eval_skipped)
     accelerator.wait_for_everyone()
-    if cfg.save:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.lora:
-            unwrapped = unwrapped.merge_and_unload()
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
     if accelerator.is_main_process:
         finish_run(out, "dpo", cfg, result, log, ["loss", "margin", "accuracy", "eval_margin"])
     accelerator.wait_for_everyone()

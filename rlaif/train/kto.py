@@ -52,6 +52,7 @@ from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePai
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, pad, pad_id, parse_pair, render_completion, resolve,
                                 seed_everything, sequence_logps, start_training, summary)
+from rlaif.train.distributed import save_model
 from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
 from rlaif.train.sft import gather_sum, load_policy, parse_prompt_completion
 
@@ -376,13 +377,8 @@ def train_kto(cfg: KTOConfig) -> dict:
     if eval_examples:
         result["eval_skipped_records"] = dict(eval_skipped)
     accelerator.wait_for_everyone()
-    if cfg.save:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.lora:
-            unwrapped = unwrapped.merge_and_unload()
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
     if accelerator.is_main_process:
         finish_run(out, "kto", cfg, result, log, ["loss", "kl", "margin", "eval_margin"])
     accelerator.wait_for_everyone()

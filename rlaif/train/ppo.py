@@ -30,7 +30,6 @@ Run: `rlaif ppo --prompts FILE --policy SPEC --reward rm:DIR|labeler:direct --ou
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from rlaif.train.common import (Messages, TrainConfig, TrainLog, disable_dropout
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, masked_mean, masked_whiten, pad, pad_id, read_prompts,
                                 render_prompt, resolve, seed_everything, summary, token_logps, torch_dtype)
+from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
 
 RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
@@ -94,6 +94,17 @@ class PolicyWithValue(nn.Module):
                       output_hidden_states=True, use_cache=False)
         values = self.v_head(out.hidden_states[-1].to(self.v_head.weight.dtype)).squeeze(-1)
         return out.logits, values
+
+    # what FSDP2's wrapping looks at: shard the LM's decoder layers and carve its embeddings out
+    @property
+    def _no_split_modules(self):
+        return getattr(self.lm, "_no_split_modules", None)
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.lm.get_output_embeddings()
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -273,14 +284,15 @@ def response_mask(responses: torch.Tensor, eos_id: int | None) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, seed: int):
+def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, seed: int, **generate_kwargs):
+    """Sampled responses; `generate_kwargs` from `gathered_for_generation` (FSDP1: synced_gpus)."""
     torch.manual_seed(seed)
     was_training = policy.training
     policy.eval()
     out = policy.lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
                              max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id(tokenizer),
-                             eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0)
+                             eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0, **generate_kwargs)
     policy.train(was_training)
     return out[:, batch["input_ids"].shape[1]:]
 
@@ -306,12 +318,15 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     tokenizer = load_tokenizer(path)
     prompts = read_prompts(cfg.prompts)
     if reward_fn is None:
-        reward_fn = make_reward_fn(cfg, accelerator.device)
+        with unsharded_loading(accelerator):  # reward models run whole on each rank, outside any engine
+            reward_fn = make_reward_fn(cfg, accelerator.device)
 
     from transformers import AutoModelForCausalLM
 
     lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
-    ref = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
+    # the frozen reference is loaded on its own (built partitioned under ZeRO-3 like the policy, never
+    # a deep copy of a partitioned model) and sharded like the policy once that is prepared
+    ref = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
     policy = PolicyWithValue(lm)
     policy.train()
     steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)  # one rollout batch a step
@@ -319,6 +334,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(policy, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    ref = prepare_frozen(accelerator, ref)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
     micro = cfg.mini_batch_size // n_proc // cfg.grad_accum  # rollouts per process per forward
 
@@ -330,8 +346,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     for batch in loader:
         step_started = time.time()
         seed = cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
-        with accelerator.autocast():  # sample from the distribution the old log-probs describe
-            responses = rollout(unwrapped, batch, tokenizer, cfg, seed)
+        # sample from the distribution the old log-probs describe, with the policy gathered once
+        with accelerator.autocast(), gathered_for_generation(accelerator, model) as generate_kwargs:
+            responses = rollout(unwrapped, batch, tokenizer, cfg, seed, **generate_kwargs)
         mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
         texts = [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
                  for r, m in zip(responses, mask)]
@@ -408,15 +425,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                    "mixed_precision": accelerator.mixed_precision, "kl_coef": cfg.kl_coef,
                    "reward": cfg.reward or "callable"})
     accelerator.wait_for_everyone()
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer, submodule="lm", extra={"v_head": "value_head.safetensors"})
     if accelerator.is_main_process:
-        if cfg.save:
-            from safetensors.torch import save_file
-
-            out.mkdir(parents=True, exist_ok=True)
-            unwrapped.lm.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
-            save_file({k: v.contiguous() for k, v in unwrapped.v_head.state_dict().items()},
-                      str(out / "value_head.safetensors"))
         finish_run(out, "ppo", cfg, result, log, ["reward", "kl", "entropy", "clipfrac", "value_loss"])
         if log.rows:
             from rlaif.train.plots import plot_reward_vs_kl

@@ -47,6 +47,7 @@ from rlaif.train.common import (Messages, Pair, PairTrainConfig, TrainLog, disab
                                 example_stream, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, pad, pad_id, read_pairs, resolve, seed_everything,
                                 summary, start_training, torch_dtype, finish_run)
+from rlaif.train.distributed import save_model
 
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 
@@ -253,11 +254,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
                    **{k: dict(v) for k, v in eval_skipped.items()}, "processes": accelerator.num_processes,
                    "mixed_precision": accelerator.mixed_precision})
     accelerator.wait_for_everyone()
-    if cfg.save:
-        unwrapped = accelerator.unwrap_model(model)
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer)
     if accelerator.is_main_process:
         finish_run(out, "train-rm", cfg, result, log, ["loss", "accuracy", "eval_accuracy", "human_accuracy"])
     accelerator.wait_for_everyone()

@@ -37,6 +37,7 @@ from rlaif.records import read_jsonl
 from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, _as_messages, encode,
                                 example_stream, finish_run, load_tokenizer, make_accelerator, make_optimizer,
                                 pad, pad_id, resolve, seed_everything, start_training, summary, torch_dtype)
+from rlaif.train.distributed import save_model
 from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
 
 
@@ -242,13 +243,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     if eval_examples:
         result["eval_skipped_records"] = dict(eval_skipped)
     accelerator.wait_for_everyone()
-    if cfg.save:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.lora:
-            unwrapped = unwrapped.merge_and_unload()
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
     if accelerator.is_main_process:
         finish_run(out, "sft", cfg, result, log, ["loss", "eval_loss"])
     accelerator.wait_for_everyone()
