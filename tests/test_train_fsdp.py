@@ -135,7 +135,8 @@ def test_sharded_gpu_ppo_and_rm_save(config, tiny_dir, tmp_path):
     """ZeRO-3 (consolidated 16-bit state dict on every rank, GatheredParameters for sampling, a
     partitioned reference) and FSDP2 over NCCL: PPO runs two steps and saves a loadable model, and
     the reward model trains and saves."""
-    pytest.importorskip("deepspeed") if config == "zero3" else None
+    if config == "zero3":
+        pytest.importorskip("deepspeed")
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"say {w}"} for w in ("hi", "yo", "ok", "no")])
     prefs = write_jsonl(tmp_path / "p.jsonl", toy_prefs(8))
     rm_file = tmp_path / "rm.yaml"
