@@ -4,7 +4,10 @@ A pipeline is data: which prompts, which engine serves each role (policy, critic
 rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
     judge_check -> responses -> critique -> sft -> label -> reward_model -> rejection_sampling
-        -> dpo | ppo -> evaluate -> report
+        -> dpo | ppo -> rounds -> evaluate -> report
+
+`rounds:` (rlaif/iterate.py) is iterative RLAIF: K rounds of sampling from the current policy,
+judging, and DPO/IPO/KTO from it, each round in OUT/rounds/round_k/, then every checkpoint ranked.
 
 With an `sft` stage (SL-CAI: the policy fine-tuned on the critique stage's final revisions), DPO
 and PPO start from the SL-CAI model, which is also their reference, as in Constitutional AI. A
@@ -29,6 +32,7 @@ from pydantic import Field
 
 from rlaif.config import EngineConfig, Strict, config_hash, load_config
 from rlaif.errors import UserError
+from rlaif.iterate import RoundsConfig, check_rounds
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
 from rlaif.roles import Engines, check_trainable, judge_is_policy, resolve_roles
 from rlaif.runner import OutputLock, independent_requests, run_stage
@@ -107,6 +111,7 @@ class PipelineConfig(Strict):
     constitution: str = "harmless"
     prompts: PromptSet = PromptSet()
     stages: Stages = Stages()
+    rounds: RoundsConfig | None = None  # iterative RLAIF (rlaif/iterate.py), after the other training stages
 
 
 def resolve_pipeline(path_or_name: str) -> Path:
@@ -153,24 +158,31 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
         raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
                         "stages.critique")
     roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
-    if any(getattr(s, n) is not None for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo")):
+    if cfg.rounds is not None or any(getattr(s, n) is not None
+                                     for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo")):
         check_trainable(roles["policy"], str(path))
     if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
         held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
+    if cfg.rounds is not None:
+        check_rounds(cfg, str(path))
+        held_out_prompts(cfg, str(path), cfg.rounds.eval)
     return path, cfg
 
 
 def uses_judge(cfg: PipelineConfig) -> bool:
     s = cfg.stages
-    return bool(s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
+    return bool(cfg.rounds or s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
                 or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct"))
 
 
-def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline") -> list[dict]:
-    """The evaluation's held-out prompts: never one of the prompts the policy was trained on."""
+def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline", stage=None) -> list[dict]:
+    """The evaluation's held-out prompts: never one of the prompts the policy was trained on.
+    `stage`: the block saying how many and from where (`prompts`, `policy_prompts`); default the
+    evaluate stage's (`rounds.eval` for the iterative rounds)."""
     from rlaif.prompts_io import read_prompts
 
-    stage = cfg.stages.evaluate
+    stage = stage or cfg.stages.evaluate
+    field = "rounds.eval" if stage is not cfg.stages.evaluate else "stages.evaluate"
     training = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
     seen = {record_id(p["prompt"]) for p in training}
     if stage.prompts:
@@ -178,15 +190,15 @@ def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline") -> list[dict
         where = f"{stage.prompts} (less any prompt that is also a training prompt)"
     else:
         if cfg.prompts.limit is None:
-            raise UserError(f"{source}: stages.evaluate needs held-out prompts, but prompts.limit is unset, so "
+            raise UserError(f"{source}: {field} needs held-out prompts, but prompts.limit is unset, so "
                             f"every prompt of {cfg.prompts.file} is a training prompt; set prompts.limit or "
-                            "stages.evaluate.prompts (a prompt file of its own)")
+                            f"{field}.prompts (a prompt file of its own)")
         pool = [p for p in read_prompts(cfg.prompts.file)[cfg.prompts.limit:] if record_id(p["prompt"]) not in seen]
         where = f"{cfg.prompts.file} after its first {cfg.prompts.limit} (training) prompts"
     if len(pool) < stage.policy_prompts:
-        raise UserError(f"{source}: stages.evaluate.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
+        raise UserError(f"{source}: {field}.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
                         f"held-out prompts are left in {where}; lower it, lower prompts.limit, or set "
-                        "stages.evaluate.prompts")
+                        f"{field}.prompts")
     return pool[: stage.policy_prompts]
 
 
@@ -195,13 +207,14 @@ class Pipeline:
 
     launcher = None  # how training stages run: None in this process, else an AccelerateLauncher
 
-    def __init__(self, cfg: PipelineConfig, out: Path, overwrite: bool = False):
+    def __init__(self, cfg: PipelineConfig, out: Path, overwrite: bool = False, loader=None):
+        """`loader`: EngineConfig -> engine for the roles (default rlaif.backends.load_engine)."""
         from rlaif.constitution import load_constitution
 
         self.cfg, self.out, self.overwrite = cfg, Path(out), overwrite
         self.constitution = load_constitution(cfg.constitution)
         self.roles, defaulted = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
-        self.engines = Engines(self.roles, defaulted)
+        self.engines = Engines(self.roles, defaulted, loader)
         self.summary: dict = {"pipeline": cfg.name, "constitution": f"{self.constitution.name} v{self.constitution.version}",
                               "roles": self.engines.describe(), "judge_is_policy": judge_is_policy(self.roles),
                               "stages": {}}
@@ -436,6 +449,11 @@ class Pipeline:
         return self.train("ppo", PPOConfig, fields, keep=("judge",), fn=lambda cfg: train_ppo(
             cfg, reward_fn=direct_reward(self.engine("judge"), const, seed=self.cfg.seed)))
 
+    def rounds(self) -> dict:
+        from rlaif.iterate import Rounds
+
+        return Rounds(self).run()
+
     def evaluate(self) -> dict:
         from rlaif.eval.policy_eval import evaluate_pipeline
 
@@ -450,6 +468,8 @@ class Pipeline:
                          "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
+                if name == "ppo" and self.cfg.rounds is not None:
+                    self.timed("rounds", self.rounds)
         finally:
             self.close()
             self.summary["role_usage"] = {role: self.engines.usage(role) for role in self.roles}

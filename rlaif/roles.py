@@ -74,9 +74,12 @@ def describe_engine(cfg: EngineConfig) -> dict:
 class Engines:
     """Role -> engine, built on first use; identical blocks share one engine."""
 
-    def __init__(self, configs: Mapping[str, EngineConfig], defaulted: Mapping[str, str] | None = None):
+    def __init__(self, configs: Mapping[str, EngineConfig], defaulted: Mapping[str, str] | None = None,
+                 loader=None):
+        """`loader`: EngineConfig -> engine (default `rlaif.backends.load_engine`)."""
         self.configs = dict(configs)
         self.defaulted = dict(defaulted or {})
+        self.loader = loader
         self._live: dict[str, object] = {}  # config key -> engine
         self._usage: dict[str, dict] = {}  # config key -> summed numeric stats of closed engines
 
@@ -87,7 +90,7 @@ class Engines:
         if key not in self._live:
             from rlaif.backends import load_engine
 
-            self._live[key] = load_engine(self.configs[role])
+            self._live[key] = (self.loader or load_engine)(self.configs[role])
         return self._live[key]
 
     def loaded(self, role: str) -> bool:

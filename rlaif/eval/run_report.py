@@ -11,7 +11,7 @@ from rlaif.eval.html import HtmlReport
 from rlaif.records import read_output, write_atomic
 
 SECTIONS = ("Judge check", "Model roles", "Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
-            "Policy training", "Policy evaluation")
+            "Policy training", "Iterative rounds", "Policy evaluation")
 
 
 def _plt():
@@ -229,6 +229,10 @@ def write_run_report(p) -> Path:
             shown = True
     if not shown:
         sec.append(rep.para("No policy training in this pipeline.", note=True))
+
+    from rlaif.eval.rounds_report import rounds_section
+
+    rounds_section(rep, out, metrics)
 
     sec = rep.section("Policy evaluation")
     if ev.get("policy"):

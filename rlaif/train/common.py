@@ -16,6 +16,7 @@ import resource
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -385,6 +386,31 @@ def start_training(model, cfg: TrainConfig):
         model.config.use_cache = False
     model.train()
     return model
+
+
+@contextmanager
+def reference_model(accelerator, model, reference: str | None, policy: str, dtype: str):
+    """The model the reference log-probs come from, for the length of a `with`: the policy itself at
+    its starting weights when `reference` is None or names the policy, else that model loaded on
+    its own (dropout off), prepared for inference and dropped afterwards. Its tokenizer must be
+    the policy's: the log-probs are taken on the policy's token ids."""
+    if reference is None or resolve(reference) == resolve(policy):
+        yield model
+        return
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(reference)
+    if load_tokenizer(path).get_vocab() != load_tokenizer(resolve(policy)).get_vocab():
+        raise UserError(f"reference {reference}: its tokenizer differs from the policy's ({policy}); "
+                        "the reference must share the policy's vocabulary")
+    from rlaif.train.distributed import prepare_frozen
+
+    # placed and sharded like the policy (FSDP2 / ZeRO-3 partitioned, never a whole copy per GPU)
+    ref = prepare_frozen(accelerator, disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))))
+    try:
+        yield ref
+    finally:
+        del ref
 
 
 def torch_dtype(name: str):

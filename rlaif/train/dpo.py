@@ -45,7 +45,7 @@ from rlaif.errors import UserError
 from rlaif.train.common import (Pair, PairTrainConfig, TrainLog, disable_dropout, encode, example_stream,
                                 finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
                                 pad, pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
-                                start_training, torch_dtype)
+                                reference_model, start_training, torch_dtype)
 from rlaif.train.distributed import save_model
 
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
@@ -60,6 +60,7 @@ class LoraSettings(Strict):
 
 class DPOConfig(PairTrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
+    reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
     prefs: str | None = None  # preference JSONL
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
@@ -204,15 +205,17 @@ def train_dpo(cfg: DPOConfig) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    ref = reference_logps(accelerator, model, collate, len(pairs), cfg.eval_batch_size, average)
     eval_state = None
-    if cfg.eval_file:
-        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
-        eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
-        eval_ref = reference_logps(accelerator, model, eval_collate, len(eval_pairs), cfg.eval_batch_size, average)
-        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
-        eval_state = (eval_loader, eval_ref)
+    with reference_model(accelerator, model, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+        ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
+        if cfg.eval_file:
+            eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
+            eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
+            eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs), cfg.eval_batch_size,
+                                       average)
+            eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+                list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
+            eval_state = (eval_loader, eval_ref)
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc=f"dpo ({cfg.loss})", disable=not (cfg.progress and accelerator.is_main_process),

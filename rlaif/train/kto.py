@@ -51,7 +51,7 @@ from rlaif.records import read_jsonl
 from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, disable_dropout, encode,
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, pad, pad_id, parse_pair, render_completion, resolve,
-                                seed_everything, sequence_logps, start_training, summary)
+                                reference_model, seed_everything, sequence_logps, start_training, summary)
 from rlaif.train.distributed import save_model
 from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
 from rlaif.train.sft import gather_sum, load_policy, parse_prompt_completion
@@ -59,6 +59,7 @@ from rlaif.train.sft import gather_sum, load_policy, parse_prompt_completion
 
 class KTOConfig(PairTrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
+    reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
     data: str | None = None  # JSONL: unpaired (label), scored (score) or preference pairs
     data_format: Literal["auto", "unpaired", "scores", "pairs"] = "auto"
     score_threshold: float = Field(0.5, ge=0, le=1)  # scores: desirable when score ≥ threshold
@@ -309,16 +310,19 @@ def train_kto(cfg: KTOConfig) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     # reference log-probs, before any update: each example, and each mismatched pair of the training order
-    ref = logps_table(accelerator, model, collate, [(i, i) for i in range(len(examples))], cfg.eval_batch_size)
     train_kl = sorted(set(stream))
-    ref_kl = dict(zip(train_kl, logps_table(accelerator, model, collate, train_kl, cfg.eval_batch_size).tolist()))
     eval_state = None
-    if eval_examples:
-        eval_batches = KTOBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length)
-        n = len(eval_examples)
-        eval_state = (eval_batches,
-                      logps_table(accelerator, model, eval_batches, [(i, i) for i in range(n)], cfg.eval_batch_size),
-                      logps_table(accelerator, model, eval_batches, kl_pairs(range(n)), cfg.eval_batch_size))
+    with reference_model(accelerator, model, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+        ref = logps_table(accelerator, ref_model, collate, [(i, i) for i in range(len(examples))], cfg.eval_batch_size)
+        ref_kl = dict(zip(train_kl, logps_table(accelerator, ref_model, collate, train_kl,
+                                                cfg.eval_batch_size).tolist()))
+        if eval_examples:
+            eval_batches = KTOBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length)
+            n = len(eval_examples)
+            eval_state = (eval_batches,
+                          logps_table(accelerator, ref_model, eval_batches, [(i, i) for i in range(n)],
+                                      cfg.eval_batch_size),
+                          logps_table(accelerator, ref_model, eval_batches, kl_pairs(range(n)), cfg.eval_batch_size))
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc="kto", disable=not (cfg.progress and accelerator.is_main_process),

@@ -27,9 +27,10 @@ def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str) -> Path:
+def _save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str,
+                    kl_label: str = "KL(policy ‖ reference) per response (nats)") -> Path:
     """The axes every reward-vs-KL plot shares, then the PNG."""
-    ax.set_xlabel("KL(policy ‖ reference) per response (nats)")
+    ax.set_xlabel(kl_label)
     ax.set_ylabel(f"mean {reward_key}")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -1,0 +1,186 @@
+"""Each iterative round's policy on held-out prompts: how far it moved from the start, and what that
+bought, in the numbers of Gao et al. 2023 ("Scaling laws for reward model overoptimization"):
+
+- KL(π_k ‖ π_0), a sampled estimate: y ~ π_k at temperature 1 (top-p 1, at most `max_tokens`
+  tokens), KL ≈ mean over samples of log π_k(y|x) − log π_0(y|x). Unbiased for the KL between the
+  two policies' distributions over the first `max_tokens` tokens; its standard error is reported.
+  The log-probs are taken on the sampled text re-tokenised (the prompt built exactly as the engine
+  builds it, the end-of-turn token counted when the sample stopped on its own), so a sample whose
+  text re-tokenises differently is scored on the tokens a reader of the text would get.
+- the proxy reward: the pipeline judge's direct score of those samples (0–1, the labeler's
+  probability-weighted 1–10 score), what the rounds optimise;
+- an independent judge's direct score of the same samples, when one is given: the gold standard
+  the proxy is checked against (over-optimisation shows as the proxy rising while it falls).
+
+Each number is a record stage (samples, log-probs, scores) in the checkpoint's eval folder, so an
+evaluation resumes like any stage.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rlaif.records import record_id
+from rlaif.runner import StageResult, independent_requests, run_stage
+
+
+def direct_score_stage(samples: list[dict], judge, constitution, out: Path, stage: str, *, seed: int,
+                       batch_size: int, overwrite: bool = False) -> StageResult:
+    """The judge's direct score of each sample -> out/<stage>.jsonl {id, prompt_id, score, principles}."""
+    from rlaif.stages.labeler import direct_scores_detailed
+
+    def process(batch: list[dict]) -> list[dict]:
+        detailed = direct_scores_detailed(judge, [s["prompt"] for s in batch], [s["response"] for s in batch],
+                                          constitution=constitution, seed=seed)
+        return [{"id": s["id"], "prompt_id": s["prompt_id"], "score": d["score"], "principles": d["principles"]}
+                for s, d in zip(batch, detailed)]
+
+    return run_stage(stage, samples, process, out, config={"judge": f"{judge.name}:{judge.model}",
+                                                           "constitution": constitution.name, "seed": seed},
+                     batch_size=batch_size, overwrite=overwrite, stats=getattr(judge, "stats", None),
+                     fixed_batches=not independent_requests(judge))
+
+
+class SampleScorer:
+    """log p(sample | prompt) under one causal LM, the prompt built as the local engines build it."""
+
+    def __init__(self, model_spec: str, system_prompt: str | None = None, dtype: str = "float32"):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from rlaif.backends.local_prompts import LocalPrompts
+        from rlaif.config import EngineConfig
+        from rlaif.train.common import load_tokenizer, resolve, torch_dtype
+
+        path = resolve(model_spec)
+        self.torch = torch
+        self.tokenizer = load_tokenizer(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).eval()
+        self.prompts = LocalPrompts()
+        self.prompts.cfg = EngineConfig(model=model_spec, system_prompt=system_prompt)
+        self.prompts.tokenizer = self.tokenizer
+
+    def ids(self, sample: dict) -> tuple[list[int], int]:
+        prompt = self.prompts._prompt_ids(sample["prompt"])
+        completion = self.tokenizer(sample["response"], add_special_tokens=False)["input_ids"]
+        if sample.get("finish_reason") == "stop" and self.tokenizer.eos_token_id is not None:
+            completion = completion + [self.tokenizer.eos_token_id]
+        return prompt + completion, len(prompt)
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        from rlaif.train.common import pad, pad_id, sequence_logps
+
+        torch = self.torch
+        encoded = [self.ids(s) for s in batch]
+        input_ids = pad([ids for ids, _ in encoded], pad_id(self.tokenizer))
+        attention = pad([[1] * len(ids) for ids, _ in encoded], 0)
+        mask = pad([[0] * n + [1] * (len(ids) - n) for ids, n in encoded], 0)
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+            logps = sequence_logps(logits, input_ids, mask)
+        return [{"id": s["id"], "logp": float(v), "tokens": len(ids) - n}
+                for s, v, (ids, n) in zip(batch, logps.tolist(), encoded)]
+
+
+def logp_stage(model_spec: str, samples: list[dict], out: Path, stage: str, *, system_prompt: str | None,
+               batch_size: int, overwrite: bool = False) -> dict[str, float]:
+    """sample id -> log p(sample) under `model_spec` (out/<stage>.jsonl; the model loads only if
+    something is left to score)."""
+    held: dict = {}
+
+    def process(batch: list[dict]) -> list[dict]:
+        if "scorer" not in held:
+            held["scorer"] = SampleScorer(model_spec, system_prompt)
+        return held["scorer"](batch)
+
+    try:
+        result = run_stage(stage, samples, process, out, config={"model": model_spec, "system_prompt": system_prompt},
+                           batch_size=batch_size, overwrite=overwrite)
+    finally:
+        held.clear()
+    return {r["id"]: r["logp"] for r in result.records}
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return m, math.sqrt(var / len(values))
+
+
+def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out: Path) -> dict:
+    """KL to the start, proxy and independent rewards, mean words, for one checkpoint (`rounds`:
+    rlaif.iterate.Rounds, which holds the pipeline, its engines and the start model)."""
+    from rlaif.stages.responses import ResponsesConfig, expand, make_process
+
+    p, ev = rounds.p, rounds.cfg.eval
+    rc = ResponsesConfig(n=ev.samples, max_tokens=ev.max_tokens, temperature=1.0, top_p=1.0, seed=p.cfg.seed)
+    engine = rounds.policy_engine(model)
+    try:
+        sampled = run_stage("samples", expand(held_out, engine.model, rc), make_process(engine, rc), out, config=rc,
+                            batch_size=p.batch_size("policy"), overwrite=p.overwrite,
+                            fixed_batches=not independent_requests(engine))
+    finally:
+        engine.close()
+    samples, failed = sampled.records, sampled.failed
+    info: dict = {"eval_samples": len(samples),
+                  "mean_words": (sum(len(s["response"].split()) for s in samples) / len(samples)) if samples else None}
+    if model == rounds.start:
+        info.update(kl=0.0, kl_se=0.0)
+    else:
+        system = p.roles["policy"].system_prompt
+        bs = p.batch_size("policy")
+        mine = logp_stage(model, samples, out, "logp_policy", system_prompt=system, batch_size=bs, overwrite=p.overwrite)
+        ref = logp_stage(rounds.start, samples, out, "logp_start", system_prompt=system, batch_size=bs,
+                         overwrite=p.overwrite)
+        info["kl"], info["kl_se"] = mean_se([mine[i] - ref[i] for i in mine if i in ref])
+    judge = p.engine("judge")
+    proxy = direct_score_stage(samples, judge, p.constitution, out, "judge_scores", seed=p.cfg.seed,
+                               batch_size=p.batch_size("judge"), overwrite=p.overwrite)
+    failed += proxy.failed
+    info["reward"], info["reward_se"] = mean_se([r["score"] for r in proxy.records])
+    if ev.independent_judge is not None:
+        from rlaif.backends import load_engine
+
+        other = load_engine(ev.independent_judge)
+        try:
+            gold = direct_score_stage(samples, other, p.constitution, out, "independent_scores", seed=p.cfg.seed,
+                                      batch_size=ev.independent_judge.batch_size, overwrite=p.overwrite)
+        finally:
+            other.close()
+        failed += gold.failed
+        info["independent_reward"], info["independent_reward_se"] = mean_se([r["score"] for r in gold.records])
+        info["independent_judge"] = f"{ev.independent_judge.kind}:{ev.independent_judge.model}"
+    info["failed"] = failed
+    info["eval_id"] = record_id("round-eval", name, model)
+    return info
+
+
+def plot_rounds(rows: list[dict], out: Path) -> Path:
+    """Reward against KL to the start, one point per round (0 = the start), labelled; the
+    independent judge's score on the same axes when there is one."""
+    from rlaif.train.plots import _plt, _save_reward_kl
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    series = [("reward", "proxy: the pipeline's judge", "C0")]
+    if any(r.get("independent_reward") is not None for r in rows):
+        series.append(("independent_reward", "independent judge", "C3"))
+    for key, label, color in series:
+        pts = [(r["kl"], r[key], r.get("kl_se") or 0.0, r.get(f"{key}_se") or 0.0, r["round"]) for r in rows
+               if r.get("kl") is not None and r.get(key) is not None]
+        if not pts:
+            continue
+        kl, reward, kl_se, r_se, k = zip(*pts)
+        ax.errorbar(kl, reward, xerr=kl_se, yerr=r_se, marker="o", markersize=4, linewidth=1, capsize=2,
+                    color=color, label=label)
+        for x, y, n in zip(kl, reward, k):
+            ax.annotate("start" if n == 0 else f"round {n}", (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=color)
+    ax.legend(fontsize=8)
+    return _save_reward_kl(plt, fig, ax, out, "direct score (0–1)", "reward vs KL to the start, across rounds",
+                           kl_label="KL(policy ‖ start) per response (nats), sampled")
