@@ -77,10 +77,13 @@ def _records(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts):
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts, capsys):
+    """The runs that get killed are real `rlaif generate` processes; the reference and the resumes
+    go through `rlaif.cli.main` in this process (the console script's code path, without paying
+    another interpreter start each)."""
     args = ["--prompts", prompts, "--model", tiny_model_dir, "--max-tokens", "24", "--temperature", "0.9",
             "--seed", "5", "--batch-size", "2", "--n", "2"]
-    ref = run_cli("generate", "--out", tmp_path / "ref", *args)
+    ref = cli_in_process(capsys, "generate", "--out", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     expected = _records(tmp_path / "ref" / "responses.jsonl")
     assert len(expected) == 48 and len({r["id"] for r in expected}) == 48
@@ -101,7 +104,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir
         proc.wait()
         partial = _records(path) if path.exists() else []
         assert len(partial) < 48, "the run finished before it could be killed"
-        resumed = run_cli("generate", "--out", out, *args)
+        resumed = cli_in_process(capsys, "generate", "--out", out, *args)
         assert resumed.returncode == 0, resumed.stderr
         got = _records(path)
         assert [r["id"] for r in got] == [r["id"] for r in expected]

@@ -161,15 +161,17 @@ def engine():
 
 @pytest.mark.slow
 def test_real_run_and_resume(engine, tmp_path, capsys):
+    # Token budgets: each decode step of the 5-row batch costs about 0.17 s on one thread here, so the
+    # budgets set the time (48 everywhere took 44 s; what is checked does not depend on them).
     prompts = [json.loads(line) for line in (ROOT / "prompts/red_team.jsonl").read_text().splitlines()[:5]]
-    outs = engine.generate([GenerationRequest([{"role": "user", "content": p["prompt"]}], max_tokens=48,
+    outs = engine.generate([GenerationRequest([{"role": "user", "content": p["prompt"]}], max_tokens=32,
                                               temperature=0.7, seed=i) for i, p in enumerate(prompts)])
     responses = [{"id": p["id"], "prompt": [{"role": "user", "content": p["prompt"]}],
                   "response": o.texts[0], "model": engine.model, "sample": 0} for p, o in zip(prompts, outs)]
     resp_path = tmp_path / "responses.jsonl"
     resp_path.write_text("".join(json.dumps(r) + "\n" for r in responses))
     out = tmp_path / "critique"
-    cfg = CritiqueConfig(rounds=2, seed=3, few_shot=0, critique_max_tokens=48, revision_max_tokens=48)
+    cfg = CritiqueConfig(rounds=2, seed=3, few_shot=0, critique_max_tokens=24, revision_max_tokens=24)
     s = run_critique(resp_path, "harmless", engine, out, config=cfg, batch_size=5, progress=False)
 
     chains = [json.loads(line) for line in (out / "chains.jsonl").read_text().splitlines()]
@@ -204,7 +206,7 @@ def test_real_run_and_resume(engine, tmp_path, capsys):
     # resume through the CLI with the same settings: nothing new is generated
     before = {name: (out / name).read_bytes() for name in ("chains.jsonl", "sl_cai.jsonl", "revision_pairs.jsonl")}
     rc = main(["critique", "--constitution", "harmless", "--responses", str(resp_path), "--out", str(out),
-               "--seed", "3", "--few-shot", "0", "--critique-max-tokens", "48", "--revision-max-tokens", "48",
+               "--seed", "3", "--few-shot", "0", "--critique-max-tokens", "24", "--revision-max-tokens", "24",
                "--batch-size", "5"])
     assert rc == 0
     printed = capsys.readouterr().out

@@ -51,8 +51,11 @@ def test_api_key_never_reaches_files_logs_or_manifest(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"Q{i}: " + ("POISON " if i == 3 else "") + "say hi"}) + "\n"
                                for i in range(8)))
     pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
+    # the poisoned prompt gets a 503 with Retry-After 0.05 s on every attempt: it spends the whole retry
+    # budget (7 attempts, then failures.jsonl) in a fraction of a second; a 500 there would wait out
+    # the client's exponential backoff (36 s of this test's 42 s, measured) and test nothing more
     server, url = _start_server("--api-key", key, "--fault-rate", 0.15, "--seed", 2, "--retry-after", 0.05,
-                                "--slow-seconds", 1.0, "--fail-matching", "POISON")
+                                "--slow-seconds", 1.0, "--fail-matching", "POISON", "--fail-fault", "503")
     procs = []
     try:
         env = {"OPENAI_API_KEY": key}
@@ -60,7 +63,7 @@ def test_api_key_never_reaches_files_logs_or_manifest(tmp_path):
         gen = run("generate", "--prompts", prompts, "--out", runs / "gen", *common, env=env, timeout=240)
         procs.append(gen)
         assert gen.returncode == 1, gen.stderr[-2000:]  # the poisoned prompt ran out of retries
-        assert "gave up" in (runs / "gen" / "failures.jsonl").read_text()
+        assert "gave up after 7 attempts" in (runs / "gen" / "failures.jsonl").read_text()
         lab = run("label", "--pairs", pairs, "--out", runs / "label", *common, env=env, timeout=240)
         procs.append(lab)
         assert lab.returncode == 0, lab.stderr[-2000:]
