@@ -131,7 +131,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from rlaif.backends import load_engine
+    from rlaif.executors import use_executor
+    from rlaif.executors.cli import engine_for, executor_config
     from rlaif.prompts_io import read_prompts
     from rlaif.runner import independent_requests, run_stage
     from rlaif.stages.responses import ResponsesConfig, check_context, expand, make_process
@@ -139,17 +140,19 @@ def cmd_generate(args) -> int:
     cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     prompts = read_prompts(args.prompts)
     engine_cfg = _engine_config(args)
-    engine = load_engine(engine_cfg)
-    try:
-        check_context(engine, prompts, cfg.max_tokens, args.prompts)
-        items = expand(prompts, engine.model, cfg)
-        result = run_stage("responses", items, make_process(engine, cfg), args.out,
-                           config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},
-                           batch_size=args.batch_size, overwrite=args.overwrite,
-                           stats=getattr(engine, "stats", None),
-                           fixed_batches=not independent_requests(engine))  # API answers do not depend on the batch
-    finally:
-        engine.close()
+    executor = executor_config(args)
+    engine = engine_for(args, engine_cfg, executor)
+    with use_executor(executor):
+        try:
+            check_context(engine, prompts, cfg.max_tokens, args.prompts)
+            items = expand(prompts, engine.model, cfg)
+            result = run_stage("responses", items, make_process(engine, cfg), args.out,
+                               config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},
+                               batch_size=args.batch_size, overwrite=args.overwrite,
+                               stats=getattr(engine, "stats", None),
+                               fixed_batches=not independent_requests(engine))  # API answers do not depend on the batch
+        finally:
+            engine.close()
     return _summary(result)
 
 
@@ -201,7 +204,8 @@ def cmd_judge_check(args) -> int:
 
 
 def cmd_critique(args) -> int:
-    from rlaif.backends import load_engine
+    from rlaif.executors import use_executor
+    from rlaif.executors.cli import engine_for, executor_config
     from rlaif.constitution import load_constitution
     from rlaif.stages.critique_revision import CritiqueConfig, format_summary, load_responses, run_critique
 
@@ -210,12 +214,14 @@ def cmd_critique(args) -> int:
                          revision_max_tokens=args.revision_max_tokens)
     constitution = load_constitution(args.constitution)
     responses = load_responses(args.responses)
-    engine = load_engine(_engine_config(args))
-    try:
-        summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
-                               overwrite=args.overwrite, config=cfg)
-    finally:
-        engine.close()
+    executor = executor_config(args)
+    engine = engine_for(args, _engine_config(args), executor)
+    with use_executor(executor):
+        try:
+            summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
+                                   overwrite=args.overwrite, config=cfg)
+        finally:
+            engine.close()
     print(format_summary(summary))
     if summary["failed"]:
         print(f"{summary['failed']} chains failed after retries; see {args.out / 'failures.jsonl'}; "
@@ -242,19 +248,22 @@ def _labeler_config(args):
 
 
 def cmd_label(args) -> int:
-    from rlaif.backends import load_engine
+    from rlaif.executors import use_executor
+    from rlaif.executors.cli import engine_for, executor_config
     from rlaif.constitution import load_constitution
     from rlaif.stages.labeler import load_pairs, run_label
 
     cfg = _labeler_config(args)
     constitution = load_constitution(args.constitution)
     load_pairs(args.pairs)  # a bad pairs file fails before the model loads
-    engine = load_engine(_engine_config(args))
-    try:
-        s = run_label(args.pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
-                      overwrite=args.overwrite)
-    finally:
-        engine.close()
+    executor = executor_config(args)
+    engine = engine_for(args, _engine_config(args), executor)
+    with use_executor(executor):
+        try:
+            s = run_label(args.pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
+                          overwrite=args.overwrite)
+        finally:
+            engine.close()
     flip = "" if s["position_flip_rate"] is None else f", position flip rate {s['position_flip_rate']:.3f}"
     print(f"label: {s['written']} new, {s['done_before']} already done, {s['failed']} failed{flip}; "
           f"{s['preferences']} preferences ({s['within_margin']} within margin) -> {Path(args.out) / 'preferences.jsonl'}")
@@ -501,6 +510,8 @@ def _labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rlaif.executors.cli import add_executor_args
+
     parser = argparse.ArgumentParser(
         prog="rlaif", description="Constitution -> AI feedback -> preference data and aligned models.")
     parser.add_argument("--version", action="version", version=f"rlaif {__version__}")
@@ -518,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     _engine_args(p)
+    add_executor_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="run a pipeline YAML (resumable) -> OUT/<stage>/")
@@ -562,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision-max-tokens", type=_positive(int), default=160)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     _engine_args(p, role="critic")
+    add_executor_args(p)
     p.set_defaults(func=cmd_critique)
 
     p = sub.add_parser("constitution", help="constitution tools: `rlaif constitution check FILE...`")
@@ -574,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="JSONL: prompt + response_a/response_b, prompt + "
                    "chosen/rejected, or HH-RLHF transcripts")
     _labeler_args(p)
+    add_executor_args(p)
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("eval-labeler", help="label human-labelled pairs blind; agreement, calibration, "

@@ -173,6 +173,13 @@ def run_stage(
     retries, or refused by the server), the batch is replayed one record per `process` call; the
     engine hands back the answers the batch already got (openai engine), so nothing is sent twice,
     the failing record lands in failures.jsonl with its reason and the others are written."""
+    from rlaif.executors import current_executor
+
+    executor = current_executor()
+    if executor is not None:  # the same batches through the same `process`, on another executor's workers
+        return executor.run_stage(stage, inputs, process, out_dir, config=config, batch_size=batch_size,
+                                  output=output, overwrite=overwrite, progress=progress, stats=stats,
+                                  fixed_batches=fixed_batches, batch_key=batch_key)
     out_dir = Path(out_dir)
     path = out_dir / (output or f"{stage}.jsonl")
     with OutputLock(out_dir):

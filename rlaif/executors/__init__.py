@@ -1,0 +1,111 @@
+"""Executors: where a stage's batches run.
+
+The local runner (`rlaif.runner.run_stage`) runs every batch in this process. The Ray executor
+(`rlaif.executors.ray_data`) runs the same batches, cut the same way, through the same pure
+`process(batch)` function, on Ray actors that each hold one engine built from the stage's
+`EngineConfig`; the driver keeps the output file, the resume logic and failures.jsonl.
+
+A command selects an executor for the stages it runs with `use_executor(cfg)`; `run_stage` asks
+`current_executor()` and hands its loop over when one is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Literal
+
+from pydantic import Field
+
+from rlaif.config import EngineConfig, Strict
+
+RAY_EXTRA = "rlaif-kit[ray]"
+
+
+class ExecutorConfig(Strict):
+    """The `executor:` block of a pipeline, or `--executor ray --ray-address A --ray-actors N`."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # a Ray cluster (ray://host:10001 or host:6379); None: start a local one
+    actors: int = Field(2, ge=1)  # actors, each holding one engine
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)  # 1 for a vLLM engine per GPU
+    batches_per_block: int = Field(1, ge=1)  # runner batches per Ray Data block (one task)
+
+
+_current: contextvars.ContextVar = contextvars.ContextVar("rlaif_executor", default=None)
+
+
+def current_executor():
+    """The executor `run_stage` should hand its loop to, or None for the local loop."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def use_executor(cfg: ExecutorConfig | None):
+    """Run the stages started inside this block on the executor `cfg` describes (local: unchanged)."""
+    if cfg is None or cfg.kind == "local":
+        yield None
+        return
+    from rlaif.executors.ray_data import RayExecutor
+
+    executor = RayExecutor(cfg)
+    token = _current.set(executor)
+    try:
+        yield executor
+    finally:
+        _current.reset(token)
+        executor.close()
+
+
+class RemoteEngine:
+    """Stands in for an engine that the executor's actors build from `cfg`.
+
+    On the driver it answers only what the stage code asks before any batch runs (`name`, `model`,
+    `independent_requests`): the same values the real engine reports, so record ids and the
+    `labeler`/`model` fields are those of a local run. It never loads weights there. Pickled into
+    an actor, its first other attribute access loads the real engine (`load_engine(cfg)`) once, and
+    every call goes to it."""
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.name = cfg.kind
+        self.model = cfg.model
+        self.independent_requests = cfg.kind == "openai"  # as OpenAIEngine sets it
+        self._engine = None
+        self._on_driver = True
+        self.actor_stats: list[dict] = []
+
+    def __getstate__(self):
+        return {"cfg": self.cfg}
+
+    def __setstate__(self, state):
+        self.__init__(state["cfg"])
+        self._on_driver = False
+
+    def real(self):
+        if self._engine is None:
+            from rlaif.backends import load_engine
+
+            engine = load_engine(self.cfg)
+            if (engine.name, engine.model) != (self.name, self.model):
+                raise RuntimeError(f"engine built from {self.cfg.kind}:{self.cfg.model} reports "
+                                   f"{engine.name}:{engine.model}; ids would differ from a local run")
+            self._engine = engine
+        return self._engine
+
+    def __getattr__(self, attr):
+        if attr.startswith("__") or self.__dict__.get("_on_driver", True):
+            raise AttributeError(attr)  # on the driver: nothing else (no context check, no weights)
+        return getattr(self.real(), attr)
+
+    def stats(self) -> dict:
+        return {"executor": "ray", "actors": self.actor_stats}
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+__all__ = ["ExecutorConfig", "RemoteEngine", "current_executor", "use_executor", "RAY_EXTRA"]

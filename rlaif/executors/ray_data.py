@@ -1,0 +1,314 @@
+"""The Ray executor: a stage's batches on Ray Data actors, each holding one engine.
+
+What stays as in `rlaif.runner.run_stage` (and is reused from it): the batches are cut from the
+whole input list (after the stage's `batch_key` sort), so a resumed run hands the engine the same
+batches; each batch goes through the stage's own `process(batch)`, inside the runner's
+`_process_batch`, so a request that fails for good lands in failures.jsonl and the rest of its
+batch is kept; finished batches are appended with fsync in batch order; the manifest entry has the
+same fields. The output file is therefore the bytes a local run writes.
+
+What Ray Data adds: the pending batches become rows of a dataset (one runner batch per row, the
+records pickled), put in the object store a block at a time, so the driver never builds a second
+copy of the inputs; `map_batches` over an actor pool (`concurrency=actors`), each actor unpickling
+`process` once, with its `RemoteEngine` loading the engine from the EngineConfig on first use
+(transformers on CPU, vllm with a GPU per actor, openai for a fleet of servers); `preserve_order`
+so results stream back in batch order and are written as they come (the driver keeps ids, not
+records). Ray Data restarts a dead actor and retries its task (`max_restarts=-1`,
+`max_task_retries=-1` are its defaults for actor pools), so a killed worker costs a retried batch,
+and since the driver writes a batch only once, in order, nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from rlaif.config import config_hash
+from rlaif.errors import UserError
+from rlaif.executors import RAY_EXTRA, ExecutorConfig, RemoteEngine
+from rlaif.records import dumps, read_output
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (ray without the data extra has no ray.data)
+    except ImportError:
+        raise UserError(f"--executor ray needs Ray Data, which is not installed; install the extra: "
+                        f"pip install '{RAY_EXTRA}'") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray's own connect retries for a minute or more on a dead address; a plain TCP connect says
+    it at once."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected HOST:PORT (the head's GCS port, 6379) or "
+                        "ray://HOST:PORT (Ray Client, 10001)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise UserError(f"--ray-address {address}: cannot reach the Ray cluster ({e.strerror or e}); "
+                        "start it with `ray start --head` or fix the address") from None
+
+
+class RayExecutor:
+    kind = "ray"
+
+    def __init__(self, cfg: ExecutorConfig):
+        self.cfg = cfg
+        self.ray = import_ray()
+        self.started_here = False
+        if not self.ray.is_initialized():
+            if cfg.address:
+                _check_reachable(cfg.address)
+            try:
+                self.ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=False,
+                              include_dashboard=False,
+                              **({} if cfg.address else {"num_cpus": max(os.cpu_count() or 1, 1)}))
+            except ConnectionError as e:
+                raise UserError(f"--ray-address {cfg.address}: cannot connect to a Ray cluster ({e})") from None
+            self.started_here = True
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    def close(self) -> None:
+        if self.started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    def run_stage(self, stage: str, inputs: Sequence[dict], process: Callable, out_dir, *, config: Any,
+                  batch_size: int = 8, output: str | None = None, overwrite: bool = False,
+                  progress: bool = True, stats=None, fixed_batches: bool = True, batch_key=None):
+        from rlaif.runner import OutputLock, StageResult, _rewrite_failures, update_manifest
+
+        out_dir = Path(out_dir)
+        path = out_dir / (output or f"{stage}.jsonl")
+        with OutputLock(out_dir):
+            started = time.time()
+            if overwrite and path.exists():
+                path.unlink()
+            unique: dict[str, dict] = {}
+            for rec in inputs:
+                unique.setdefault(rec["id"], rec)
+            inputs = list(unique.values())
+            del unique
+            wanted = {r["id"] for r in inputs}
+            done = {r["id"] for r in read_output(path) if r.get("id") in wanted}  # ids only
+            done_before = len(done)
+            order = sorted(inputs, key=batch_key) if batch_key else inputs
+            pending = []  # (batch index, what process gets) for batches with anything missing
+            for b, i in enumerate(range(0, len(order), batch_size)):
+                batch = order[i:i + batch_size]
+                missing = [r for r in batch if r["id"] not in done]
+                if missing:
+                    pending.append((b, batch if fixed_batches else missing))
+            failures: list[dict] = []
+            written = 0
+            try:
+                for b, ids, blob, fails in self._results(stage, pending, process, fixed_batches, progress):
+                    failures.extend(fails)
+                    keep = [k for k, rid in enumerate(ids) if rid not in done and rid in wanted]
+                    lines = blob.split(b"\n")[:-1]
+                    _append_lines(path, [lines[k] for k in keep])
+                    for k in keep:
+                        done.add(ids[k])
+                    written += len(keep)
+            finally:
+                seconds = time.time() - started
+                _rewrite_failures(out_dir, stage, failures)
+                entry = {
+                    "output": path.name,
+                    "config_hash": config_hash(config),
+                    "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
+                    "counts": {"inputs": len(inputs), "done_before": done_before, "written": written,
+                               "failed": len(failures), "done": len(done)},
+                    "seconds": round(seconds, 3),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "complete": len(done) == len(inputs),
+                    "executor": self.cfg.model_dump(mode="json"),
+                }
+                if stats is not None:
+                    entry["engine"] = stats()
+                update_manifest(out_dir, stage, entry)
+            records = FileRecords(path, [r["id"] for r in inputs if r["id"] in done])
+            return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
+
+    def _results(self, stage, pending, process, fixed_batches, progress) -> Iterator[tuple]:
+        """Stream (batch index, ids, output lines, failures) back in batch order."""
+        if not pending:
+            return
+        from ray import cloudpickle
+        import pyarrow as pa
+        from ray.data import DataContext
+
+        ray, cfg = self.ray, self.cfg
+        ctx = DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        refs, n_batches = [], len(pending)
+        for start in range(0, len(pending), cfg.batches_per_block):
+            chunk = pending[start:start + cfg.batches_per_block]
+            table = pa.table({"b": pa.array([b for b, _ in chunk], pa.int64()),
+                              "batch": pa.array([pickle.dumps(batch, protocol=5) for _, batch in chunk], pa.binary())})
+            refs.append(ray.put(table))
+        del pending
+        ds = ray.data.from_arrow_refs(refs)
+        del refs
+        threads = max(1, int(cfg.cpus_per_actor))
+        ds = ds.map_batches(
+            StageActor, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            num_cpus=cfg.cpus_per_actor, **({"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}),
+            fn_constructor_kwargs={"payload": cloudpickle.dumps(process), "stage": stage,
+                                   "concurrent": not fixed_batches, "threads": threads})
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_batches, desc=f"{stage} (ray)", unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for row in ds.iter_rows():
+                bar.update(1)
+                yield (row["b"], row["ids"].decode().split("\n") if row["ids"] else [], row["lines"],
+                       pickle.loads(row["failures"]))
+        except Exception as e:  # an error inside an actor: a UserError stays one line, the rest propagate
+            user = _find_user_error(e)
+            if user is not None:
+                raise UserError(str(user)) from None
+            raise
+        finally:
+            bar.close()
+
+
+class StageActor:
+    """One Ray Data actor: the stage's `process` (its engine loads on first use) over runner batches."""
+
+    def __init__(self, payload: bytes, stage: str, concurrent: bool, threads: int):
+        from ray import cloudpickle
+        import torch
+
+        torch.set_num_threads(threads)
+        self.process = cloudpickle.loads(payload)
+        self.stage = stage
+        self.concurrent = concurrent
+        hook = os.environ.get("RLAIF_RAY_ACTOR_PIDS")  # tests: where actors say who they are
+        if hook:
+            with open(os.path.join(hook, str(os.getpid())), "w"):
+                pass
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        from rlaif.runner import _process_batch
+
+        out = {"b": [], "ids": [], "lines": [], "failures": []}
+        for b, blob in zip(table.column("b").to_pylist(), table.column("batch").to_pylist()):
+            batch = pickle.loads(blob)
+            failures: list[dict] = []
+            outputs = _process_batch(self.stage, batch, self.process, failures, concurrent=self.concurrent)
+            out["b"].append(b)
+            out["ids"].append("\n".join(o["id"] for o in outputs).encode())
+            out["lines"].append("".join(dumps(o) + "\n" for o in outputs).encode("utf-8"))
+            out["failures"].append(pickle.dumps(failures))
+        return pa.table({"b": pa.array(out["b"], pa.int64()), "ids": pa.array(out["ids"], pa.binary()),
+                         "lines": pa.array(out["lines"], pa.binary()),
+                         "failures": pa.array(out["failures"], pa.binary())})
+
+
+def _append_lines(path: Path, lines: list[bytes]) -> None:
+    """As `rlaif.records.append_records`, for lines already serialised by the actor."""
+    if not lines:
+        return
+    blob = b"".join(line + b"\n" for line in lines)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _find_user_error(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        cause = getattr(e, "cause", None)
+        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
+    return None
+
+
+class FileRecords(Sequence):
+    """A stage's output records in input order, read from its file on demand: the driver holds
+    byte offsets, not records."""
+
+    def __init__(self, path: Path, ids: list[str]):
+        self.path = path
+        offsets: dict[str, int] = {}
+        wanted = set(ids)
+        with open(path, "rb") if path.exists() else _empty() as f:
+            pos = 0
+            for line in f:
+                if line.strip():
+                    rid = _line_id(line)
+                    if rid in wanted:
+                        offsets.setdefault(rid, pos)
+                pos += len(line)
+        self._offsets = [offsets[i] for i in ids if i in offsets]
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        import json
+
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[k])
+            return json.loads(f.readline())
+
+    def __iter__(self):
+        import json
+
+        with open(self.path, "rb") as f:
+            for off in self._offsets:
+                f.seek(off)
+                yield json.loads(f.readline())
+
+
+def _line_id(line: bytes) -> str | None:
+    import json
+
+    return json.loads(line).get("id")
+
+
+class _empty:
+    def __enter__(self):
+        return iter(())
+
+    def __exit__(self, *exc):
+        return False
+
+
+def remote_engine(engine_cfg) -> RemoteEngine:
+    return RemoteEngine(engine_cfg)
+
+
+__all__ = ["RayExecutor", "StageActor", "FileRecords", "import_ray", "remote_engine"]
