@@ -143,13 +143,25 @@ def test_iterative_pipeline_resumes_mid_round_with_identical_files(tmp_path, one
     from rlaif.cli import main
 
     policy, judge = save_tiny(tmp_path / "policy", seed=3), save_tiny(tmp_path / "judge", seed=4, max_positions=4096)
+    second = save_tiny(tmp_path / "second_judge", seed=5, max_positions=4096)
     pipe = _pipeline(tmp_path, policy, judge, 12, limit=8, count=2, prompts_per_round=4, samples=3, max_tokens=12,
                      train={"epochs": 1, "batch_size": 2, "max_length": 128, "learning_rate": 1e-3},
-                     eval={"policy_prompts": 3, "samples": 2, "max_tokens": 10, "bootstrap": 100})
+                     eval={"policy_prompts": 3, "samples": 2, "max_tokens": 10, "bootstrap": 100,
+                           "independent_judge": {"model": str(second), "device": "cpu", "batch_size": 8}})
     out = tmp_path / "run"
     assert main(["run", str(pipe), "--out", str(out)]) == 0
     reference = _rounds_files(out)
     assert "rounds/rounds.json" in reference and "rounds/round_2/policy/model.safetensors" in reference
+    info = json.loads(reference["rounds/rounds.json"])
+    assert [r["round"] for r in info["rounds"]] == [0, 1, 2] and info["rounds"][0]["kl"] == 0.0
+    assert all(r["reward"] is not None and r["independent_reward"] is not None for r in info["rounds"])
+    assert info["rounds"][2]["policy_from"] == str(out / "rounds" / "round_1" / "policy")
+    assert info["rounds"][2]["reference"] == info["rounds"][2]["policy_from"]  # reference: previous
+    assert sorted(info["ranking"]) == ["round 1", "round 2", "start"]
+    report = (out / "report.html").read_text()
+    rounds_part = report[report.index('id="iterative-rounds"'):]
+    assert "Bradley" in rounds_part and "LC vs start" in rounds_part
+    assert rounds_part.count("data:image/png;base64") >= 3  # reward vs KL, ratings, win-rate heatmap
     out.rename(tmp_path / "uninterrupted")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

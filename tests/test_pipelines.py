@@ -22,6 +22,9 @@ STAGE_SIZES = {
             "stages.ppo.max_new_tokens=6"],
     "evaluate": ["stages.evaluate.human_limit=3", "stages.evaluate.policy_prompts=2", "stages.evaluate.max_tokens=6"],
 }
+ROUNDS_SIZES = ["rounds.count=2", "rounds.prompts_per_round=2", "rounds.samples=2", "rounds.max_tokens=8",
+                "rounds.train.epochs=1", "rounds.train.batch_size=2", "rounds.eval.policy_prompts=2",
+                "rounds.eval.samples=1", "rounds.eval.max_tokens=6", "rounds.eval.bootstrap=100"]
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +43,15 @@ def model_dir(tmp_path_factory, tokenizer):
 def tiny_args(name, model_dir):
     import yaml
 
-    stages = yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text())["stages"]
+    cfg = yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text())
+    stages = cfg.get("stages") or {}
     args = TINY + ["--set", f"policy.model={model_dir}", "--set", f"judge.model={model_dir}"]
     for stage, sets in STAGE_SIZES.items():
         if stage in stages:
             for s in sets:
                 args += ["--set", s]
+    for s in ROUNDS_SIZES if "rounds" in cfg else ():
+        args += ["--set", s]
     return args
 
 
@@ -83,13 +89,17 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
         assert dpo_manifest["stages"]["dpo"]["config"]["policy"] == str(out / "sft")
     if name == "rlaif_direct":
         assert (out / "ppo" / "reward_vs_kl.png").exists() and not (out / "reward_model").exists()
+    if name == "iterative_dpo":  # two rounds, each from the last, every checkpoint ranked
+        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+        assert sorted(metrics["ranking"]) == ["round 1", "round 2", "start"]
+        assert (out / "rounds" / "reward_vs_kl.png").exists()
 
     before = snapshot(out)
     capsys.readouterr()
     assert main(["run", str(ROOT / "pipelines" / f"{name}.yaml"), "--out", str(out), *tiny_args(name, model_dir)]) == 0
     printed = capsys.readouterr().out
     assert snapshot(out) == before  # a second run does no new work
-    for stage in ("sft", "reward_model", "dpo", "ppo"):
+    for stage in ("sft", "reward_model", "dpo", "ppo", "rounds/round_1/policy", "rounds/round_2/policy"):
         if (out / stage).exists():
             assert f"{stage}: already trained" in printed
 

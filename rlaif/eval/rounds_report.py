@@ -8,9 +8,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROUND_COLUMNS = ("round", "prompts", "samples", "preferences", "no_pair", "steps", "loss_start", "loss_end",
-                 "reference", "kl", "kl_se", "reward", "reward_se", "independent_reward", "independent_reward_se",
-                 "mean_words")
+ROUND_COLUMNS = ("round", "prompts", "samples", "preferences", "no_pair", "steps", "loss_end", "reference",
+                 "kl", "reward", "independent_reward", "mean_words")
+
+
+def _pm(row: dict, key: str) -> str:
+    """`mean ± standard error`, or – where there is no value."""
+    v, se = row.get(key), row.get(f"{key}_se")
+    if v is None:
+        return "–"
+    return f"{v:.3f}" + (f"\u00a0±\u00a0{se:.3f}" if se else "")  # kept on one line
+
+
+def _cell(row: dict, key: str, out: Path):
+    if key in ("kl", "reward", "independent_reward"):
+        return _pm(row, key)
+    value = row.get(key)
+    if value is None:
+        return "–"
+    return _short(value, out) if key == "reference" else value
 
 
 def _short(model: str, out: Path) -> str:
@@ -27,15 +43,16 @@ def rounds_section(rep, out: Path, metrics: dict) -> list[str]:
         sec.append(rep.para("No iterative rounds in this pipeline.", note=True))
         return sec
     info = json.loads(path.read_text())
-    rows = [{k: (_short(r[k], out) if k == "reference" and r.get(k) else r.get(k)) for k in ROUND_COLUMNS}
-            for r in info["rounds"]]
+    columns = [k for k in ROUND_COLUMNS if k != "independent_reward"
+               or any(r.get(k) is not None for r in info["rounds"])]
+    rows = [{k: _cell(r, k, out) for k in columns} for r in info["rounds"]]
     sec.append(rep.para(f"{len(info['rounds']) - 1} rounds of {info['trainer'].upper()} on {info['pairing']} pairs; "
                         f"each round's reference: {'the policy it starts from' if info['reference'] == 'previous' else 'the start'}"
                         f"; start: {_short(info['start'], out)}. Evaluated on {info['held_out_prompts']} held-out "
                         "prompts."))
-    sec.append(rep.table(rows, list(ROUND_COLUMNS)))
-    sec.append(rep.para("kl: KL(policy ‖ start) per response in nats, a sampled estimate (samples at temperature 1 "
-                        "on the held-out prompts; ± its standard error). reward: the pipeline judge's direct score "
+    sec.append(rep.table(rows, columns))
+    sec.append(rep.para("Round 0 is the start. kl: KL(policy ‖ start) per response in nats, a sampled estimate "
+                        "(samples at temperature 1 on the held-out prompts; ± its standard error). reward: the pipeline judge's direct score "
                         "(0–1) of the same samples — the proxy the rounds optimise. independent_reward: a second "
                         "judge's score where rounds.eval.independent_judge names one; over-optimisation shows as "
                         "the proxy rising while it stalls or falls. no_pair: prompts whose samples were judged "

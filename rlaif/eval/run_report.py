@@ -228,7 +228,8 @@ def write_run_report(p) -> Path:
             metrics[name] = keep
             shown = True
     if not shown:
-        sec.append(rep.para("No policy training in this pipeline.", note=True))
+        sec.append(rep.para("The policy is trained in the iterative rounds (next section)." if stages.get("rounds")
+                            else "No policy training in this pipeline.", note=True))
 
     from rlaif.eval.rounds_report import rounds_section
 
