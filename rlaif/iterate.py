@@ -192,6 +192,7 @@ class Rounds:
 
     def label(self, samples: list[dict], out: Path) -> dict:
         """-> summary; writes out/preferences.jsonl."""
+        out.mkdir(parents=True, exist_ok=True)
         judge = self.p.engine("judge")
         if self.cfg.pairing == "best_worst":
             from rlaif.eval.round_eval import direct_score_stage

@@ -180,6 +180,44 @@ def test_iterative_pipeline_resumes_mid_round_with_identical_files(tmp_path, one
     assert [k for k in reference if resumed[k] != reference[k]] == []
 
 
+@pytest.mark.parametrize("pairing,trainer", [("all_pairs", "kto"), ("soft_pairs", "ipo")])
+def test_pairwise_recipes_with_the_start_as_reference(pairing, trainer, tokenizer, tmp_path, one_thread):
+    """Pairwise judging of every pair of samples, KTO or IPO, every round's reference the start.
+    The judge: a tiny random model with the embedded tokenizer (the character-level one has no "A"/"B")."""
+    from conftest import build_tiny_llama
+
+    from rlaif.cli import main
+
+    policy, judge = save_tiny(tmp_path / "policy", seed=3), tmp_path / "judge"
+    model = build_tiny_llama(tokenizer, seed=4)
+    model.config.max_position_embeddings = 4096  # labeler prompts quote whole conversations
+    model.save_pretrained(judge)
+    tokenizer.save_pretrained(judge)
+    pipe = _pipeline(tmp_path, policy, judge, 10, limit=6, count=2, prompts_per_round=3, samples=3, max_tokens=10,
+                     pairing=pairing, trainer=trainer, reference="start",
+                     train={"epochs": 1, "batch_size": 2, "max_length": 128, "learning_rate": 1e-3},
+                     eval={"policy_prompts": 2, "samples": 1, "max_tokens": 8, "rank": False})
+    out = tmp_path / "run"
+    assert main(["run", str(pipe), "--out", str(out)]) == 0
+    rows = json.loads((out / "rounds" / "rounds.json").read_text())["rounds"]
+    assert rows[2]["policy_from"] == str(out / "rounds" / "round_1" / "policy")
+    assert rows[1]["reference"] == rows[2]["reference"] == str(policy)  # the start, both rounds
+    labels = [json.loads(x) for x in (out / "rounds" / "round_1" / "label" / "labels.jsonl").read_text().splitlines()]
+    prefs = [json.loads(x) for x in (out / "rounds" / "round_1" / "label" / "preferences.jsonl").read_text().splitlines()]
+    assert labels and all(r["labels_by_order"]["ba"] is not None for r in labels)  # both orders judged
+    if pairing == "all_pairs":
+        assert prefs and all(r["p_chosen"] == 1.0 and r["p_judge"] != 0.5 for r in prefs)
+    else:
+        assert {r["id"]: r["p_chosen"] for r in prefs} == {r["id"]: r["p_chosen"] for r in labels}
+    manifest = json.loads((out / "rounds" / "round_2" / "policy" / "manifest.json").read_text())
+    config = manifest["stages"][trainer if trainer == "kto" else "dpo"]["config"]
+    assert config["reference"] == str(policy) and config["policy"] == rows[2]["policy_from"]
+    if trainer == "kto":
+        assert config["data_format"] == "pairs"
+    else:
+        assert config["loss"] == "ipo"
+
+
 def _short_start(tmp_path: Path) -> Path:
     """A tiny policy fine-tuned to answer "ok." a third of the time and a long sentence otherwise."""
     from rlaif.train.sft import SFTConfig, train_sft
