@@ -5,7 +5,8 @@ prints every ratio as it is measured, and writes `results.json` and `results.md`
 (default runs/bench/<mode>). Benchmarks: engine (generation, prefill roofline, API vs raw forwards),
 labeling (labeler vs raw forwards vs one-by-one, linearity, prefix reuse on vs off), distilabel (peer),
 training (DPO/RM vs TRL), openai (engine vs llama.cpp server), gguf (engine vs transformers on the
-same weights), critique (chains/min, cost per 1000 prompts).
+same weights), critique (chains/min, cost per 1000 prompts), ray (the Ray executor vs the in-process
+runner: overhead ratio, driver peak RSS at 10x the pairs).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ SIZES = {
                  critique_tokens=96),
 }
 # which benchmarks a mode runs (quick leaves out the slow peers unless asked with --only)
-ORDER = ["engine", "omp", "labeling", "critique", "training", "openai", "gguf", "distilabel"]
+ORDER = ["engine", "omp", "labeling", "critique", "training", "openai", "gguf", "distilabel", "ray"]
 QUICK_SKIP = {"distilabel", "omp"}
 
 
@@ -165,6 +166,10 @@ def main(argv=None) -> int:
                 from benchmarks import distilabel_peer as b
 
                 report.details["distilabel"] = b.run(engine, report, sizes, rates)
+            elif name == "ray":  # Ray executor vs in-process runner (tiny judge; 200 pairs and 10x in --full)
+                from benchmarks import ray_executor as b
+
+                report.details["ray"] = b.run(report, 200 if mode == "full" else 20, 10 if mode == "full" else 2)
         except Exception as e:  # one broken benchmark must not hide the others' numbers
             traceback.print_exc()
             report.skip(name, f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
