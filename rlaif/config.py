@@ -24,6 +24,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ExecutorConfig(Strict):
+    """Where labeling and generation batches run: `executor:` in a pipeline, or `--executor ray
+    --ray-address A --ray-actors N` (rlaif/executors)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # a Ray cluster (HOST:6379, ray://HOST:10001, auto); None: start a local one
+    actors: int = Field(2, ge=1)  # actors, each holding one engine
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)  # 1 for a vLLM engine per GPU
+    batches_per_block: int = Field(1, ge=1)  # runner batches per Ray Data block (one task)
+
+
 class EngineConfig(Strict):
     """Which engine serves a model, and how. `model` is a spec: `embedded:NAME`, a local HF model
     dir, a hub id, or (openai) the server's model name."""

@@ -30,12 +30,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlaif.config import EngineConfig, Strict, config_hash, load_config
+from rlaif.config import EngineConfig, ExecutorConfig, Strict, config_hash, load_config
 from rlaif.errors import UserError
 from rlaif.iterate import RoundsConfig, check_rounds
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
 from rlaif.roles import Engines, check_trainable, judge_is_policy, resolve_roles
 from rlaif.runner import OutputLock, independent_requests, run_stage
+from rlaif.executors import use_executor
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig
 from rlaif.stages.responses import ResponsesConfig
@@ -112,6 +113,7 @@ class PipelineConfig(Strict):
     prompts: PromptSet = PromptSet()
     stages: Stages = Stages()
     rounds: RoundsConfig | None = None  # iterative RLAIF (rlaif/iterate.py), after the other training stages
+    executor: ExecutorConfig = ExecutorConfig()  # kind: ray runs responses, critique and label on Ray actors
 
 
 def resolve_pipeline(path_or_name: str) -> Path:
@@ -227,6 +229,15 @@ class Pipeline:
     def batch_size(self, role: str) -> int:
         return self.roles[role].batch_size
 
+    def stage_engine(self, role: str):
+        """The engine responses, critique and label run over: the role's own, or with `executor: {kind:
+        ray}` a stand-in that each Ray actor builds from the role's EngineConfig (rlaif/executors)."""
+        if self.cfg.executor.kind == "ray":
+            from rlaif.executors import RemoteEngine
+
+            return RemoteEngine(self.roles[role])
+        return self.engine(role)
+
     def close(self, keep: tuple[str, ...] = ()):
         self.engines.close(keep)
 
@@ -262,13 +273,14 @@ class Pipeline:
         rc = self.cfg.stages.responses.model_copy(update={"seed": self.cfg.seed})
         from rlaif.stages.responses import check_context, expand, make_process
 
-        policy = self.engine("policy")
+        policy = self.stage_engine("policy")
         prompts = self.prompts()[: self.cfg.prompts.limit]
         check_context(policy, prompts, rc.max_tokens, self.cfg.prompts.file)
-        result = run_stage("responses", expand(prompts, policy.model, rc), make_process(policy, rc),
-                           self.out / "responses", config=rc, batch_size=self.batch_size("policy"),
-                           overwrite=self.overwrite, stats=getattr(policy, "stats", None),
-                           fixed_batches=not independent_requests(policy))
+        with use_executor(self.cfg.executor):
+            result = run_stage("responses", expand(prompts, policy.model, rc), make_process(policy, rc),
+                               self.out / "responses", config=rc, batch_size=self.batch_size("policy"),
+                               overwrite=self.overwrite, stats=getattr(policy, "stats", None),
+                               fixed_batches=not independent_requests(policy))
         self.failed += result.failed
         self.response_records = result.records
         return {"records": len(result.records), "new": result.written, "failed": result.failed}
@@ -278,8 +290,9 @@ class Pipeline:
 
         first = [r for r in self.response_records if r["sample"] == 0]
         cc = self.cfg.stages.critique.model_copy(update={"seed": self.cfg.seed})
-        summary = run_critique(first, self.constitution, self.engine("critic"), self.out / "critique", config=cc,
-                               batch_size=self.batch_size("critic"), overwrite=self.overwrite)
+        with use_executor(self.cfg.executor):
+            summary = run_critique(first, self.constitution, self.stage_engine("critic"), self.out / "critique",
+                                   config=cc, batch_size=self.batch_size("critic"), overwrite=self.overwrite)
         self.failed += summary.get("failed", 0)
         return summary
 
@@ -317,19 +330,21 @@ class Pipeline:
 
         stage = self.cfg.stages.label
         labeler_cfg = self.labeler_config()
-        judge, bs = self.engine("judge"), self.batch_size("judge")
+        judge, bs = self.stage_engine("judge"), self.batch_size("judge")
         out = self.out / "label"
         out.mkdir(parents=True, exist_ok=True)
         pairs_path = out / "pairs.jsonl"
         write_jsonl_atomic(pairs_path, self.pairs_to_label())
-        info = run_label(pairs_path, self.constitution, judge, out, labeler_cfg, batch_size=bs,
-                         overwrite=self.overwrite)
+        with use_executor(self.cfg.executor):
+            info = run_label(pairs_path, self.constitution, judge, out, labeler_cfg, batch_size=bs,
+                             overwrite=self.overwrite)
         self.failed += info.get("failed", 0)
         if stage.compare_constitution:
             other = load_constitution(stage.compare_constitution)
             alt = self.out / "label_compare"
-            info["compare"] = run_label(pairs_path, other, judge, alt, labeler_cfg, batch_size=bs,
-                                        overwrite=self.overwrite)
+            with use_executor(self.cfg.executor):
+                info["compare"] = run_label(pairs_path, other, judge, alt, labeler_cfg, batch_size=bs,
+                                            overwrite=self.overwrite)
             info["comparison"] = compare_labels(out / "labels.jsonl", alt / "labels.jsonl",
                                                 self.constitution.name, other.name)
         return info

@@ -249,3 +249,23 @@ def test_vllm_judge_on_ray_actors_equals_the_in_process_vllm_engine(tmp_path):
     local_p = [json.loads(x)["p_a"] for x in (tmp_path / "local" / "labels.jsonl").read_text().splitlines()]
     ray_p = [json.loads(x)["p_a"] for x in (tmp_path / "ray" / "labels.jsonl").read_text().splitlines()]
     assert local_p == pytest.approx(ray_p, abs=1e-4)
+
+
+def test_a_pipeline_executor_block_hands_the_stages_a_ray_engine(tmp_path, tiny_model_dir):
+    """`executor: {kind: ray, ...}` in a pipeline: responses, critique and label run over a stand-in
+    built from the role's EngineConfig (no weights on the driver); a bad block is one line."""
+    from rlaif.errors import UserError
+    from rlaif.pipeline import Pipeline, load_pipeline
+
+    sets = [f"policy.model={tiny_model_dir}", f"judge.model={tiny_model_dir}", "executor.kind=ray", "executor.actors=3",
+            "executor.gpus_per_actor=1"]
+    _, cfg = load_pipeline("cai_harmless", sets)
+    assert cfg.executor.kind == "ray" and cfg.executor.actors == 3
+    engine = Pipeline(cfg, tmp_path / "p").stage_engine("judge")
+    assert isinstance(engine, RemoteEngine) and engine.model == str(tiny_model_dir)
+    with pytest.raises(AttributeError):
+        engine.option_logprobs  # the driver never loads the judge
+    _, plain = load_pipeline("cai_harmless", [f"policy.model={tiny_model_dir}"])
+    assert plain.executor.kind == "local"
+    with pytest.raises(UserError, match="executor"):
+        load_pipeline("cai_harmless", ["executor.kind=spark"])

@@ -13,24 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Literal
-
-from pydantic import Field
-
-from rlaif.config import EngineConfig, Strict
+from rlaif.config import EngineConfig, ExecutorConfig
 
 RAY_EXTRA = "rlaif-kit[ray]"
-
-
-class ExecutorConfig(Strict):
-    """The `executor:` block of a pipeline, or `--executor ray --ray-address A --ray-actors N`."""
-
-    kind: Literal["local", "ray"] = "local"
-    address: str | None = None  # a Ray cluster (ray://host:10001 or host:6379); None: start a local one
-    actors: int = Field(2, ge=1)  # actors, each holding one engine
-    cpus_per_actor: float = Field(1.0, gt=0)
-    gpus_per_actor: float = Field(0.0, ge=0)  # 1 for a vLLM engine per GPU
-    batches_per_block: int = Field(1, ge=1)  # runner batches per Ray Data block (one task)
 
 
 _current: contextvars.ContextVar = contextvars.ContextVar("rlaif_executor", default=None)
