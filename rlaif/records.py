@@ -120,15 +120,19 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
     """Write a whole file via a temp file in the same folder and a rename: readers see the old
-    file or the new one, never half of either."""
+    file or the new one, never half of either. `text` may be an iterable of pieces, written as they
+    come (a large file is never held whole in memory)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                f.writelines(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -141,4 +145,4 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    write_atomic(path, "".join(dumps(r) + "\n" for r in records))
+    write_atomic(path, (dumps(r) + "\n" for r in records))

@@ -618,15 +618,23 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
     with OutputLock(out_dir):
         result = label_pairs(pairs, constitution, engine, cfg, out_dir, batch_size=batch_size,
                              overwrite=overwrite, progress=progress)
-        kept = [r for r in result.records if not (cfg.drop_within_margin and r["within_margin"])]
-        write_jsonl_atomic(out_dir / PREFERENCES, kept)
+        kept = 0
+
+        def preferences():  # streamed: under the Ray executor, result.records reads the file as it goes
+            nonlocal kept
+            for r in result.records:
+                if not (cfg.drop_within_margin and r["within_margin"]):
+                    kept += 1
+                    yield r
+
+        write_jsonl_atomic(out_dir / PREFERENCES, preferences())
         from rlaif.eval.metrics import order_ties, position_flip_rate
 
         flips = [r["labels_by_order"] for r in result.records if r["labels_by_order"]["ba"] is not None]
         summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": skipped,
                    "written": result.written, "done_before": result.done_before, "failed": result.failed,
                    "within_margin": sum(r["within_margin"] for r in result.records),
-                   "preferences": len(kept), "seconds": round(result.seconds, 1),
+                   "preferences": kept, "seconds": round(result.seconds, 1),
                    "position_flip_rate": (round(position_flip_rate([o["ab"] for o in flips], [o["ba"] for o in flips]), 4)
                                           if flips else None),
                    "position_order_ties": order_ties([o["ab"] for o in flips], [o["ba"] for o in flips]) if flips else None}
