@@ -434,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="principle draws and bootstrap (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="judge again instead of resuming")
+    p.add_argument("--skip-judge-check", action="store_true", help="do not put the judge on the constitution's "
+                   "check pairs first (the check's verdict then does not reach the report)")
     _engine_args(p, role="judge")
     p.set_defaults(func=cmd_rank)
 

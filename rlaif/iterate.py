@@ -288,7 +288,8 @@ class Rounds:
         self.p.close(keep=("judge",))
         info = rank(checkpoints, held_out, self.p.engine("judge"), self.p.constitution, self.dir / "ranking",
                     max_tokens=self.cfg.eval.max_tokens, seed=self.p.cfg.seed, n_boot=self.cfg.eval.bootstrap,
-                    batch_size=self.p.batch_size("judge"), source="held-out prompts", overwrite=self.p.overwrite)
+                    batch_size=self.p.batch_size("judge"), source="held-out prompts", overwrite=self.p.overwrite,
+                    judge_check=False)  # the pipeline checked its judge before the rounds
         self.p.failed += info["setup"]["failed_judgements"]
         return {r["name"]: {k: r.get(k) for k in ("rank", "elo", "ci95", "lc_vs_baseline", "raw_vs_baseline")}
                 for r in info["players"]}

@@ -148,7 +148,9 @@ def tiny_pair(tmp_path_factory, tokenizer):
     dirs = []
     for seed in (0, 1):
         path = tmp_path_factory.mktemp(f"tiny-rank-{seed}")
-        build_tiny_llama(tokenizer, seed=seed).save_pretrained(path)
+        model = build_tiny_llama(tokenizer, seed=seed)
+        model.config.max_position_embeddings = 4096  # the judge check's prompts quote whole check pairs
+        model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         dirs.append(path)
     return dirs
@@ -181,7 +183,7 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     ckpts = resolve_checkpoints(specs, prompts, EngineConfig(device="cpu", batch_size=4), str(prompt_file))
     judge = RuleJudge("shorter", accuracy=0.9)
     info = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
-                batch_size=8, source=str(prompt_file))
+                batch_size=8, source=str(prompt_file), judge_check=False)
     order = [p["name"] for p in info["players"]]
     assert order[0] == str(short) and order[-1] == str(wordy), order  # 1 word < 12 tokens < 60 words
     n = 3
@@ -195,11 +197,11 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     # a second run resumes: nothing is judged again, the same ranking comes out
     again = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
-                 batch_size=8, source=str(prompt_file))
+                 batch_size=8, source=str(prompt_file), judge_check=False)
     assert judge.counters["option_requests"] == 2 * 12 and again["players"] == info["players"]
     # hard outcomes (the verdicts) from the same judgements: short beats wordy outright, so the spread grows
     hard = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
-                batch_size=8, source=str(prompt_file), outcomes="hard")
+                batch_size=8, source=str(prompt_file), outcomes="hard", judge_check=False)
     assert judge.counters["option_requests"] == 2 * 12 and hard["win_rate_matrix"]["mean_p"][1][2] == 1.0
     spread = {k: r["players"][0]["elo"] - r["players"][-1]["elo"] for k, r in (("soft", info), ("hard", hard))}
     assert spread["hard"] > spread["soft"] + 100, spread
@@ -224,6 +226,10 @@ def test_rank_cli_end_to_end_with_tiny_models(tiny_pair, prompt_file, tmp_path):
     assert "| rank | checkpoint | Elo |" in (out / "ranking.md").read_text()
     assert len(list((out / "responses").glob("*.jsonl"))) == 2
     assert "Elo" in r.stdout and "ranking.json" in r.stdout
+    # the judge was checked first: a random-weight judge fails the check, and the page says so at the top
+    check = info["setup"]["judge_check"]
+    assert check["status"] in ("at_chance", "below_chance") and check["pairs"] > 0 and "warning: judge check" in r.stdout
+    assert html.index("carry no signal") < html.index("Ratings")
 
 
 # ------------------------------------------------------------------ bad input

@@ -173,11 +173,25 @@ def judge_pairs(pairs: list[dict], judge, constitution, out: Path, *, seed: int,
     return games, result
 
 
+def run_check(judge, constitution, out: Path, seed: int, batch_size: int, overwrite: bool) -> dict:
+    """The judge check (rlaif/eval/judge_check.py) before the judgements; its line is printed."""
+    from rlaif.eval.judge_check import judge_check_line, judge_verdict, run_judge_check
+    from rlaif.stages.labeler import LabelerConfig
+
+    check = run_judge_check(judge, constitution, out / "judge_check", LabelerConfig(seed=seed, debias=True),
+                            batch_size=batch_size, overwrite=overwrite)
+    line = judge_check_line(check)
+    print(f"warning: {line}" if judge_verdict(check) != "ok" else line, flush=True)
+    return check
+
+
 def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution, out: Path, *,
          max_tokens: int = 128, seed: int = 0, n_boot: int = 1000, batch_size: int = 8, source: str = "prompts",
-         judge_loader=None, overwrite: bool = False, outcomes: str = "soft") -> dict:
+         judge_loader=None, overwrite: bool = False, outcomes: str = "soft", judge_check: bool = True) -> dict:
     """Replies from every checkpoint, round-robin judgements, ratings and reports in `out`.
-    `judge` is an engine, or None with `judge_loader()` to load it once the replies are made."""
+    `judge` is an engine, or None with `judge_loader()` to load it once the replies are made.
+    `judge_check`: first put the judge on the constitution's check pairs (out/judge_check/), print
+    its line and carry the verdict into the report (off where a pipeline has checked it already)."""
     from rlaif.eval.ranking_report import summarise, write_reports
     from rlaif.runner import OutputLock
 
@@ -192,6 +206,7 @@ def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution
         owned = judge is None
         judge = judge_loader() if owned else judge
         try:
+            check = run_check(judge, constitution, out, seed, batch_size, overwrite) if judge_check else None
             games, result = judge_pairs(pairs, judge, constitution, out, seed=seed, batch_size=batch_size,
                                         overwrite=overwrite)
             judge_name = f"{judge.name}:{judge.model}"
@@ -205,7 +220,9 @@ def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution
         info["setup"] = {"judge": judge_name, "constitution": constitution.name, "prompts": source,
                          "n_prompts": len(prompts), "pairs_judged": len(games), "failed_judgements": result.failed,
                          "max_tokens": max_tokens, "seed": seed, "debias": "both orders, averaged", "outcomes": outcomes,
-                         "length_unit": "words (whitespace-separated)"}
+                         "length_unit": "words (whitespace-separated)",
+                         "judge_check": {k: check.get(k) for k in ("status", "pairs", "accuracy", "accuracy_ci95",
+                                                                   "message")} if check else "not run here"}
         write_reports(info, out)
     return info
 
@@ -233,7 +250,8 @@ def cmd_rank(args, judge_cfg: EngineConfig) -> int:
 
     info = rank(checkpoints, prompts, None, constitution, args.out, max_tokens=args.max_tokens, seed=args.seed,
                 n_boot=args.bootstrap, batch_size=judge_cfg.batch_size, source=str(args.prompts),
-                judge_loader=load_judge, overwrite=args.overwrite, outcomes=args.outcomes)
+                judge_loader=load_judge, overwrite=args.overwrite, outcomes=args.outcomes,
+                judge_check=not args.skip_judge_check)
     for r in info["players"]:
         lo, hi = r["ci95"]
         lc = ("(the LC baseline)" if r["name"] == info["baseline"]

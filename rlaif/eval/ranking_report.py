@@ -165,6 +165,7 @@ def markdown(info: dict) -> str:
              f"{s['pairs_judged']} pairwise judgements ({s['debias']}), fitted on {info['outcomes']} outcomes. {info['scale']}, {info['anchor']}; CIs from "
              f"{info['bootstrap']['draws']} bootstrap draws of whole prompts (seed {info['bootstrap']['seed']}). "
              f"LC: length-controlled win rate against the baseline {info['baseline']} (length in words).", "",
+             *([f"Judge check: {s['judge_check']['message']}", ""] if isinstance(s.get("judge_check"), dict) else []),
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
     names = info["names"]
@@ -185,6 +186,10 @@ def html_report(info: dict, ratings_png: Path, heatmap_png: Path) -> str:
     s = info["setup"]
     rep = HtmlReport("Ranking", f"judge {s['judge']} · constitution {s['constitution']} · {s['n_prompts']} prompts · "
                      f"{s['pairs_judged']} judgements")
+    check = s.get("judge_check")
+    if isinstance(check, dict) and check.get("status") in ("at_chance", "below_chance"):
+        rep.banner("The judge fails its check on this constitution, so these ratings carry no signal (or the "
+                   "wrong one): " + check["message"], "alarm")
     sec = rep.section("Ratings", "ratings")
     sec.append(rep.table(table_rows(info)))
     sec.append(rep.para(f"{info['scale']}, {info['anchor']}: 100 points apart means about a 64 % expected score. "
