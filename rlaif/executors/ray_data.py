@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from rlaif.config import config_hash
 from rlaif.errors import UserError
-from rlaif.executors import RAY_EXTRA, ExecutorConfig, RemoteEngine
+from rlaif.executors import RAY_EXTRA, ExecutorConfig
 from rlaif.records import dumps, read_output
 
 
@@ -305,8 +305,4 @@ class _empty:
         return False
 
 
-def remote_engine(engine_cfg) -> RemoteEngine:
-    return RemoteEngine(engine_cfg)
-
-
-__all__ = ["RayExecutor", "StageActor", "FileRecords", "import_ray", "remote_engine"]
+__all__ = ["RayExecutor", "StageActor", "FileRecords", "import_ray"]
