@@ -204,15 +204,13 @@ class Rounds:
             prefs, dropped = best_worst_preferences([s for s in samples if s["id"] in scores], scores)
             info = {"scored": len(scores), "failed": scored.failed}
         else:
-            from rlaif.stages.labeler import label_pairs
+            from rlaif.stages.labeler import label_pairs, normalize_pairs
 
             pairs = sample_pairs(samples)
             if not pairs:
                 raise UserError(f"{out}: every prompt's samples are identical; nothing to judge (raise "
                                 "rounds.temperature or rounds.samples)")
             write_jsonl_atomic(out / "pairs.jsonl", pairs)
-            from rlaif.stages.labeler import normalize_pairs
-
             result = label_pairs(normalize_pairs(pairs, str(out / "pairs.jsonl"))[0], self.p.constitution, judge,
                                  self.p.labeler_config(), out, batch_size=self.p.batch_size("judge"),
                                  overwrite=self.p.overwrite)
