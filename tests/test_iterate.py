@@ -17,7 +17,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest_train import one_thread, save_tiny, tiny_dir, tiny_tokenizer, write_jsonl  # noqa: E402,F401
+from conftest_train import one_thread, save_tiny, tiny_tokenizer, write_jsonl  # noqa: E402,F401
 
 from rlaif.iterate import (RoundsConfig, best_worst_preferences, pairwise_preferences,  # noqa: E402
                            round_prompts, sample_pairs)
