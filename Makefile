@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rlaif run pipelines/cai_harmless.yaml --out $(OUT)
 
-# make test leaves out the embedded-policy learning test (about 7 more minutes here): make test-learning
+# make test leaves out the embedded-policy learning test (about 6 more minutes here): make test-learning
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not learning"
 
