@@ -93,7 +93,12 @@ def read_output(path: Path) -> list[dict]:
 
 def append_records(path: Path, records: Iterable[dict]) -> None:
     """Append whole lines with one write, then fsync, so a kill loses at most this batch."""
-    blob = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+    append_lines(path, [dumps(r).encode("utf-8") for r in records])
+
+
+def append_lines(path: Path, lines: list[bytes]) -> None:
+    """`append_records` for lines already serialised (UTF-8 JSON, no newline), e.g. by a worker."""
+    blob = b"".join(line + b"\n" for line in lines)
     if not blob:
         return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

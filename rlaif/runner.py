@@ -186,11 +186,8 @@ def run_stage(
         started = time.time()
         if overwrite and path.exists():
             path.unlink()
-        unique: dict[str, dict] = {}
-        for rec in inputs:
-            unique.setdefault(rec["id"], rec)
-        inputs = list(unique.values())
-        wanted = set(unique)
+        inputs = unique_by_id(inputs)
+        wanted = {r["id"] for r in inputs}
 
         done = {r["id"]: r for r in read_output(path) if r.get("id") in wanted}
         done_before = len(done)
@@ -222,21 +219,35 @@ def run_stage(
             seconds = time.time() - started
             if not refused:
                 _rewrite_failures(out_dir, stage, failures)
-                entry = {
-                    "output": path.name,
-                    "config_hash": config_hash(config),
-                    "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
-                    "counts": {"inputs": len(inputs), "done_before": done_before, "written": written,
-                               "failed": len(failures), "done": len(done)},
-                    "seconds": round(seconds, 3),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "complete": len(done) == len(inputs),
-                }
-                if stats is not None:
-                    entry["engine"] = stats()
-                update_manifest(out_dir, stage, entry)
+                update_manifest(out_dir, stage, stage_entry(path, config, len(inputs), done_before, written,
+                                                            len(failures), len(done), seconds, stats))
         records = [done[r["id"]] for r in inputs if r["id"] in done]
         return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
+
+
+def unique_by_id(inputs: Sequence[dict]) -> list[dict]:
+    """The inputs with each `id` once (its first record), in input order."""
+    unique: dict[str, dict] = {}
+    for rec in inputs:
+        unique.setdefault(rec["id"], rec)
+    return list(unique.values())
+
+
+def stage_entry(path: Path, config: Any, inputs: int, done_before: int, written: int, failed: int, done: int,
+                seconds: float, stats: Callable[[], dict] | None = None) -> dict:
+    """A stage's manifest entry: what it wrote, from which config, how many records, how long."""
+    entry = {
+        "output": path.name,
+        "config_hash": config_hash(config),
+        "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
+        "counts": {"inputs": inputs, "done_before": done_before, "written": written, "failed": failed, "done": done},
+        "seconds": round(seconds, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": done == inputs,
+    }
+    if stats is not None:
+        entry["engine"] = stats()
+    return entry
 
 
 def independent_requests(*engines) -> bool:

@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from rlaif.config import config_hash
 from rlaif.errors import UserError
 from rlaif.executors import RAY_EXTRA, ExecutorConfig
-from rlaif.records import dumps, read_output
+from rlaif.records import append_lines, dumps, read_output
 
 
 def import_ray():
@@ -89,7 +88,7 @@ class RayExecutor:
     def run_stage(self, stage: str, inputs: Sequence[dict], process: Callable, out_dir, *, config: Any,
                   batch_size: int = 8, output: str | None = None, overwrite: bool = False,
                   progress: bool = True, stats=None, fixed_batches: bool = True, batch_key=None):
-        from rlaif.runner import OutputLock, StageResult, _rewrite_failures, update_manifest
+        from rlaif.runner import OutputLock, StageResult, _rewrite_failures, stage_entry, unique_by_id, update_manifest
 
         out_dir = Path(out_dir)
         path = out_dir / (output or f"{stage}.jsonl")
@@ -97,11 +96,7 @@ class RayExecutor:
             started = time.time()
             if overwrite and path.exists():
                 path.unlink()
-            unique: dict[str, dict] = {}
-            for rec in inputs:
-                unique.setdefault(rec["id"], rec)
-            inputs = list(unique.values())
-            del unique
+            inputs = unique_by_id(inputs)
             wanted = {r["id"] for r in inputs}
             done = {r["id"] for r in read_output(path) if r.get("id") in wanted}  # ids only
             done_before = len(done)
@@ -119,27 +114,16 @@ class RayExecutor:
                     failures.extend(fails)
                     keep = [k for k, rid in enumerate(ids) if rid not in done and rid in wanted]
                     lines = blob.split(b"\n")[:-1]
-                    _append_lines(path, [lines[k] for k in keep])
+                    append_lines(path, [lines[k] for k in keep])
                     for k in keep:
                         done.add(ids[k])
                     written += len(keep)
             finally:
                 seconds = time.time() - started
                 _rewrite_failures(out_dir, stage, failures)
-                entry = {
-                    "output": path.name,
-                    "config_hash": config_hash(config),
-                    "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
-                    "counts": {"inputs": len(inputs), "done_before": done_before, "written": written,
-                               "failed": len(failures), "done": len(done)},
-                    "seconds": round(seconds, 3),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "complete": len(done) == len(inputs),
-                    "executor": self.cfg.model_dump(mode="json"),
-                }
-                if stats is not None:
-                    entry["engine"] = stats()
-                update_manifest(out_dir, stage, entry)
+                entry = stage_entry(path, config, len(inputs), done_before, written, len(failures), len(done),
+                                    seconds, stats)
+                update_manifest(out_dir, stage, {**entry, "executor": self.cfg.model_dump(mode="json")})
             records = FileRecords(path, [r["id"] for r in inputs if r["id"] in done])
             return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
 
@@ -219,26 +203,6 @@ class StageActor:
         return pa.table({"b": pa.array(out["b"], pa.int64()), "ids": pa.array(out["ids"], pa.binary()),
                          "lines": pa.array(out["lines"], pa.binary()),
                          "failures": pa.array(out["failures"], pa.binary())})
-
-
-def _append_lines(path: Path, lines: list[bytes]) -> None:
-    """As `rlaif.records.append_records`, for lines already serialised by the actor."""
-    if not lines:
-        return
-    blob = b"".join(line + b"\n" for line in lines)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        start = os.fstat(fd).st_size
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, start)
-            raise
-    finally:
-        os.close(fd)
 
 
 def _find_user_error(e: BaseException):
