@@ -72,16 +72,16 @@ class RoundsConfig(Strict):
     eval: RoundsEval = RoundsEval()
 
 
-def trainer_config(rounds: RoundsConfig, source: str, **fields):
-    """The round trainer's config class and a validated instance of `rounds.train` + `fields`."""
-    from rlaif.train.dpo import DPOConfig
-    from rlaif.train.kto import KTOConfig
-
+def trainer(rounds: RoundsConfig):
+    """(config class, train function, config block) of the rounds' trainer: `rounds.train` with the
+    loss (DPO / IPO) or the data shape (KTO on the pairs' sides) the recipe implies."""
     if rounds.trainer == "kto":
-        return KTOConfig, validate(KTOConfig, {**rounds.train, "data_format": "pairs", **fields},
-                                   f"{source}: rounds.train")
-    return DPOConfig, validate(DPOConfig, {**rounds.train, "loss": "ipo" if rounds.trainer == "ipo" else "sigmoid",
-                                           **fields}, f"{source}: rounds.train")
+        from rlaif.train.kto import KTOConfig, train_kto
+
+        return KTOConfig, train_kto, {**rounds.train, "data_format": "pairs"}
+    from rlaif.train.dpo import DPOConfig, train_dpo
+
+    return DPOConfig, train_dpo, {**rounds.train, "loss": "ipo" if rounds.trainer == "ipo" else "sigmoid"}
 
 
 def check_rounds(cfg, source: str) -> None:
@@ -89,7 +89,8 @@ def check_rounds(cfg, source: str) -> None:
     from rlaif.prompts_io import read_prompts
 
     rounds = cfg.rounds
-    trainer_config(rounds, source)
+    cls, _, block = trainer(rounds)
+    validate(cls, block, f"{source}: rounds.train")
     pool = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
     need = rounds.prompts_per_round * (rounds.count if rounds.fresh_prompts else 1)
     if len(pool) < need:
@@ -221,17 +222,11 @@ class Rounds:
         return {**info, "preferences": len(prefs), "no_pair": dropped}
 
     def train(self, k: int, previous: str, prefs: Path) -> dict:
-        from rlaif.train.dpo import train_dpo
-        from rlaif.train.kto import train_kto
-
         reference = previous if self.cfg.reference == "previous" else self.start
         data = {"data": str(prefs)} if self.cfg.trainer == "kto" else {"prefs": str(prefs)}
         fields = {**data, "policy": previous, "reference": None if reference == previous else reference,
                   "seed": self.p.cfg.seed + k}
-        cls, _ = trainer_config(self.cfg, "pipeline", **fields)
-        block = {**self.cfg.train, **({"data_format": "pairs"} if self.cfg.trainer == "kto" else
-                                      {"loss": "ipo" if self.cfg.trainer == "ipo" else "sigmoid"})}
-        fn = train_kto if self.cfg.trainer == "kto" else train_dpo
+        cls, fn, block = trainer(self.cfg)  # the block was validated when the pipeline loaded
         result = self.p.train(f"rounds/round_{k}/policy", cls, fields, fn, block=block)
         return {**{key: result.get(key) for key in ("steps", "loss_start", "loss_end", "margin_end")},
                 "policy_from": previous, "reference": reference}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rlaif.records import record_id
 from rlaif.runner import StageResult, independent_requests, run_stage
 
 
@@ -156,7 +155,6 @@ def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out
         info["independent_reward"], info["independent_reward_se"] = mean_se([r["score"] for r in gold.records])
         info["independent_judge"] = f"{ev.independent_judge.kind}:{ev.independent_judge.model}"
     info["failed"] = failed
-    info["eval_id"] = record_id("round-eval", name, model)
     return info
 
 

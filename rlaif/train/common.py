@@ -389,18 +389,18 @@ def start_training(model, cfg: TrainConfig):
 
 
 @contextmanager
-def reference_model(accelerator, model, reference: str | None, policy: str, dtype: str):
+def reference_model(accelerator, model, tokenizer, reference: str | None, policy: str, dtype: str):
     """The model the reference log-probs come from, for the length of a `with`: the policy itself at
     its starting weights when `reference` is None or names the policy, else that model loaded on
     its own (dropout off), prepared for inference and dropped afterwards. Its tokenizer must be
-    the policy's: the log-probs are taken on the policy's token ids."""
+    the policy's (`tokenizer`): the log-probs are taken on the policy's token ids."""
     if reference is None or resolve(reference) == resolve(policy):
         yield model
         return
     from transformers import AutoModelForCausalLM
 
     path = resolve(reference)
-    if load_tokenizer(path).get_vocab() != load_tokenizer(resolve(policy)).get_vocab():
+    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
         raise UserError(f"reference {reference}: its tokenizer differs from the policy's ({policy}); "
                         "the reference must share the policy's vocabulary")
     from rlaif.train.distributed import prepare_frozen

@@ -206,7 +206,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     eval_state = None
-    with reference_model(accelerator, model, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+    with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
         ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
         if cfg.eval_file:
             eval_pairs, eval_skipped = read_pairs(cfg.eval_file)

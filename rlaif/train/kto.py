@@ -312,7 +312,7 @@ def train_kto(cfg: KTOConfig) -> dict:
     # reference log-probs, before any update: each example, and each mismatched pair of the training order
     train_kl = sorted(set(stream))
     eval_state = None
-    with reference_model(accelerator, model, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+    with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
         ref = logps_table(accelerator, ref_model, collate, [(i, i) for i in range(len(examples))], cfg.eval_batch_size)
         ref_kl = dict(zip(train_kl, logps_table(accelerator, ref_model, collate, train_kl,
                                                 cfg.eval_batch_size).tolist()))
