@@ -250,11 +250,11 @@ def cmd_label(args) -> int:
     from rlaif.executors import use_executor
     from rlaif.executors.cli import engine_for, executor_config
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import load_pairs, run_label
+    from rlaif.stages.labeler import PairsFile, run_label
 
     cfg = _labeler_config(args)
     constitution = load_constitution(args.constitution)
-    load_pairs(args.pairs)  # a bad pairs file fails before the model loads
+    PairsFile(args.pairs).check()  # a bad pairs file fails before the model loads (read, not held)
     executor = executor_config(args)
     engine = engine_for(args, _engine_config(args), executor)
     with use_executor(executor):

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rlaif.errors import UserError
 
@@ -24,13 +24,20 @@ def dumps(record: dict) -> str:
 
 def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
     """Read an input JSONL file; any bad line is a UserError naming the file and line."""
+    records = list(iter_jsonl(path))
+    if not records and not allow_empty:
+        raise UserError(f"{path}: no records; expected at least one JSON object per line")
+    return records
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """`read_jsonl` a line at a time (a file of any size in constant memory); the same errors."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory; expected a JSONL file")
     opener = _open_gz if path.suffix == ".gz" else open
-    records = []
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -43,14 +50,11 @@ def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
                                     "expected one JSON object per line") from None
                 if not isinstance(obj, dict):
                     raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                records.append(obj)
+                yield obj
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); expected UTF-8 JSONL") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not records and not allow_empty:
-        raise UserError(f"{path}: no records; expected at least one JSON object per line")
-    return records
 
 
 def _open_gz(path, mode, encoding):
@@ -62,33 +66,83 @@ def _open_gz(path, mode, encoding):
 def read_output(path: Path) -> list[dict]:
     """Read an output file being resumed. A torn last line (a write cut off by a kill) is dropped
     and truncated from the file; damage anywhere else is an error, since it is not ours to repair."""
+    return list(iter_output(path))
+
+
+def iter_output(path: Path) -> Iterator[dict]:
+    """`read_output` a line at a time: the same repair of a torn last line, in constant memory."""
+    path = Path(path)
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, good_end = [], 0
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines):
-        last = i == len(lines) - 1
-        if not raw.strip():
-            if not last:
-                good_end += len(raw) + 1
-            continue
-        try:
-            records.append(json.loads(raw))
-            if last:  # complete JSON but no newline yet: keep it, add the newline
-                with open(path, "ab") as f:
-                    f.write(b"\n")
-                good_end += len(raw) + 1
-            else:
-                good_end += len(raw) + 1
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if last or all(not rest.strip() for rest in lines[i + 1:]):
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-                break
-            raise UserError(f"{path}:{i + 1}: corrupt line in an existing output; "
-                            "rerun with --overwrite to start this stage over") from None
-    return records
+        return
+    with open(path, "rb") as f:
+        good_end = 0  # bytes of whole lines so far
+        for lineno, raw in enumerate(f, 1):
+            whole = raw.endswith(b"\n")
+            if not raw.strip():
+                good_end += len(raw)
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if all(not rest.strip() for rest in f):  # the last line: a write cut off by a kill
+                    with open(path, "r+b") as g:
+                        g.truncate(good_end)
+                    return
+                raise UserError(f"{path}:{lineno}: corrupt line in an existing output; "
+                                "rerun with --overwrite to start this stage over") from None
+            if not whole:  # complete JSON but no newline yet: keep it, add the newline
+                with open(path, "ab") as g:
+                    g.write(b"\n")
+            good_end += len(raw) + (not whole)
+            yield record
+
+
+class Reread:
+    """Records made afresh by `make()` on every pass (a file read again, say), never held whole:
+    `run_stage` over one keeps ids, not records, and hands back a `FileRecords`."""
+
+    def __init__(self, make: Callable[[], Iterable[dict]]):
+        self.make = make
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.make())
+
+
+class FileRecords(Sequence):
+    """A stage's output records in input order, read from its file on demand: the caller holds one
+    byte offset per record, not the records."""
+
+    def __init__(self, path: Path, ids: Iterable[str]):
+        self.path = Path(path)
+        ids = list(ids)
+        wanted = set(ids)
+        offsets: dict[str, int] = {}
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                pos = 0
+                for line in f:
+                    if line.strip():
+                        rid = json.loads(line).get("id")
+                        if rid in wanted:
+                            offsets[rid] = pos  # the last copy, as a dict of the records would keep
+                    pos += len(line)
+        self._offsets = [offsets[i] for i in ids if i in offsets]
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        with open(self.path, "rb") as f:
+            f.seek(self._offsets[k])
+            return json.loads(f.readline())
+
+    def __iter__(self) -> Iterator[dict]:
+        with open(self.path, "rb") as f:
+            for off in self._offsets:
+                f.seek(off)
+                yield json.loads(f.readline())
 
 
 def append_records(path: Path, records: Iterable[dict]) -> None:

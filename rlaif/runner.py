@@ -21,14 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from rlaif import __version__
 from rlaif.config import config_hash
 from rlaif.errors import RequestFailed, UserError
-from rlaif.records import append_records, dumps, read_output, write_atomic, write_jsonl_atomic
+from rlaif.records import (FileRecords, append_records, dumps, iter_output, read_output, write_atomic,
+                           write_jsonl_atomic)
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
@@ -78,7 +79,7 @@ class OutputLock:
 class StageResult:
     stage: str
     path: Path
-    records: list[dict]  # every output record of the stage, in input order
+    records: Sequence[dict]  # every output record of the stage, in input order (a FileRecords over a Reread)
     total: int
     done_before: int
     written: int
@@ -144,7 +145,7 @@ def _rewrite_failures(out_dir: Path, stage: str, failures: list[dict]) -> None:
 
 def run_stage(
     stage: str,
-    inputs: Sequence[dict],
+    inputs: Iterable[dict],
     process: Callable[[list[dict]], list[dict]],
     out_dir: str | Path,
     *,
@@ -159,10 +160,14 @@ def run_stage(
 ) -> StageResult:
     """Run `process` over `inputs` (each with an `id`) into `out_dir/output`, resuming.
 
-    `batch_key`: cut the batches from the inputs ordered by this key (a stable sort), e.g. their
-    length, so that a padded batch holds records of similar length. The order is a function of the
-    inputs alone, so a resumed run still sees the same batches. The file then follows that order;
-    the returned records keep the input order.
+    `inputs`: a list, or a `Reread` (records made afresh on each pass, e.g. from a file of any
+    size). Over a `Reread` the runner holds ids, never records: it reads the inputs twice (their
+    ids; then the batches) and hands back the outputs as a `FileRecords` read from the file.
+
+    `batch_key`: cut the batches from the inputs ordered by this key (a stable sort within each
+    window of `SORT_WINDOW` records), e.g. their length, so that a padded batch holds records of
+    similar length. The order is a function of the inputs alone, so a resumed run still sees the
+    same batches. The file then follows that order; the returned records keep the input order.
 
     `fixed_batches=False`: a partly done batch hands `process` only its missing records. For engines
     whose answers do not depend on what else is in the batch (an HTTP API, one request per record),
@@ -186,29 +191,25 @@ def run_stage(
         started = time.time()
         if overwrite and path.exists():
             path.unlink()
-        inputs = unique_by_id(inputs)
-        wanted = {r["id"] for r in inputs}
-
-        done = {r["id"]: r for r in read_output(path) if r.get("id") in wanted}
+        inputs, ids, keep_records = plan_inputs(inputs)
+        done = done_outputs(path, ids, keep_records)
         done_before = len(done)
-        order = sorted(inputs, key=batch_key) if batch_key else inputs
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         failures: list[dict] = []
         written = 0
-        bar = tqdm(total=len(inputs), initial=done_before, desc=stage, unit="rec",
+        bar = tqdm(total=len(ids), initial=done_before, desc=stage, unit="rec",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         refused = False  # a UserError before anything was written: leave the folder as it was
         try:
-            for batch in batches:
+            for batch in cut_batches(inputs, batch_size, batch_key):
                 missing = [r for r in batch if r["id"] not in done]
                 if not missing:
                     continue
                 outputs = _process_batch(stage, batch if fixed_batches else missing, process, failures,
                                          concurrent=not fixed_batches)
-                new = [o for o in outputs if o["id"] not in done and o["id"] in wanted]
+                new = [o for o in outputs if o["id"] not in done and o["id"] in ids]
                 append_records(path, new)
                 for o in new:
-                    done[o["id"]] = o
+                    done[o["id"]] = o if keep_records else True
                 written += len(new)
                 bar.update(len(missing))
         except UserError:
@@ -219,10 +220,61 @@ def run_stage(
             seconds = time.time() - started
             if not refused:
                 _rewrite_failures(out_dir, stage, failures)
-                update_manifest(out_dir, stage, stage_entry(path, config, len(inputs), done_before, written,
+                update_manifest(out_dir, stage, stage_entry(path, config, len(ids), done_before, written,
                                                             len(failures), len(done), seconds, stats))
-        records = [done[r["id"]] for r in inputs if r["id"] in done]
-        return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
+        return StageResult(stage, path, finished_records(path, ids, done, keep_records), len(ids), done_before,
+                           written, failures, seconds)
+
+
+SORT_WINDOW = 4096  # records ordered by `batch_key` together: a stream of any length is cut a window at a time
+
+
+def plan_inputs(inputs: Iterable[dict]) -> tuple[Iterable[dict], dict[str, None], bool]:
+    """(the inputs to cut batches from, their ids in order, whether to keep output records): a list
+    is deduplicated and its outputs kept in memory; a `Reread` is read once for its ids alone."""
+    if iter(inputs) is inputs:
+        raise TypeError("run_stage reads its inputs twice: pass a list or a Reread, not an iterator")
+    if isinstance(inputs, Sequence):
+        inputs = unique_by_id(inputs)
+        return inputs, dict.fromkeys(r["id"] for r in inputs), True
+    return inputs, dict.fromkeys(r["id"] for r in inputs), False
+
+
+def done_outputs(path: Path, ids: dict[str, None], keep_records: bool) -> dict[str, Any]:
+    """Ids of the inputs already in the output file (with their records when `keep_records`)."""
+    return {r["id"]: (r if keep_records else True) for r in iter_output(path) if r.get("id") in ids}
+
+
+def finished_records(path: Path, ids: dict[str, None], done: dict[str, Any], keep_records: bool) -> Sequence[dict]:
+    """The stage's output records in input order: from memory, or read from the file on demand."""
+    if keep_records:
+        return [done[i] for i in ids if i in done]
+    return FileRecords(path, [i for i in ids if i in done])
+
+
+def cut_batches(inputs: Iterable[dict], batch_size: int, batch_key: Callable[[dict], Any] | None = None,
+                window: int | None = None) -> Iterator[list[dict]]:
+    """The stage's batches, each id once: the inputs a window at a time (`SORT_WINDOW` records,
+    rounded up to whole batches), each window ordered by `batch_key` (stable) and cut into
+    `batch_size` pieces. At most a window of inputs is held at once."""
+    window = -(-(window or SORT_WINDOW) // batch_size) * batch_size
+    seen: set[str] = set()
+    buf: list[dict] = []
+
+    def cut():
+        order = sorted(buf, key=batch_key) if batch_key else buf
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    for rec in inputs:
+        if rec["id"] in seen:
+            continue
+        seen.add(rec["id"])
+        buf.append(rec)
+        if len(buf) == window:
+            yield from cut()
+            buf = []
+    if buf:
+        yield from cut()
 
 
 def unique_by_id(inputs: Sequence[dict]) -> list[dict]:

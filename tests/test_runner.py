@@ -69,6 +69,53 @@ def test_batch_key_groups_similar_records_and_resumes_with_the_same_batches(tmp_
     assert sorted(r["y"] for r in read_output(tmp_path / "sq.jsonl")) == [1, 4, 9, 16, 25]
 
 
+def test_batches_are_sorted_within_windows_of_whole_batches():
+    from rlaif.runner import cut_batches
+
+    data = [{"id": str(i), "x": x} for i, x in enumerate([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])]
+    key = lambda r: r["x"]  # noqa: E731
+    cut = lambda window: [[r["x"] for r in b] for b in cut_batches(data + data[:2], 3, key, window)]  # noqa: E731
+    assert cut(4096) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]  # one window: a whole sort; repeats dropped
+    assert cut(4) == [[4, 5, 6], [7, 8, 9], [0, 1, 2], [3]]  # windows of 6 (whole batches): 9..4 | 3..0
+
+
+def test_a_reread_input_is_streamed_with_the_bytes_of_a_list(tmp_path, monkeypatch):
+    """Over a `Reread` the runner holds ids and a window of inputs, not the inputs: 3,000 inputs of
+    4 KB each (12 MB in all), windows of 256, run with a traced peak far below their size, into the
+    file a list gives, and resume the same way."""
+    import tracemalloc
+
+    from rlaif import runner
+    from rlaif.records import FileRecords, Reread
+
+    monkeypatch.setattr(runner, "SORT_WINDOW", 256)
+
+    def make():
+        for i in range(3000):
+            yield {"id": record_id("big", i), "x": i % 97, "payload": f"{i}:" + "x" * 4096}
+
+    key = lambda r: r["x"]  # noqa: E731
+    listed = run_stage("sq", list(make()), square, tmp_path / "list", config={}, batch_size=16, progress=False,
+                       batch_key=key)
+    tracemalloc.start()
+    streamed = run_stage("sq", Reread(make), square, tmp_path / "stream", config={}, batch_size=16, progress=False,
+                         batch_key=key)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4_000_000, f"peak {peak / 1e6:.1f} MB: the inputs were held"
+    assert (tmp_path / "stream" / "sq.jsonl").read_bytes() == (tmp_path / "list" / "sq.jsonl").read_bytes()
+    assert isinstance(streamed.records, FileRecords) and streamed.total == 3000
+    assert list(streamed.records) == listed.records and streamed.records[5] == listed.records[5]
+    path = tmp_path / "stream" / "sq.jsonl"
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:1000]))
+    again = run_stage("sq", Reread(make), square, tmp_path / "stream", config={}, batch_size=16, progress=False,
+                      batch_key=key)
+    assert (again.done_before, again.written) == (1000, 2000)
+    assert sorted(path.read_bytes().splitlines()) == sorted((tmp_path / "list" / "sq.jsonl").read_bytes().splitlines())
+    with pytest.raises(TypeError, match="not an iterator"):
+        run_stage("sq", make(), square, tmp_path / "gen", config={}, progress=False)
+
+
 def test_torn_last_line_is_dropped_on_resume(tmp_path):
     run_stage("sq", items(4), square, tmp_path, config={}, batch_size=2, progress=False)
     path = tmp_path / "sq.jsonl"

@@ -1,15 +1,15 @@
 """The Ray executor: a stage's batches on Ray Data actors, each holding one engine.
 
-What stays as in `rlaif.runner.run_stage` (and is reused from it): the batches are cut from the
-whole input list (after the stage's `batch_key` sort), so a resumed run hands the engine the same
-batches; each batch goes through the stage's own `process(batch)`, inside the runner's
+What stays as in `rlaif.runner.run_stage` (and is reused from it): the batches are cut by
+`cut_batches` (the stage's `batch_key` order, a window at a time), so a resumed run hands the engine
+the same batches; each batch goes through the stage's own `process(batch)`, inside the runner's
 `_process_batch`, so a request that fails for good lands in failures.jsonl and the rest of its
 batch is kept; finished batches are appended with fsync in batch order; the manifest entry has the
 same fields. The output file is therefore the bytes a local run writes.
 
 What Ray Data adds: the pending batches become rows of a dataset (one runner batch per row, the
-records pickled), put in the object store a block at a time, so the driver never builds a second
-copy of the inputs; `map_batches` over an actor pool (`concurrency=actors`), each actor unpickling
+records pickled), put in the object store a block at a time as they are cut, so the driver holds
+ids and block references, not records (over a `Reread` it never holds the inputs at all); `map_batches` over an actor pool (`concurrency=actors`), each actor unpickling
 `process` once, with its `RemoteEngine` loading the engine from the EngineConfig on first use
 (transformers on CPU, vllm with a GPU per actor, openai for a fleet of servers); `preserve_order`
 so results stream back in batch order and are written as they come (the driver keeps ids, not
@@ -27,11 +27,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from rlaif.errors import UserError
 from rlaif.executors import RAY_EXTRA, ExecutorConfig
-from rlaif.records import append_lines, dumps, read_output
+from rlaif.records import append_lines, dumps
 
 
 def import_ray():
@@ -85,10 +85,11 @@ class RayExecutor:
         if self.started_here and self.ray.is_initialized():
             self.ray.shutdown()
 
-    def run_stage(self, stage: str, inputs: Sequence[dict], process: Callable, out_dir, *, config: Any,
+    def run_stage(self, stage: str, inputs, process: Callable, out_dir, *, config: Any,
                   batch_size: int = 8, output: str | None = None, overwrite: bool = False,
                   progress: bool = True, stats=None, fixed_batches: bool = True, batch_key=None):
-        from rlaif.runner import OutputLock, StageResult, _rewrite_failures, stage_entry, unique_by_id, update_manifest
+        from rlaif.runner import (OutputLock, StageResult, _rewrite_failures, cut_batches, done_outputs,
+                                  finished_records, plan_inputs, stage_entry, update_manifest)
 
         out_dir = Path(out_dir)
         path = out_dir / (output or f"{stage}.jsonl")
@@ -96,41 +97,40 @@ class RayExecutor:
             started = time.time()
             if overwrite and path.exists():
                 path.unlink()
-            inputs = unique_by_id(inputs)
-            wanted = {r["id"] for r in inputs}
-            done = {r["id"] for r in read_output(path) if r.get("id") in wanted}  # ids only
+            inputs, ids, _ = plan_inputs(inputs)
+            done = done_outputs(path, ids, keep_records=False)  # the driver keeps ids, never records
             done_before = len(done)
-            order = sorted(inputs, key=batch_key) if batch_key else inputs
-            pending = []  # (batch index, what process gets) for batches with anything missing
-            for b, i in enumerate(range(0, len(order), batch_size)):
-                batch = order[i:i + batch_size]
-                missing = [r for r in batch if r["id"] not in done]
-                if missing:
-                    pending.append((b, batch if fixed_batches else missing))
+
+            def pending():  # (batch index, what process gets) for batches with anything missing
+                for b, batch in enumerate(cut_batches(inputs, batch_size, batch_key)):
+                    missing = [r for r in batch if r["id"] not in done]
+                    if missing:
+                        yield b, batch if fixed_batches else missing
+
             failures: list[dict] = []
             written = 0
             try:
-                for b, ids, blob, fails in self._results(stage, pending, process, fixed_batches, progress):
+                for b, out_ids, blob, fails in self._results(stage, pending(), process, fixed_batches, progress):
                     failures.extend(fails)
-                    keep = [k for k, rid in enumerate(ids) if rid not in done and rid in wanted]
+                    keep = [k for k, rid in enumerate(out_ids) if rid not in done and rid in ids]
                     lines = blob.split(b"\n")[:-1]
                     append_lines(path, [lines[k] for k in keep])
                     for k in keep:
-                        done.add(ids[k])
+                        done[out_ids[k]] = True
                     written += len(keep)
             finally:
                 seconds = time.time() - started
                 _rewrite_failures(out_dir, stage, failures)
-                entry = stage_entry(path, config, len(inputs), done_before, written, len(failures), len(done),
+                entry = stage_entry(path, config, len(ids), done_before, written, len(failures), len(done),
                                     seconds, stats)
                 update_manifest(out_dir, stage, {**entry, "executor": self.cfg.model_dump(mode="json")})
-            records = FileRecords(path, [r["id"] for r in inputs if r["id"] in done])
-            return StageResult(stage, path, records, len(inputs), done_before, written, failures, seconds)
+            return StageResult(stage, path, finished_records(path, ids, done, keep_records=False), len(ids),
+                               done_before, written, failures, seconds)
 
-    def _results(self, stage, pending, process, fixed_batches, progress) -> Iterator[tuple]:
-        """Stream (batch index, ids, output lines, failures) back in batch order."""
-        if not pending:
-            return
+    def _results(self, stage, pending: Iterator[tuple], process, fixed_batches, progress) -> Iterator[tuple]:
+        """Stream (batch index, ids, output lines, failures) back in batch order. The pending
+        batches go to the object store a block at a time as they are cut (Ray spills blocks to disk
+        past its memory), so the driver holds block references, not records."""
         from ray import cloudpickle
         import pyarrow as pa
         from ray.data import DataContext
@@ -140,13 +140,24 @@ class RayExecutor:
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        refs, n_batches = [], len(pending)
-        for start in range(0, len(pending), cfg.batches_per_block):
-            chunk = pending[start:start + cfg.batches_per_block]
+        refs, n_batches, chunk = [], 0, []
+
+        def put():
             table = pa.table({"b": pa.array([b for b, _ in chunk], pa.int64()),
                               "batch": pa.array([pickle.dumps(batch, protocol=5) for _, batch in chunk], pa.binary())})
             refs.append(ray.put(table))
-        del pending
+
+        for item in pending:
+            chunk.append(item)
+            n_batches += 1
+            if len(chunk) == cfg.batches_per_block:
+                put()
+                chunk = []
+        if chunk:
+            put()
+        del chunk
+        if not refs:
+            return
         ds = ray.data.from_arrow_refs(refs)
         del refs
         threads = max(1, int(cfg.cpus_per_actor))
@@ -216,57 +227,4 @@ def _find_user_error(e: BaseException):
     return None
 
 
-class FileRecords(Sequence):
-    """A stage's output records in input order, read from its file on demand: the driver holds
-    byte offsets, not records."""
-
-    def __init__(self, path: Path, ids: list[str]):
-        self.path = path
-        offsets: dict[str, int] = {}
-        wanted = set(ids)
-        with open(path, "rb") if path.exists() else _empty() as f:
-            pos = 0
-            for line in f:
-                if line.strip():
-                    rid = _line_id(line)
-                    if rid in wanted:
-                        offsets.setdefault(rid, pos)
-                pos += len(line)
-        self._offsets = [offsets[i] for i in ids if i in offsets]
-
-    def __len__(self) -> int:
-        return len(self._offsets)
-
-    def __getitem__(self, k):
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(len(self)))]
-        import json
-
-        with open(self.path, "rb") as f:
-            f.seek(self._offsets[k])
-            return json.loads(f.readline())
-
-    def __iter__(self):
-        import json
-
-        with open(self.path, "rb") as f:
-            for off in self._offsets:
-                f.seek(off)
-                yield json.loads(f.readline())
-
-
-def _line_id(line: bytes) -> str | None:
-    import json
-
-    return json.loads(line).get("id")
-
-
-class _empty:
-    def __enter__(self):
-        return iter(())
-
-    def __exit__(self, *exc):
-        return False
-
-
-__all__ = ["RayExecutor", "StageActor", "FileRecords", "import_ray"]
+__all__ = ["RayExecutor", "StageActor", "import_ray"]

@@ -58,8 +58,9 @@ from __future__ import annotations
 import math
 import random
 import re
+from array import array
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -68,7 +69,7 @@ from rlaif.config import Strict, config_hash, validate
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.errors import UserError
 from rlaif.prompts_io import as_messages
-from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
+from rlaif.records import Reread, iter_jsonl, read_jsonl, record_id, write_jsonl_atomic
 from rlaif.runner import OutputLock, StageResult, independent_requests, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
 
@@ -204,7 +205,7 @@ def _reply(value, field: str, where: str) -> str:
     raise UserError(f"{where}: field {field}: expected a string or a list with one assistant message")
 
 
-def normalize_pairs(records: Sequence[dict], source: str = "pairs") -> tuple[list[dict], dict]:
+def normalize_pairs(records: Iterable[dict], source: str = "pairs") -> tuple[list[dict], dict]:
     """Pair records -> {"prompt": messages, "a": text, "b": text, "source": {...}}.
 
     Accepted shapes, per record:
@@ -212,9 +213,17 @@ def normalize_pairs(records: Sequence[dict], source: str = "pairs") -> tuple[lis
       - `prompt` + `chosen`/`rejected` (strings or one-message lists, TRL): an ordered pair, a = chosen;
       - HH-RLHF: `chosen`/`rejected` full "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts, no `prompt`.
     HH pairs that are identical or do not share a prefix are skipped (counted in `skipped`)."""
+    skipped: dict = {}
+    out = list(iter_pairs(records, source, skipped))
+    if not out:
+        raise UserError(f"{source}: no usable pairs (skipped: {skipped or 'none'})")
+    return out, skipped
+
+
+def iter_pairs(records: Iterable[dict], source: str, skipped: dict) -> Iterator[dict]:
+    """`normalize_pairs` a record at a time; skipped HH pairs are counted into `skipped`."""
     from rlaif.eval.hh_rlhf import parse_pair
 
-    out, skipped = [], {}
     for i, rec in enumerate(records, 1):
         where = f"{source}:{i}"
         if "response_a" in rec or "response_b" in rec:
@@ -241,15 +250,37 @@ def normalize_pairs(records: Sequence[dict], source: str = "pairs") -> tuple[lis
                             "chosen/rejected, or HH-RLHF chosen/rejected transcripts")
         if not any(m["role"] == "user" for m in prompt):
             raise UserError(f"{where}: field prompt: expected at least one user message")
-        out.append({"prompt": prompt, "a": a, "b": b, "given": given, "source_line": i,
-                    "source_id": rec.get("id") if isinstance(rec.get("id"), str) else None})
-    if not out:
-        raise UserError(f"{source}: no usable pairs (skipped: {skipped or 'none'})")
-    return out, skipped
+        yield {"prompt": prompt, "a": a, "b": b, "given": given, "source_line": i,
+               "source_id": rec.get("id") if isinstance(rec.get("id"), str) else None}
 
 
 def load_pairs(path: str | Path) -> tuple[list[dict], dict]:
     return normalize_pairs(read_jsonl(path), str(path))
+
+
+class PairsFile(Reread):
+    """A pairs file normalised afresh on every pass, never held whole (`rlaif label` over 1M pairs).
+    `check()` reads it once before any model loads: the first bad line is the error `load_pairs`
+    gives, and a file without usable pairs is refused; `skipped` counts the last full pass."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.skipped: dict = {}
+        super().__init__(self._pass)
+
+    def _pass(self) -> Iterator[dict]:
+        skipped: dict = {}
+        yield from iter_pairs(iter_jsonl(self.path), str(self.path), skipped)
+        self.skipped = skipped
+
+    def check(self) -> int:
+        """The number of usable pairs; a bad line, an empty file or no usable pair is a UserError."""
+        if not any(True for _ in iter_jsonl(self.path)):
+            raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
+        n = sum(1 for _ in self)
+        if not n:
+            raise UserError(f"{self.path}: no usable pairs (skipped: {self.skipped or 'none'})")
+        return n
 
 
 # ------------------------------------------------------------------ rendering
@@ -302,14 +333,19 @@ def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> 
 # ------------------------------------------------------------------ the stage
 
 
-def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: LabelerConfig,
+def label_inputs(pairs: Iterable[dict], constitution: Constitution, cfg: LabelerConfig,
                  template_ids: dict, judge: str = "") -> list[dict]:
     """One runner input per pair: a stable id and the principles drawn for it. A pair that names
     its `principle` (a constitution's check pair) is judged by that one alone. The id includes the
     `judge` ("engine:model"), so another judge in the same folder labels the pairs afresh."""
+    return list(iter_label_inputs(pairs, constitution, cfg, template_ids, judge))
+
+
+def iter_label_inputs(pairs: Iterable[dict], constitution: Constitution, cfg: LabelerConfig,
+                      template_ids: dict, judge: str = "") -> Iterator[dict]:
+    """`label_inputs` a pair at a time."""
     chash, stage_cfg = config_hash(constitution), cfg.model_dump(mode="json")
     ids = {q.id for q in constitution.principles}
-    out = []
     for p in pairs:
         key = record_id(p["prompt"], p["a"], p["b"])
         named = p.get("principle")
@@ -318,10 +354,9 @@ def label_inputs(pairs: Sequence[dict], constitution: Constitution, cfg: Labeler
                             f"in constitution {constitution.name} (ids: {', '.join(sorted(ids))})")
         principles = [named] if named is not None else [q.id for q in draw_principles(constitution, cfg.seed, key,
                                                                                       cfg.principles)]
-        out.append({**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids, *([named] if named else []),
-                                         *([judge] if judge else [])),
-                    "principles": principles})
-    return out
+        yield {**p, "id": record_id(STAGE, key, chash, stage_cfg, template_ids, *([named] if named else []),
+                                    *([judge] if judge else [])),
+               "principles": principles}
 
 
 def judged_length(rec: dict, cfg: LabelerConfig) -> int:
@@ -589,13 +624,18 @@ def make_process(engine: Engine, constitution: Constitution, cfg: LabelerConfig,
     return process
 
 
-def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engine, cfg: LabelerConfig,
+def label_pairs(pairs: Iterable[dict], constitution: Constitution, engine: Engine, cfg: LabelerConfig,
                 out_dir: str | Path, *, batch_size: int = 8, overwrite: bool = False,
                 progress: bool = True, output: str = LABELS) -> StageResult:
-    """Label normalised pairs into `out_dir/labels.jsonl` (resumable, via the runner)."""
+    """Label normalised pairs (a list, or a `PairsFile` streamed from disk) into
+    `out_dir/labels.jsonl` (resumable, via the runner)."""
     templates = templates_for(cfg)
     template_ids = {k: t.id for k, t in templates.items()}
-    inputs = label_inputs(pairs, constitution, cfg, template_ids, judge=f"{engine.name}:{engine.model}")
+    judge = f"{engine.name}:{engine.model}"
+    if isinstance(pairs, Reread):
+        inputs = Reread(lambda: iter_label_inputs(pairs, constitution, cfg, template_ids, judge))
+    else:
+        inputs = label_inputs(pairs, constitution, cfg, template_ids, judge)
     return run_stage(
         STAGE, inputs, make_process(engine, constitution, cfg, templates), out_dir,
         config={"labeler": cfg.model_dump(mode="json"), "templates": template_ids,
@@ -610,19 +650,26 @@ def label_pairs(pairs: Sequence[dict], constitution: Constitution, engine: Engin
 def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerConfig, *,
               batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
     """`rlaif label`: label a pairs file; write labels.jsonl (all pairs) and preferences.jsonl
-    (pairs kept after the margin rule). Returns a summary."""
-    pairs, skipped = load_pairs(pairs_path)
+    (pairs kept after the margin rule). Returns a summary. The file is streamed, never held: the
+    memory it takes grows with the number of pairs by their ids alone."""
+    pairs = PairsFile(pairs_path)
+    pairs.check()
     if not isinstance(constitution, Constitution):
         constitution = load_constitution(constitution)
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         result = label_pairs(pairs, constitution, engine, cfg, out_dir, batch_size=batch_size,
                              overwrite=overwrite, progress=progress)
-        kept = 0
+        kept = within = 0
+        ab, ba = array("d"), array("d")  # the two orders' labels, for the flip rate
 
-        def preferences():  # streamed: under the Ray executor, result.records reads the file as it goes
-            nonlocal kept
+        def preferences():  # one pass over labels.jsonl, streamed
+            nonlocal kept, within
             for r in result.records:
+                within += r["within_margin"]
+                if r["labels_by_order"]["ba"] is not None:
+                    ab.append(r["labels_by_order"]["ab"])
+                    ba.append(r["labels_by_order"]["ba"])
                 if not (cfg.drop_within_margin and r["within_margin"]):
                     kept += 1
                     yield r
@@ -630,14 +677,11 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
         write_jsonl_atomic(out_dir / PREFERENCES, preferences())
         from rlaif.eval.metrics import order_ties, position_flip_rate
 
-        flips = [r["labels_by_order"] for r in result.records if r["labels_by_order"]["ba"] is not None]
-        summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": skipped,
+        summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": pairs.skipped,
                    "written": result.written, "done_before": result.done_before, "failed": result.failed,
-                   "within_margin": sum(r["within_margin"] for r in result.records),
-                   "preferences": kept, "seconds": round(result.seconds, 1),
-                   "position_flip_rate": (round(position_flip_rate([o["ab"] for o in flips], [o["ba"] for o in flips]), 4)
-                                          if flips else None),
-                   "position_order_ties": order_ties([o["ab"] for o in flips], [o["ba"] for o in flips]) if flips else None}
+                   "within_margin": within, "preferences": kept, "seconds": round(result.seconds, 1),
+                   "position_flip_rate": round(position_flip_rate(ab, ba), 4) if ab else None,
+                   "position_order_ties": order_ties(ab, ba) if ab else None}
         entry = read_manifest(out_dir).get("stages", {}).get(STAGE, {})
         update_manifest(out_dir, STAGE, {**entry, "summary": summary, "derived": {"preferences": PREFERENCES}})
     return summary
