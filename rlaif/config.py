@@ -34,6 +34,19 @@ class ExecutorConfig(Strict):
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)  # 1 for a vLLM engine per GPU
     batches_per_block: int = Field(1, ge=1)  # runner batches per Ray Data block (one task)
+    # a fleet of OpenAI-compatible servers: actor k sends its openai engines' requests to base_urls[k mod n]
+    base_urls: list[str] | None = None
+
+    @field_validator("base_urls")
+    @classmethod
+    def _urls(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("expected at least one URL")
+            bad = [u for u in v if not u.startswith(("http://", "https://"))]
+            if bad:
+                raise ValueError(f"expected http:// or https:// URLs, got {bad[0]!r}")
+        return v
 
 
 class EngineConfig(Strict):

@@ -139,6 +139,11 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
     if roles:
         current, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
         cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role]) for role, spec in roles.items()})
+    if cfg.executor.base_urls:
+        kinds = {role: e.kind for role, e in resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)[0].items()}
+        if "openai" not in kinds.values():
+            raise UserError(f"{path}: executor.base_urls is a fleet of OpenAI-compatible servers, but no role runs "
+                            f"on an openai engine ({', '.join(f'{r}: {k}' for r, k in kinds.items())})")
     s = cfg.stages
     # training blocks are checked now, not after an hour of labeling
     for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):

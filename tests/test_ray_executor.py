@@ -92,6 +92,40 @@ def test_labels_and_generations_equal_the_local_runner(tmp_path, tiny_model_dir)
     assert manifest["stages"]["label"]["counts"]["done"] == 24
 
 
+def test_an_openai_fleet_spreads_the_actors_over_the_servers_with_local_labels(tmp_path):
+    """`--ray-base-urls A,B`: each actor's openai engine talks to its own server (two real HTTP
+    servers on 127.0.0.1, answers derived from the prompt), and the labels are those of one
+    in-process engine on one server; a fleet for a local engine is refused in one line."""
+    from rlaif.backends.openai_engine import OpenAIEngine
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.labeler import make_config, run_label
+    from tests.servers.fake_openai import FakeOpenAIServer
+
+    pairs = _write(tmp_path / "pairs.jsonl", _pairs(16))
+    with FakeOpenAIServer(owned_by="vllm") as one:
+        local = OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=one.base_url))
+        try:
+            run_label(pairs, load_constitution("harmless"), local, tmp_path / "local", make_config(seed=0),
+                      batch_size=8, progress=False)
+        finally:
+            local.close()
+    with FakeOpenAIServer(owned_by="vllm", delay=0.4) as a, FakeOpenAIServer(owned_by="vllm", delay=0.4) as b:
+        cli = run_cli("label", "--pairs", pairs, "--judge", "openai:fake-model", "--base-url", "http://127.0.0.1:9/v1",
+                      "--batch-size", 1, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address", GCS(),
+                      "--ray-actors", 2, "--ray-base-urls", f"{a.base_url},{b.base_url}", timeout=180)
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        served = (a.requests, b.requests)
+    assert min(served) > 0 and sum(served) == 16 * 2, served  # both orders of 16 pairs, spread over the two
+    for name in ("labels.jsonl", "preferences.jsonl"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["stages"]["label"]["executor"]["base_urls"] == [a.base_url, b.base_url]
+    local_fleet = run_cli("label", "--pairs", pairs, "--out", tmp_path / "x", "--executor", "ray",
+                          "--ray-base-urls", a.base_url, timeout=120)
+    assert local_fleet.returncode == 2 and "serves an openai: engine" in local_fleet.stderr
+    assert len(local_fleet.stderr.strip().splitlines()) == 1
+
+
 def GCS() -> str:
     return ray.get_runtime_context().gcs_address
 
@@ -269,3 +303,5 @@ def test_a_pipeline_executor_block_hands_the_stages_a_ray_engine(tmp_path, tiny_
     assert plain.executor.kind == "local"
     with pytest.raises(UserError, match="executor"):
         load_pipeline("cai_harmless", ["executor.kind=spark"])
+    with pytest.raises(UserError, match="no role runs on an openai engine"):
+        load_pipeline("cai_harmless", ["executor.kind=ray", "executor.base_urls=[http://127.0.0.1:8000/v1]"])

@@ -19,6 +19,14 @@ RAY_EXTRA = "rlaif-kit[ray]"
 
 
 _current: contextvars.ContextVar = contextvars.ContextVar("rlaif_executor", default=None)
+_fleet_url: str | None = None  # in a Ray actor of a fleet: the server its openai engines talk to
+
+
+def use_fleet_url(url: str | None) -> None:
+    """Called once in each actor of an executor with `base_urls`: the openai engines it builds talk
+    to this server instead of their own `base_url`."""
+    global _fleet_url
+    _fleet_url = url
 
 
 def current_executor():
@@ -72,7 +80,10 @@ class RemoteEngine:
         if self._engine is None:
             from rlaif.backends import load_engine
 
-            engine = load_engine(self.cfg)
+            cfg = self.cfg
+            if cfg.kind == "openai" and _fleet_url is not None:
+                cfg = cfg.model_copy(update={"base_url": _fleet_url})
+            engine = load_engine(cfg)
             if (engine.name, engine.model) != (self.name, self.model):
                 raise RuntimeError(f"engine built from {self.cfg.kind}:{self.cfg.model} reports "
                                    f"{engine.name}:{engine.model}; ids would differ from a local run")
@@ -93,4 +104,4 @@ class RemoteEngine:
             self._engine = None
 
 
-__all__ = ["ExecutorConfig", "RemoteEngine", "current_executor", "use_executor", "RAY_EXTRA"]
+__all__ = ["ExecutorConfig", "RemoteEngine", "current_executor", "use_executor", "use_fleet_url", "RAY_EXTRA"]

@@ -20,18 +20,23 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
                    "engine (default 2)")
     g.add_argument("--ray-cpus-per-actor", type=float, metavar="C", help="with --executor ray: CPUs per actor "
                    "(default 1; the engine's torch threads)")
+    g.add_argument("--ray-base-urls", metavar="URL,URL", type=lambda v: [u for u in v.split(",") if u],
+                   help="with --executor ray and an openai: engine: a fleet of OpenAI-compatible servers; actor k "
+                        "talks to the k-th (mod their number) instead of --base-url")
     g.add_argument("--ray-gpus-per-actor", type=float, metavar="G", help="with --executor ray: GPUs per actor "
                    "(1 for a vllm: judge per GPU)")
 
 
 def executor_config(args) -> ExecutorConfig | None:
-    given = {k: getattr(args, f"ray_{k}", None) for k in ("address", "actors", "cpus_per_actor", "gpus_per_actor")}
+    given = {k: getattr(args, f"ray_{k}", None) for k in ("address", "actors", "cpus_per_actor", "gpus_per_actor", "base_urls")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.executor != "ray":
         if given:
             raise UserError(f"--ray-{next(iter(given)).replace('_', '-')} applies with --executor ray")
         return None
-    return ExecutorConfig(kind="ray", **given)
+    from rlaif.config import validate
+
+    return validate(ExecutorConfig, {"kind": "ray", **given}, "--executor ray flags")
 
 
 def engine_for(args, engine_cfg, executor: ExecutorConfig | None):
@@ -43,6 +48,9 @@ def engine_for(args, engine_cfg, executor: ExecutorConfig | None):
         return load_engine(engine_cfg)
     from rlaif.executors.ray_data import import_ray
 
+    if executor.base_urls and engine_cfg.kind != "openai":
+        raise UserError(f"--ray-base-urls: a fleet of OpenAI-compatible servers serves an openai: engine, "
+                        f"not {engine_cfg.kind}:{engine_cfg.model}")
     import_ray()  # a missing extra is one line before anything else happens
     return RemoteEngine(engine_cfg)
 

@@ -161,11 +161,12 @@ class RayExecutor:
         ds = ray.data.from_arrow_refs(refs)
         del refs
         threads = max(1, int(cfg.cpus_per_actor))
+        fleet = {"fleet": cfg.base_urls, "ranks": ray.remote(num_cpus=0)(Ranks).remote()} if cfg.base_urls else {}
         ds = ds.map_batches(
             StageActor, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             num_cpus=cfg.cpus_per_actor, **({"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}),
             fn_constructor_kwargs={"payload": cloudpickle.dumps(process), "stage": stage,
-                                   "concurrent": not fixed_batches, "threads": threads})
+                                   "concurrent": not fixed_batches, "threads": threads, **fleet})
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_batches, desc=f"{stage} (ray)", unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -186,13 +187,19 @@ class RayExecutor:
 class StageActor:
     """One Ray Data actor: the stage's `process` (its engine loads on first use) over runner batches."""
 
-    def __init__(self, payload: bytes, stage: str, concurrent: bool, threads: int):
+    def __init__(self, payload: bytes, stage: str, concurrent: bool, threads: int, fleet: list[str] | None = None,
+                 ranks=None):
+        import ray
         from ray import cloudpickle
+
+        from rlaif.executors import use_fleet_url
 
         if "torch" in sys.modules:  # the engine's threads: one per CPU the actor was given
             sys.modules["torch"].set_num_threads(threads)
         else:
             os.environ["OMP_NUM_THREADS"] = str(threads)
+        if fleet:  # each actor takes the next rank; a restarted actor a new one, so the servers stay shared
+            use_fleet_url(fleet[ray.get(ranks.take.remote()) % len(fleet)])
         self.process = cloudpickle.loads(payload)
         self.stage = stage
         self.concurrent = concurrent
@@ -214,6 +221,17 @@ class StageActor:
         return pa.table({"b": pa.array(out["b"], pa.int64()), "ids": pa.array(out["ids"], pa.binary()),
                          "lines": pa.array(out["lines"], pa.binary()),
                          "failures": pa.array(out["failures"], pa.binary())})
+
+
+class Ranks:
+    """A counter the actors of one stage draw their rank from (a Ray actor of its own, no CPU)."""
+
+    def __init__(self):
+        self.next = 0
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
 
 
 def _find_user_error(e: BaseException):
