@@ -305,3 +305,38 @@ def test_a_pipeline_executor_block_hands_the_stages_a_ray_engine(tmp_path, tiny_
         load_pipeline("cai_harmless", ["executor.kind=spark"])
     with pytest.raises(UserError, match="no role runs on an openai engine"):
         load_pipeline("cai_harmless", ["executor.kind=ray", "executor.base_urls=[http://127.0.0.1:8000/v1]"])
+
+
+def test_a_pipeline_runs_its_stages_on_ray_with_the_bytes_of_a_local_run(tmp_path, tiny_model_dir):
+    """`rlaif run` with `executor: {kind: ray}`: responses, critique (both rounds) and the debiased
+    labels of revisions and samples come out byte-identical to the same pipeline run in process, and
+    a second Ray run does no new work."""
+    import yaml
+
+    from rlaif.cli import main
+
+    cfg = yaml.safe_load((ROOT / "pipelines" / "cai_harmless.yaml").read_text())
+    cfg["stages"] = {"responses": {"n": 2, "max_tokens": 8, "temperature": 0.9},
+                     "critique": {"rounds": 2, "critique_max_tokens": 8, "revision_max_tokens": 8},
+                     "label": {"debias": True, "pairs": ["revisions", "samples"]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    sets = ["prompts.limit=4", f"policy.model={tiny_model_dir}", f"judge.model={tiny_model_dir}",
+            "policy.batch_size=4", "judge.batch_size=4"]
+    run = lambda out, *more: main(["run", str(tmp_path / "p.yaml"), "--out", str(out),  # noqa: E731
+                                   *[a for s in sets + list(more) for a in ("--set", s)]])
+    assert run(tmp_path / "local") == 0
+    on_ray = ["executor.kind=ray", f"executor.address={GCS()}", "executor.actors=2"]
+    assert run(tmp_path / "ray", *on_ray) == 0
+    outputs = ["responses/responses.jsonl", "critique/chains.jsonl", "critique/sl_cai.jsonl", "label/labels.jsonl",
+               "label/preferences.jsonl"]
+    for name in outputs:
+        a, b = (tmp_path / "local" / name).read_bytes(), (tmp_path / "ray" / name).read_bytes()
+        assert a and a == b, name
+    manifest = json.loads((tmp_path / "ray" / "label" / "manifest.json").read_text())
+    assert manifest["stages"]["label"]["executor"]["actors"] == 2
+    before = {n: (tmp_path / "ray" / n).read_bytes() for n in outputs}
+    assert run(tmp_path / "ray", *on_ray) == 0
+    assert {n: (tmp_path / "ray" / n).read_bytes() for n in outputs} == before
+    for stage in ("responses", "label"):
+        counts = json.loads((tmp_path / "ray" / stage / "manifest.json").read_text())["stages"][stage]["counts"]
+        assert counts["written"] == 0 and counts["done"] == counts["inputs"] > 0, (stage, counts)
