@@ -62,7 +62,8 @@ def worker(argv: list[str]) -> None:
     code = main(cmd)
     seconds = time.perf_counter() - t
     print(json.dumps({"exit": code, "seconds": seconds, "ray_start_s": ray_start, "peak_rss_mib": _vm("VmHWM"),
-                      "rss_before_label_mib": rss_before, "rss_end_mib": _vm("VmRSS")}))
+                      "rss_before_label_mib": rss_before, "rss_end_mib": _vm("VmRSS"),
+                      "rss_end_anon_mib": _vm("RssAnon"), "rss_end_shmem_mib": _vm("RssShmem")}))
 
 
 def _write_pairs(path: Path, pairs: list[dict], copies: int) -> Path:
@@ -124,8 +125,11 @@ def run(report: Report, n: int = 200, scale: int = 10, model: str = "tiny", rss:
         if rss:
             for executor in ("local", "ray"):
                 a, b = details[f"{executor}_x1"]["peak_rss_mib"], details[f"{executor}_x{scale}"]["peak_rss_mib"]
+                big = details[f"{executor}_x{scale}"]
                 report.add("ray", f"{executor}: driver peak RSS at {n} / {n * scale} pairs", b / a, "x",
-                           note=f"{a:.0f} MiB -> {b:.0f} MiB")
+                           note=f"{a:.0f} MiB -> {b:.0f} MiB ({(b - a) * 1024 / (n * scale - n):.2f} KiB/pair); "
+                                f"at the end {big['rss_end_anon_mib']:.0f} MiB private + "
+                                f"{big['rss_end_shmem_mib']:.0f} MiB shared")
             report.add("ray", f"{n * scale} pairs: overhead ratio ray / in-process",
                        details[f"ray_x{scale}"]["seconds"] / details[f"local_x{scale}"]["seconds"], "x",
                        note=f"labels.jsonl byte-identical: {details[f'identical_x{scale}']}")

@@ -29,7 +29,7 @@ from tests.conftest import ROOT, run_cli  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's own process() functions reach the actors
 
-RAY = ExecutorConfig(kind="ray", actors=2)
+RAY = ExecutorConfig(kind="ray", actors=2, block_records=4)  # one batch of 4 a block: results stream back
 WORDS = "the a cat dog safe help harm answer question please sorry cannot will should kind".split()
 
 
@@ -112,7 +112,8 @@ def test_an_openai_fleet_spreads_the_actors_over_the_servers_with_local_labels(t
     with FakeOpenAIServer(owned_by="vllm", delay=0.4) as a, FakeOpenAIServer(owned_by="vllm", delay=0.4) as b:
         cli = run_cli("label", "--pairs", pairs, "--judge", "openai:fake-model", "--base-url", "http://127.0.0.1:9/v1",
                       "--batch-size", 1, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address", GCS(),
-                      "--ray-actors", 2, "--ray-base-urls", f"{a.base_url},{b.base_url}", timeout=180)
+                      "--ray-actors", 2, "--ray-base-urls", f"{a.base_url},{b.base_url}", "--ray-block-records", 1,
+                      timeout=180)
         assert cli.returncode == 0, cli.stderr[-2000:]
         served = (a.requests, b.requests)
     assert min(served) > 0 and sum(served) == 16 * 2, served  # both orders of 16 pairs, spread over the two
@@ -204,7 +205,7 @@ def process(batch):
     return [{"id": r["id"], "x2": r["x"] * 2, "batch": [q["id"] for q in batch]} for r in batch]
 
 items = [{"id": f"r{i:03d}", "x": (i * 7) % 11} for i in range(40)]
-with use_executor(ExecutorConfig(kind="ray", address=sys.argv[2], actors=1)):
+with use_executor(ExecutorConfig(kind="ray", address=sys.argv[2], actors=1, block_records=2)):
     r = run_stage("double", items, process, sys.argv[1], config={}, batch_size=2, progress=False)
 print(r.written, r.done_before)
 """

@@ -110,7 +110,9 @@ class RayExecutor:
             failures: list[dict] = []
             written = 0
             try:
-                for b, out_ids, blob, fails in self._results(stage, pending(), process, fixed_batches, progress):
+                per_block = max(1, self.cfg.block_records // batch_size)  # runner batches per Ray Data block
+                for b, out_ids, blob, fails in self._results(stage, pending(), process, fixed_batches, progress,
+                                                             per_block):
                     failures.extend(fails)
                     keep = [k for k, rid in enumerate(out_ids) if rid not in done and rid in ids]
                     lines = blob.split(b"\n")[:-1]
@@ -127,7 +129,8 @@ class RayExecutor:
             return StageResult(stage, path, finished_records(path, ids, done, keep_records=False), len(ids),
                                done_before, written, failures, seconds)
 
-    def _results(self, stage, pending: Iterator[tuple], process, fixed_batches, progress) -> Iterator[tuple]:
+    def _results(self, stage, pending: Iterator[tuple], process, fixed_batches, progress,
+                 per_block: int) -> Iterator[tuple]:
         """Stream (batch index, ids, output lines, failures) back in batch order. The pending
         batches go to the object store a block at a time as they are cut (Ray spills blocks to disk
         past its memory), so the driver holds block references, not records."""
@@ -150,7 +153,7 @@ class RayExecutor:
         for item in pending:
             chunk.append(item)
             n_batches += 1
-            if len(chunk) == cfg.batches_per_block:
+            if len(chunk) == per_block:
                 put()
                 chunk = []
         if chunk:
