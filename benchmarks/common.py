@@ -207,7 +207,7 @@ def hh_dev_path() -> Path | None:
 def hh_pairs(n: int, max_chars: int = 1200) -> list[dict]:
     """The first n usable HH-RLHF harmless dev pairs (labeler-normalised), short ones only so a
     fixed count means a fixed amount of work: conversation + both replies ≤ max_chars."""
-    from rlaif.stages.labeler import normalize_pairs
+    from rlaif.stages.pair_inputs import normalize_pairs
 
     path = hh_dev_path()
     if path is None:

@@ -205,7 +205,8 @@ class Rounds:
             prefs, dropped = best_worst_preferences([s for s in samples if s["id"] in scores], scores)
             info = {"scored": len(scores), "failed": scored.failed}
         else:
-            from rlaif.stages.labeler import label_pairs, normalize_pairs
+            from rlaif.stages.labeler import label_pairs
+            from rlaif.stages.pair_inputs import normalize_pairs
 
             pairs = sample_pairs(samples)
             if not pairs:

@@ -13,6 +13,7 @@ from rlaif.backends.base import Completion, OptionLogprobs
 from rlaif.constitution import Constitution
 from rlaif.errors import UserError
 from rlaif.stages import labeler as L
+from rlaif.stages.pair_inputs import normalize_pairs
 
 from conftest import run_cli
 
@@ -238,15 +239,15 @@ def test_pair_shapes_are_normalised():
         {"chosen": "\n\nHuman: q3\n\nAssistant: yes", "rejected": "\n\nHuman: q3\n\nAssistant: no"},
         {"chosen": "\n\nHuman: q4\n\nAssistant: same", "rejected": "\n\nHuman: q4\n\nAssistant: same"},
     ]
-    pairs, skipped = L.normalize_pairs(recs, "f.jsonl")
+    pairs, skipped = normalize_pairs(recs, "f.jsonl")
     assert [(p["a"], p["b"], p["given"]) for p in pairs] == [("x", "y", "unordered"), ("c", "r", "chosen_rejected"),
                                                               ("yes", "no", "hh_rlhf")]
     assert pairs[2]["prompt"] == [{"role": "user", "content": "q3"}]
     assert skipped == {"identical": 1}
     with pytest.raises(UserError, match=r"f.jsonl:1: .*response_b"):
-        L.normalize_pairs([{"prompt": "q", "response_a": "x", "response_b": 3}], "f.jsonl")
+        normalize_pairs([{"prompt": "q", "response_a": "x", "response_b": 3}], "f.jsonl")
     with pytest.raises(UserError, match=r"f.jsonl:1: expected fields"):
-        L.normalize_pairs([{"prompt": "q", "text": "x"}], "f.jsonl")
+        normalize_pairs([{"prompt": "q", "text": "x"}], "f.jsonl")
 
 
 def test_responses_cannot_close_the_fence(constitution):

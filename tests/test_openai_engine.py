@@ -590,7 +590,7 @@ def test_llama_cpp_labels_match_the_transformers_engine_on_the_same_weights(llam
     """The same labels through `openai:` as through a local engine: the prefill continues the
     assistant turn (a raw completion rendered with the served model's chat template)."""
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import normalize_pairs
+    from rlaif.stages.pair_inputs import normalize_pairs
 
     harmless = load_constitution("harmless")
     pairs, _ = normalize_pairs(SAME_WEIGHT_PAIRS)

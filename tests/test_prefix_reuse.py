@@ -19,7 +19,8 @@ from rlaif.backends.prefix_tree import computed_tokens, is_shared, prefix_tree
 from rlaif.backends.transformers_engine import TransformersEngine
 from rlaif.config import EngineConfig
 from rlaif.constitution import load_constitution
-from rlaif.stages.labeler import LabelerConfig, label_pairs, normalize_pairs
+from rlaif.stages.labeler import LabelerConfig, label_pairs
+from rlaif.stages.pair_inputs import normalize_pairs
 from tests.conftest import build_tiny_llama
 from tests.test_engine_correctness import build_tiny_gpt2
 

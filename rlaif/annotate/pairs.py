@@ -2,7 +2,7 @@
 a stable id and the principle's question the page shows.
 
 Each line is one pair: `prompt` + `response_a`/`response_b`, `prompt` + `chosen`/`rejected`, or an
-HH-RLHF transcript pair (see `rlaif.stages.labeler.normalize_pairs`). Two optional fields:
+HH-RLHF transcript pair (see `rlaif.stages.pair_inputs.normalize_pairs`). Two optional fields:
 `principle` (the id of a principle in the constitution; its comparison question is shown) and
 `question` (a question of your own, shown as written). Without either, the principle is drawn the
 way the labeler draws it for the same pair and seed, so people and the judge answer the same
@@ -18,7 +18,8 @@ from rlaif.constitution import Constitution
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id
 from rlaif.resources import resolve
-from rlaif.stages.labeler import draw_principles, normalize_pairs
+from rlaif.stages.labeler import draw_principles
+from rlaif.stages.pair_inputs import normalize_pairs
 
 SAMPLE = "annotate_sample"  # the shipped sample: prompts/annotate_sample.jsonl
 
