@@ -132,19 +132,22 @@ def cmd_models(args) -> int:
 def cmd_generate(args) -> int:
     from rlaif.executors import use_executor
     from rlaif.executors.cli import engine_for, executor_config
-    from rlaif.prompts_io import read_prompts
+    from rlaif.prompts_io import iter_prompts
+    from rlaif.records import Reread
     from rlaif.runner import independent_requests, run_stage
-    from rlaif.stages.responses import ResponsesConfig, check_context, expand, make_process
+    from rlaif.stages.responses import ResponsesConfig, check_context, iter_expand, make_process
 
     cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    prompts = read_prompts(args.prompts)
+    prompts = Reread(lambda: iter_prompts(args.prompts))  # streamed on every pass, never held
+    for _ in prompts:  # a bad prompt file fails before the model loads
+        pass
     engine_cfg = _engine_config(args)
     executor = executor_config(args)
     engine = engine_for(args, engine_cfg, executor)
     with use_executor(executor):
         try:
             check_context(engine, prompts, cfg.max_tokens, args.prompts)
-            items = expand(prompts, engine.model, cfg)
+            items = Reread(lambda: iter_expand(prompts, engine.model, cfg))
             result = run_stage("responses", items, make_process(engine, cfg), args.out,
                                config={"responses": cfg.model_dump(), "engine": engine_cfg.model_dump(mode="json")},
                                batch_size=args.batch_size, overwrite=args.overwrite,
@@ -206,18 +209,18 @@ def cmd_critique(args) -> int:
     from rlaif.executors import use_executor
     from rlaif.executors.cli import engine_for, executor_config
     from rlaif.constitution import load_constitution
-    from rlaif.stages.critique_revision import CritiqueConfig, format_summary, load_responses, run_critique
+    from rlaif.stages.critique_revision import CritiqueConfig, ResponsesFile, format_summary, run_critique
 
     cfg = CritiqueConfig(rounds=args.rounds, seed=args.seed, few_shot=args.few_shot,
                          temperature=args.temperature, critique_max_tokens=args.critique_max_tokens,
                          revision_max_tokens=args.revision_max_tokens)
     constitution = load_constitution(args.constitution)
-    responses = load_responses(args.responses)
+    ResponsesFile(args.responses).check()  # a bad responses file fails before the model loads (read, not held)
     executor = executor_config(args)
     engine = engine_for(args, _engine_config(args), executor)
     with use_executor(executor):
         try:
-            summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
+            summary = run_critique(args.responses, constitution, engine, args.out, batch_size=args.batch_size,
                                    overwrite=args.overwrite, config=cfg)
         finally:
             engine.close()
@@ -250,7 +253,8 @@ def cmd_label(args) -> int:
     from rlaif.executors import use_executor
     from rlaif.executors.cli import engine_for, executor_config
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import PairsFile, run_label
+    from rlaif.stages.labeler import run_label
+    from rlaif.stages.pair_inputs import PairsFile
 
     cfg = _labeler_config(args)
     constitution = load_constitution(args.constitution)

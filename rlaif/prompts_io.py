@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 from rlaif.errors import UserError
 from rlaif.records import record_id
@@ -33,37 +34,43 @@ def as_messages(prompt, where: str, require_user: bool = False) -> list[dict]:
 
 def read_prompts(name_or_path: str | Path) -> list[dict]:
     """Records `{"id", "prompt": messages, "meta": {other fields}}` in file order."""
+    return list(iter_prompts(name_or_path))
+
+
+def iter_prompts(name_or_path: str | Path) -> Iterator[dict]:
+    """`read_prompts` a line at a time (a file of any size in constant memory); the same errors,
+    an empty file included."""
     path = resolve("prompts", name_or_path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; expected a prompt file (.jsonl or .txt)")
+    is_jsonl = None  # decided by the first line that is not blank
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if is_jsonl is None:
+                    is_jsonl = path.suffix in (".jsonl", ".json") or line.lstrip().startswith("{")
+                yield _prompt_record(line, f"{path}:{lineno}", lineno, is_jsonl)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); expected a UTF-8 prompt file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), None)
-    if first is None:
+    if is_jsonl is None:
         raise UserError(f"{path}: no prompts; expected JSONL with a 'prompt' field or one prompt per line")
-    is_jsonl = path.suffix in (".jsonl", ".json") or first.lstrip().startswith("{")
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        if is_jsonl:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
-                                "expected one JSON object per line") from None
-            if not isinstance(obj, dict) or "prompt" not in obj:
-                raise UserError(f"{where}: expected a JSON object with a 'prompt' field")
-            messages = as_messages(obj["prompt"], where)
-            meta = {k: v for k, v in obj.items() if k not in ("prompt", "id")}
-        else:
-            messages, meta = as_messages(line.strip(), where), {}
-        records.append({"id": record_id("prompt", messages), "prompt": messages, "meta": meta,
-                        "line": lineno})
-    return records
+
+
+def _prompt_record(line: str, where: str, lineno: int, is_jsonl: bool) -> dict:
+    if is_jsonl:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); "
+                            "expected one JSON object per line") from None
+        if not isinstance(obj, dict) or "prompt" not in obj:
+            raise UserError(f"{where}: expected a JSON object with a 'prompt' field")
+        messages = as_messages(obj["prompt"], where)
+        meta = {k: v for k, v in obj.items() if k not in ("prompt", "id")}
+    else:
+        messages, meta = as_messages(line.strip(), where), {}
+    return {"id": record_id("prompt", messages), "prompt": messages, "meta": meta, "line": lineno}

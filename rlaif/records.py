@@ -32,6 +32,11 @@ def read_jsonl(path: str | Path, *, allow_empty: bool = False) -> list[dict]:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """`read_jsonl` a line at a time (a file of any size in constant memory); the same errors."""
+    return (obj for _, obj in iter_jsonl_numbered(path))
+
+
+def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """`iter_jsonl` with each record's line number."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
@@ -50,7 +55,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
                                     "expected one JSON object per line") from None
                 if not isinstance(obj, dict):
                     raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield obj
+                yield lineno, obj
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); expected UTF-8 JSONL") from None
     except OSError as e:

@@ -147,6 +147,41 @@ def test_another_critic_in_the_same_folder_writes_its_own_chains(tokenizer, tmp_
     assert other["written"] == 1  # not the first critic's chain, taken as done
 
 
+def test_a_responses_file_is_streamed_to_the_outputs_of_a_list(tokenizer, tmp_path, monkeypatch):
+    """`run_critique(PATH)` reads the file on each pass (never a list of it) and writes the chains,
+    SL-CAI records, revision pairs and summary that the same responses given as a list do."""
+    from rlaif.backends.transformers_engine import TransformersEngine
+    from rlaif.config import EngineConfig
+    from rlaif.records import FileRecords
+    from rlaif.stages import critique_revision as C
+    from tests.conftest import build_tiny_llama
+
+    critic = TransformersEngine.from_pretrained_objects(build_tiny_llama(tokenizer, seed=1), tokenizer,
+                                                       EngineConfig(model="critic", device="cpu"))
+    responses = [{"id": f"r{i}", "prompt": [{"role": "user", "content": f"How do I pick lock {i}?"}],
+                  "response": f"Use tension wrench number {i}.", "sample": 0} for i in range(6)]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in responses))
+    cfg = CritiqueConfig(rounds=2, few_shot=0, critique_max_tokens=4, revision_max_tokens=4)
+    listed = run_critique(responses, "harmless", critic, tmp_path / "list", config=cfg, batch_size=4, progress=False)
+    seen = []
+    real_run_stage = C.run_stage
+
+    def spy(stage, inputs, *args, **kwargs):
+        result = real_run_stage(stage, inputs, *args, **kwargs)
+        seen.append((type(inputs).__name__, type(result.records)))
+        return result
+
+    monkeypatch.setattr(C, "run_stage", spy)  # the real runner, watched: what it was given and gave back
+    streamed = run_critique(path, "harmless", critic, tmp_path / "file", config=cfg, batch_size=4, progress=False)
+    assert seen == [("Reread", FileRecords)]
+    assert {k: v for k, v in streamed.items() if k not in ("out_dir", "seconds")} == \
+        {k: v for k, v in listed.items() if k not in ("out_dir", "seconds")}
+    assert streamed["chains"] == 6 and streamed["revisions"] == 12
+    for name in ("chains.jsonl", "sl_cai.jsonl", "revision_pairs.jsonl"):
+        assert (tmp_path / "file" / name).read_bytes() == (tmp_path / "list" / name).read_bytes(), name
+
+
 # ------------------------------------------------------------------ real model
 
 @pytest.fixture(scope="module")

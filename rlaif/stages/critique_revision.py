@@ -28,7 +28,7 @@ import random
 import re
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from pydantic import Field
 
@@ -37,7 +37,7 @@ from rlaif.config import Strict, config_hash
 from rlaif.constitution import Constitution, FewShot, Principle, load_constitution
 from rlaif.errors import UserError
 from rlaif.prompts_io import as_messages
-from rlaif.records import read_jsonl, record_id, write_jsonl_atomic
+from rlaif.records import Reread, iter_jsonl_numbered, record_id, write_jsonl_atomic
 from rlaif.runner import OutputLock, independent_requests, read_manifest, run_stage, update_manifest
 from rlaif.templates import Template, load_template
 
@@ -70,34 +70,49 @@ def normalize_responses(records: Sequence[dict], source: str = "responses",
                         lines: Sequence[int] | None = None) -> list[dict]:
     """Check response records (`prompt` text or messages, `response` text; `id` optional) and give
     each a response id; problems name the source and the line (or record number)."""
-    out = []
-    for i, rec in enumerate(records, 1):
-        where = f"{source}:{lines[i - 1]}" if lines else f"{source}: record {i}"
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: expected a JSON object")
-        if "prompt" not in rec:
-            raise UserError(f"{where}: missing required field prompt")
-        if not isinstance(rec.get("response"), str):
-            raise UserError(f"{where}: field response: expected a string"
-                            + ("" if "response" in rec else " (missing)"))
-        messages = as_messages(rec["prompt"], where, require_user=True)
-        rid = rec.get("response_id", rec.get("id"))  # records normalised before keep their id
-        if rid is not None and not isinstance(rid, str):
-            raise UserError(f"{where}: field id: expected a string")
-        rid = rid or record_id(messages, rec["response"])
-        out.append({"response_id": rid, "prompt": messages, "response": rec["response"],
-                    "model": rec.get("model"), "sample": rec.get("sample")})
-    return out
+    return [normalize_response(rec, f"{source}:{lines[i - 1]}" if lines else f"{source}: record {i}")
+            for i, rec in enumerate(records, 1)]
+
+
+def normalize_response(rec, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    if "prompt" not in rec:
+        raise UserError(f"{where}: missing required field prompt")
+    if not isinstance(rec.get("response"), str):
+        raise UserError(f"{where}: field response: expected a string"
+                        + ("" if "response" in rec else " (missing)"))
+    messages = as_messages(rec["prompt"], where, require_user=True)
+    rid = rec.get("response_id", rec.get("id"))  # records normalised before keep their id
+    if rid is not None and not isinstance(rid, str):
+        raise UserError(f"{where}: field id: expected a string")
+    rid = rid or record_id(messages, rec["response"])
+    return {"response_id": rid, "prompt": messages, "response": rec["response"],
+            "model": rec.get("model"), "sample": rec.get("sample")}
+
+
+class ResponsesFile(Reread):
+    """Response records from a JSONL file (e.g. the `generate` stage's responses.jsonl), checked and
+    normalised afresh on every pass, never held whole."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(lambda: (normalize_response(rec, f"{self.path}:{n}")
+                                  for n, rec in iter_jsonl_numbered(self.path)))
+
+    def check(self) -> int:
+        """The number of records; the first bad one, or none at all, is a UserError."""
+        n = sum(1 for _ in self)
+        if not n:
+            raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
+        return n
 
 
 def load_responses(path: str | Path) -> list[dict]:
-    """Response records from a JSONL file (e.g. the `generate` stage's responses.jsonl)."""
-    records = read_jsonl(path)
-    lines = None
-    if Path(path).suffix != ".gz":  # read_jsonl skips blank lines: map records back to line numbers
-        text = Path(path).read_text(encoding="utf-8")
-        lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    return normalize_responses(records, str(path), lines)
+    """Response records from a JSONL file, as a list."""
+    responses = ResponsesFile(path)
+    responses.check()
+    return list(responses)
 
 
 # ------------------------------------------------------------------ principles and ids
@@ -278,21 +293,25 @@ def critique_flags(critique: str, principle: Principle, threshold: float = 0.8) 
 # ------------------------------------------------------------------ the stage
 
 
-def chain_inputs(responses: Sequence[dict], constitution: Constitution, cfg: CritiqueConfig,
+def chain_inputs(responses: Iterable[dict], constitution: Constitution, cfg: CritiqueConfig,
                  template_ids: dict, critic: str = "") -> list[dict]:
     """One runner input per response: chain id (from the response id, the constitution, the stage
     config and the critic model `critic`, so another critic in the same folder writes its own
     chains) and the principles drawn for it."""
+    return list(iter_chain_inputs(responses, constitution, cfg, template_ids, critic))
+
+
+def iter_chain_inputs(responses: Iterable[dict], constitution: Constitution, cfg: CritiqueConfig,
+                      template_ids: dict, critic: str = "") -> Iterator[dict]:
+    """`chain_inputs` a response at a time."""
     chash = config_hash(constitution)
     stage_cfg = cfg.model_dump(mode="json")
-    out = []
     for rec in responses:
         principles = draw_principles(constitution, cfg.seed, rec["response_id"], cfg.rounds,
                                      cfg.repeat_principles)
         cid = record_id(STAGE, rec["response_id"], rec["prompt"], rec["response"], chash, stage_cfg, template_ids,
                         *([critic] if critic else []))
-        out.append({**rec, "id": cid, "principles": [p.id for p in principles]})
-    return out
+        yield {**rec, "id": cid, "principles": [p.id for p in principles]}
 
 
 def make_process(constitution: Constitution, engine: Engine, cfg: CritiqueConfig,
@@ -355,54 +374,75 @@ def make_process(constitution: Constitution, engine: Engine, cfg: CritiqueConfig
     return process
 
 
-def derive_datasets(chains: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+def derive_datasets(chains: Iterable[dict]) -> tuple[list[dict], list[dict]]:
     """SFT records and revision pairs from the non-degenerate chains."""
-    sl, pairs = [], []
-    for ch in chains:
-        if ch.get("final") is None:
-            continue
-        prompt = [m for m in ch["prompt"]]
-        used = [r["principle"] for r in ch["rounds"] if r["round"] <= ch["final_round"] and not r["degenerate"]]
-        sl.append({"id": ch["id"], "prompt": prompt,
-                   "completion": [{"role": "assistant", "content": ch["final"]}],
-                   "principles": used, "constitution": ch["constitution"]["name"]})
-        pairs.append({"id": ch["id"], "prompt": prompt,
-                      "chosen": [{"role": "assistant", "content": ch["final"]}],
-                      "rejected": [{"role": "assistant", "content": ch["original"]}],
-                      "principles": used,
-                      "degenerate": [r["degenerate"] for r in ch["rounds"]],
-                      "constitution": ch["constitution"], "response_id": ch["response_id"],
-                      "source": "critique_revision"})
-    return sl, pairs
+    kept = [ch for ch in chains if ch.get("final") is not None]
+    return [sl_cai_record(ch) for ch in kept], [revision_pair(ch) for ch in kept]
 
 
-def summarize(chains: Sequence[dict], rounds: int) -> dict:
-    def mean(xs):
-        return round(sum(xs) / len(xs), 1) if xs else None
+def _used_principles(ch: dict) -> list[str]:
+    return [r["principle"] for r in ch["rounds"] if r["round"] <= ch["final_round"] and not r["degenerate"]]
 
-    all_rounds = [r for ch in chains for r in ch["rounds"]]
-    good = [ch for ch in chains if ch.get("final") is not None]
+
+def sl_cai_record(ch: dict) -> dict:
+    """The SL-CAI SFT record of a chain with a usable final revision."""
+    return {"id": ch["id"], "prompt": list(ch["prompt"]),
+            "completion": [{"role": "assistant", "content": ch["final"]}],
+            "principles": _used_principles(ch), "constitution": ch["constitution"]["name"]}
+
+
+def revision_pair(ch: dict) -> dict:
+    """The (final revision ≻ original) preference pair of a chain with a usable final revision."""
+    return {"id": ch["id"], "prompt": list(ch["prompt"]),
+            "chosen": [{"role": "assistant", "content": ch["final"]}],
+            "rejected": [{"role": "assistant", "content": ch["original"]}],
+            "principles": _used_principles(ch),
+            "degenerate": [r["degenerate"] for r in ch["rounds"]],
+            "constitution": ch["constitution"], "response_id": ch["response_id"],
+            "source": "critique_revision"}
+
+
+def summarize(chains: Iterable[dict], rounds: int) -> dict:
+    """Counts and mean lengths over the chains, in one pass (the chains may be read from disk)."""
+    n = complete = good = revisions = degenerate = empty = 0
     flags: dict[str, int] = {}
-    for r in all_rounds:
-        for f in r["degenerate"]:
-            flags[f] = flags.get(f, 0) + 1
-    n = len(chains)
+    sums = dict.fromkeys(("words_original", "words_original_kept", "words_final", "chars_original_kept",
+                          "chars_final"), 0)
+    for ch in chains:
+        n += 1
+        complete += len(ch["rounds"]) == rounds
+        for r in ch["rounds"]:
+            revisions += 1
+            degenerate += bool(r["degenerate"])
+            empty += "empty" in r.get("critique_degenerate", [])
+            for f in r["degenerate"]:
+                flags[f] = flags.get(f, 0) + 1
+        sums["words_original"] += len(ch["original"].split())
+        if ch.get("final") is not None:
+            good += 1
+            sums["words_original_kept"] += len(ch["original"].split())
+            sums["words_final"] += len(ch["final"].split())
+            sums["chars_original_kept"] += len(ch["original"])
+            sums["chars_final"] += len(ch["final"])
+
+    def mean(total, count):
+        return round(total / count, 1) if count else None
+
     return {
         "chains": n,
-        "complete_chains": sum(1 for ch in chains if len(ch["rounds"]) == rounds),
-        "degenerate_chains": n - len(good),
-        "degenerate_chain_share": round((n - len(good)) / n, 3) if n else None,
-        "revisions": len(all_rounds),
-        "degenerate_revisions": sum(1 for r in all_rounds if r["degenerate"]),
-        "degenerate_revision_share": (round(sum(1 for r in all_rounds if r["degenerate"]) / len(all_rounds), 3)
-                                      if all_rounds else None),
+        "complete_chains": complete,
+        "degenerate_chains": n - good,
+        "degenerate_chain_share": round((n - good) / n, 3) if n else None,
+        "revisions": revisions,
+        "degenerate_revisions": degenerate,
+        "degenerate_revision_share": round(degenerate / revisions, 3) if revisions else None,
         "degenerate_reasons": dict(sorted(flags.items())),
-        "empty_critiques": sum(1 for r in all_rounds if "empty" in r.get("critique_degenerate", [])),
-        "mean_words_original": mean([len(ch["original"].split()) for ch in chains]),
-        "mean_words_original_kept": mean([len(ch["original"].split()) for ch in good]),
-        "mean_words_final": mean([len(ch["final"].split()) for ch in good]),
-        "mean_chars_original_kept": mean([len(ch["original"]) for ch in good]),
-        "mean_chars_final": mean([len(ch["final"]) for ch in good]),
+        "empty_critiques": empty,
+        "mean_words_original": mean(sums["words_original"], n),
+        "mean_words_original_kept": mean(sums["words_original_kept"], good),
+        "mean_words_final": mean(sums["words_final"], good),
+        "mean_chars_original_kept": mean(sums["chars_original_kept"], good),
+        "mean_chars_final": mean(sums["chars_final"], good),
     }
 
 
@@ -413,8 +453,9 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
 
     `responses`: a JSONL path or a list of response records; `constitution`: a Constitution, a
     shipped name or a path. `config` overrides `rounds`/`seed` when given."""
-    if isinstance(responses, (str, Path)):
-        responses = load_responses(responses)
+    if isinstance(responses, (str, Path)):  # streamed from the file on every pass, never held
+        responses = ResponsesFile(responses)
+        responses.check()
     else:
         responses = normalize_responses(responses)
     if not isinstance(constitution, Constitution):
@@ -422,7 +463,11 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
     cfg = config or CritiqueConfig(rounds=rounds, seed=seed)
     ct, rt = load_template(cfg.critique_template), load_template(cfg.revision_template)
     template_ids = {"critique": ct.id, "revision": rt.id}
-    inputs = chain_inputs(responses, constitution, cfg, template_ids, critic=f"{engine.name}:{engine.model}")
+    critic = f"{engine.name}:{engine.model}"
+    if isinstance(responses, Reread):
+        inputs = Reread(lambda: iter_chain_inputs(responses, constitution, cfg, template_ids, critic))
+    else:
+        inputs = chain_inputs(responses, constitution, cfg, template_ids, critic)
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         result = run_stage(
@@ -433,13 +478,15 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
                     "critic_model": engine.model},
             batch_size=batch_size, output=CHAINS, overwrite=overwrite, progress=progress,
             stats=getattr(engine, "stats", None), fixed_batches=not independent_requests(engine))
-        sl, pairs = derive_datasets(result.records)
-        write_jsonl_atomic(out_dir / SL_CAI, sl)
-        write_jsonl_atomic(out_dir / PAIRS, pairs)
+        kept = lambda: (ch for ch in result.records if ch.get("final") is not None)  # noqa: E731
+        write_jsonl_atomic(out_dir / SL_CAI, (sl_cai_record(ch) for ch in kept()))
+        write_jsonl_atomic(out_dir / PAIRS, (revision_pair(ch) for ch in kept()))
+        stats = summarize(result.records, cfg.rounds)
         summary = {"out_dir": str(out_dir), "constitution": f"{constitution.name} v{constitution.version}",
                    "inputs": result.total, "done_before": result.done_before, "written": result.written,
-                   "failed": result.failed, **summarize(result.records, cfg.rounds),
-                   "sl_cai": len(sl), "revision_pairs": len(pairs), "seconds": round(result.seconds, 1)}
+                   "failed": result.failed, **stats, "sl_cai": stats["chains"] - stats["degenerate_chains"],
+                   "revision_pairs": stats["chains"] - stats["degenerate_chains"],
+                   "seconds": round(result.seconds, 1)}
         entry = read_manifest(out_dir).get("stages", {}).get(STAGE, {})
         update_manifest(out_dir, STAGE, {**entry, "summary": summary,
                                          "derived": {"sl_cai": SL_CAI, "revision_pairs": PAIRS}})

@@ -6,6 +6,8 @@ settings, so a re-run with the same settings skips what is done and a change sta
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 from pydantic import Field
 
 from rlaif.backends.base import Engine, GenerationRequest
@@ -22,19 +24,21 @@ class ResponsesConfig(Strict):
     seed: int = 0
 
 
-def expand(prompts: list[dict], model: str, cfg: ResponsesConfig) -> list[dict]:
+def expand(prompts: Iterable[dict], model: str, cfg: ResponsesConfig) -> list[dict]:
     """Prompt records -> one work item per (prompt, sample), with its id and its own seed."""
+    return list(iter_expand(prompts, model, cfg))
+
+
+def iter_expand(prompts: Iterable[dict], model: str, cfg: ResponsesConfig) -> Iterator[dict]:
+    """`expand` a prompt at a time."""
     params = cfg.model_dump()
-    items = []
     for p in prompts:
         for s in range(cfg.n):
             rid = record_id("responses", p["prompt"], model, params, s)
-            items.append({**p, "id": rid, "prompt_id": p["id"], "sample": s,
-                          "seed": int(rid[:8], 16) ^ cfg.seed})
-    return items
+            yield {**p, "id": rid, "prompt_id": p["id"], "sample": s, "seed": int(rid[:8], 16) ^ cfg.seed}
 
 
-def check_context(engine: Engine, prompts: list[dict], max_tokens: int, source) -> None:
+def check_context(engine: Engine, prompts: Iterable[dict], max_tokens: int, source) -> None:
     """Before any work: a prompt that cannot fit the engine's context with `max_tokens` more is an
     error naming its file and line. Engines that cannot tell (an HTTP API) are left to the server."""
     check = getattr(engine, "check_prompt", None)
