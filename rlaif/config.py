@@ -33,8 +33,8 @@ class ExecutorConfig(Strict):
     actors: int = Field(2, ge=1)  # actors, each holding one engine
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)  # 1 for a vLLM engine per GPU
-    # records per Ray Data block (one task; rounded to whole runner batches): Ray Data keeps ~40 KB of
-    # metadata per block on the driver, so blocks of one small batch each made its memory grow with the records
+    # at most this many records per Ray Data block (one task; whole runner batches, at least 4 blocks per actor):
+    # Ray Data keeps ~40 KB per block on the driver, so blocks of one small batch made its memory grow with the records
     block_records: int = Field(256, ge=1)
     # a fleet of OpenAI-compatible servers: actor k sends its openai engines' requests to base_urls[k mod n]
     base_urls: list[str] | None = None

@@ -148,6 +148,16 @@ def _items(n: int) -> list[dict]:
     return [{"id": f"r{i:03d}", "x": (i * 7) % 11} for i in range(n)]
 
 
+def test_blocks_are_capped_and_a_short_run_is_shared_out():
+    from rlaif.executors.ray_data import batches_per_block
+
+    two = ExecutorConfig(kind="ray", actors=2)
+    assert batches_per_block(1_000_000, 8, two) == 32  # 256 records: the cap
+    assert batches_per_block(200, 8, two) == 3  # 25 records a block at most: 4 blocks an actor
+    assert batches_per_block(5, 8, two) == 1
+    assert batches_per_block(10_000, 8, two.model_copy(update={"block_records": 64})) == 8
+
+
 def test_failed_records_are_kept_and_the_rest_written(tmp_path):
     items, fail = _items(20), frozenset({"r003", "r014"})
     local = run_stage("double", items, _slow_double(fail=fail), tmp_path / "local", config={}, batch_size=4,

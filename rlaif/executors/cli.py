@@ -23,8 +23,8 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-base-urls", metavar="URL,URL", type=lambda v: [u for u in v.split(",") if u],
                    help="with --executor ray and an openai: engine: a fleet of OpenAI-compatible servers; actor k "
                         "talks to the k-th (mod their number) instead of --base-url")
-    g.add_argument("--ray-block-records", type=int, metavar="N", help="with --executor ray: records per Ray Data "
-                   "block, one task (default 256, rounded to whole batches); smaller spreads a short run wider")
+    g.add_argument("--ray-block-records", type=int, metavar="N", help="with --executor ray: at most N records per "
+                   "Ray Data block, one task (default 256; whole batches, and at least 4 blocks per actor)")
     g.add_argument("--ray-gpus-per-actor", type=float, metavar="G", help="with --executor ray: GPUs per actor "
                    "(1 for a vllm: judge per GPU)")
 

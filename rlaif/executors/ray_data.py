@@ -110,7 +110,7 @@ class RayExecutor:
             failures: list[dict] = []
             written = 0
             try:
-                per_block = max(1, self.cfg.block_records // batch_size)  # runner batches per Ray Data block
+                per_block = batches_per_block(len(ids) - done_before, batch_size, self.cfg)
                 for b, out_ids, blob, fails in self._results(stage, pending(), process, fixed_batches, progress,
                                                              per_block):
                     failures.extend(fails)
@@ -145,7 +145,7 @@ class RayExecutor:
         ctx.print_on_execution_start = False
         refs, n_batches, chunk = [], 0, []
 
-        def put():
+        def put(chunk):
             table = pa.table({"b": pa.array([b for b, _ in chunk], pa.int64()),
                               "batch": pa.array([pickle.dumps(batch, protocol=5) for _, batch in chunk], pa.binary())})
             refs.append(ray.put(table))
@@ -154,15 +154,14 @@ class RayExecutor:
             chunk.append(item)
             n_batches += 1
             if len(chunk) == per_block:
-                put()
+                put(chunk)
                 chunk = []
         if chunk:
-            put()
-        del chunk
+            put(chunk)
         if not refs:
             return
         ds = ray.data.from_arrow_refs(refs)
-        del refs
+        refs.clear()  # the dataset holds the blocks now
         threads = max(1, int(cfg.cpus_per_actor))
         fleet = {"fleet": cfg.base_urls, "ranks": ray.remote(num_cpus=0)(Ranks).remote()} if cfg.base_urls else {}
         ds = ds.map_batches(
@@ -185,6 +184,13 @@ class RayExecutor:
             raise
         finally:
             bar.close()
+
+
+def batches_per_block(records: int, batch_size: int, cfg: ExecutorConfig) -> int:
+    """Runner batches per Ray Data block (one task): at most `block_records` records (Ray Data keeps
+    per-block state on the driver), and at least 4 blocks per actor, so a short run is shared out."""
+    fair = -(-records // (4 * cfg.actors))
+    return max(1, min(cfg.block_records, fair) // batch_size)
 
 
 class StageActor:
