@@ -217,8 +217,13 @@ def test_full_tmpfs_is_a_clear_error_and_a_later_run_completes(jobs, work, small
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(jobs, work, capsys):
     """A real `rlaif generate` holds the folder; `generate` and `label` aimed at it are refused with
-    the first one's pid, and the first run's output is exactly the uninterrupted reference."""
-    job = jobs["generate"]
+    the first one's pid, and the first run's output is exactly the uninterrupted reference. (This
+    first run has one record a batch and 48 tokens each, so it is still running, on a loaded
+    machine too, while both refusals load their model and try.)"""
+    fast = jobs["generate"]
+    argv = [str(a) for a in fast.argv]
+    argv[argv.index("--max-tokens") + 1], argv[argv.index("--batch-size") + 1] = "48", "1"
+    job = Job("generate-slow", argv, fast.output, fast.derived, fast.total)
     job.reference(work)
     out = work / "concurrent"
     proc = spawn(*job.args(out), log=work / "concurrent.log")
