@@ -30,8 +30,8 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
 
 
 def executor_config(args) -> ExecutorConfig | None:
-    given = {k: getattr(args, f"ray_{k}", None) for k in ("address", "actors", "cpus_per_actor", "gpus_per_actor", "base_urls",
-                                               "block_records")}
+    names = ("address", "actors", "cpus_per_actor", "gpus_per_actor", "base_urls", "block_records")
+    given = {k: getattr(args, f"ray_{k}", None) for k in names}
     given = {k: v for k, v in given.items() if v is not None}
     if args.executor != "ray":
         if given:
