@@ -240,7 +240,7 @@ class Rounds:
         return info
 
     def run(self) -> dict:
-        from rlaif.pipeline import held_out_prompts
+        from rlaif.pipeline_config import held_out_prompts
         from rlaif.prompts_io import read_prompts
 
         pool = read_prompts(self.p.cfg.prompts.file)[: self.p.cfg.prompts.limit]

@@ -240,7 +240,8 @@ def test_two_rounds_move_the_rule_judges_quantity_further_than_one(tmp_path, one
 
     from rlaif.backends import load_engine
     from rlaif.eval.round_eval import SampleScorer
-    from rlaif.pipeline import Pipeline, held_out_prompts, load_pipeline
+    from rlaif.pipeline import Pipeline
+    from rlaif.pipeline_config import held_out_prompts, load_pipeline
 
     # relative model paths: sampling seeds come from record ids, which name the model, so the run
     # is the same in any temporary folder. Measured: log-odds 5.7 -> 29.8 -> 50.6, mean words

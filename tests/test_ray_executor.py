@@ -300,7 +300,8 @@ def test_a_pipeline_executor_block_hands_the_stages_a_ray_engine(tmp_path, tiny_
     """`executor: {kind: ray, ...}` in a pipeline: responses, critique and label run over a stand-in
     built from the role's EngineConfig (no weights on the driver); a bad block is one line."""
     from rlaif.errors import UserError
-    from rlaif.pipeline import Pipeline, load_pipeline
+    from rlaif.pipeline import Pipeline
+    from rlaif.pipeline_config import load_pipeline
 
     sets = [f"policy.model={tiny_model_dir}", f"judge.model={tiny_model_dir}", "executor.kind=ray", "executor.actors=3",
             "executor.gpus_per_actor=1"]

@@ -1,0 +1,188 @@
+"""A pipeline file's schema and its checks at load time: the roles' engine blocks, the prompt set,
+a block per stage, `rounds:` and `executor:` (`PipelineConfig`); `load_pipeline` reads and checks
+one (training blocks, the policy being trainable, enough held-out prompts) before any work, and
+`held_out_prompts` gives the evaluation's prompts, never a training prompt. Running one:
+rlaif/pipeline.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from rlaif.config import EngineConfig, ExecutorConfig, Strict, load_config
+from rlaif.errors import UserError
+from rlaif.iterate import RoundsConfig, check_rounds
+from rlaif.records import record_id
+from rlaif.roles import check_trainable, resolve_roles
+from rlaif.stages.critique_revision import CritiqueConfig
+from rlaif.stages.labeler import LabelerConfig
+from rlaif.stages.responses import ResponsesConfig
+from rlaif.train.dpo import DPOConfig
+from rlaif.train.ppo import PPOConfig
+from rlaif.train.reward_model import RewardConfig
+from rlaif.train.sft import SFTConfig
+
+DEFAULT_HUMAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
+
+
+class PromptSet(Strict):
+    file: str = "red_team"
+    limit: int | None = Field(None, ge=1)
+
+
+class LabelStage(LabelerConfig):
+    pairs: list[Literal["revisions", "samples"]] = ["revisions", "samples"]
+    compare_constitution: str | None = None  # label the same pairs again under this one and compare
+
+
+class TrainStage(Strict):
+    """Fields the pipeline fills in (output_dir, prefs, policy/base) are left out here."""
+
+
+class EvaluateStage(Strict):
+    human: str | None = "auto"  # HH-RLHF file; "auto": ../shared/data/hh-rlhf/... when present
+    human_limit: int = Field(40, ge=1)
+    policy_prompts: int = Field(8, ge=1)  # held-out prompts for win/harmless rate
+    # where they come from: a prompt file of their own, or (None) the prompts after the first
+    # prompts.limit of the training file; either way they never overlap the training prompts
+    prompts: str | None = None
+    max_tokens: int = Field(64, ge=1)
+    harmless_constitution: str = "harmless"
+
+
+class RejectionSamplingStage(Strict):
+    reward: str = "rm"  # "rm" (this run's reward model), "labeler:direct" (the judge), or any reward spec
+    n: int = Field(4, ge=2)  # samples per prompt
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    sft: dict = {}  # SFTConfig fields for the fine-tuning on the kept samples
+
+
+class Stages(Strict):
+    responses: ResponsesConfig | None = None
+    critique: CritiqueConfig | None = None
+    sft: dict | None = None  # SFTConfig fields: SL-CAI on critique/sl_cai.jsonl
+    label: LabelStage | None = None
+    reward_model: dict | None = None  # RewardConfig fields
+    rejection_sampling: RejectionSamplingStage | None = None  # best-of-K then SFT, before DPO/PPO
+    dpo: dict | None = None  # DPOConfig fields
+    ppo: dict | None = None  # PPOConfig fields; reward: "rm" (this run's RM) or "labeler:direct"
+    evaluate: EvaluateStage | None = None
+
+
+class JudgeCheckStage(Strict):
+    """The judge on the constitution's unambiguous check pairs, before any labeling."""
+
+    enabled: bool = True
+    require_accuracy: float | None = Field(None, gt=0.5, le=1)  # below it the run stops (exit 2)
+
+
+class PipelineConfig(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    policy: EngineConfig | None = None
+    critic: EngineConfig | None = None  # default: the policy
+    judge: EngineConfig | None = None  # default: the policy (the report says so)
+    engine: EngineConfig | None = None  # older pipelines: one block for every role without its own
+    judge_check: JudgeCheckStage = JudgeCheckStage()
+    constitution: str = "harmless"
+    prompts: PromptSet = PromptSet()
+    stages: Stages = Stages()
+    rounds: RoundsConfig | None = None  # iterative RLAIF (rlaif/iterate.py), after the other training stages
+    executor: ExecutorConfig = ExecutorConfig()  # kind: ray runs responses, critique and label on Ray actors
+
+
+def resolve_pipeline(path_or_name: str) -> Path:
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "pipelines" / f"{path_or_name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"{path_or_name}: pipeline file not found")
+
+
+def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
+                  constitution: str | None = None, roles: dict | None = None) -> tuple[Path, PipelineConfig]:
+    """`roles`: role -> model spec (`[kind:]model`) replacing the model of the file's block for that
+    role; the block's other settings stay (the CLI's --policy/--critic/--judge)."""
+    from rlaif.config import parse_model_spec
+
+    path = resolve_pipeline(path_or_name)
+    cfg = load_config(PipelineConfig, path, overrides)
+    if constitution:
+        cfg = cfg.model_copy(update={"constitution": constitution})
+    if roles:
+        current, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+        cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role]) for role, spec in roles.items()})
+    if cfg.executor.base_urls:
+        kinds = {role: e.kind for role, e in resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)[0].items()}
+        if "openai" not in kinds.values():
+            raise UserError(f"{path}: executor.base_urls is a fleet of OpenAI-compatible servers, but no role runs "
+                            f"on an openai engine ({', '.join(f'{r}: {k}' for r, k in kinds.items())})")
+    s = cfg.stages
+    # training blocks are checked now, not after an hour of labeling
+    for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
+        block = getattr(s, name)
+        if block is not None:
+            from rlaif.config import validate
+
+            validate(cls, block, f"{path}: stages.{name}")
+    if s.rejection_sampling is not None:
+        from rlaif.config import validate
+
+        validate(SFTConfig, s.rejection_sampling.sft, f"{path}: stages.rejection_sampling.sft")
+        if s.rejection_sampling.reward == "rm" and s.reward_model is None:
+            raise UserError(f"{path}: stages.rejection_sampling.reward is 'rm' but the pipeline has no "
+                            "stages.reward_model")
+    if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
+        raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
+    if s.sft is not None and s.critique is None:
+        raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
+                        "stages.critique")
+    roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+    if cfg.rounds is not None or any(getattr(s, n) is not None
+                                     for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo")):
+        check_trainable(roles["policy"], str(path))
+    if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
+        held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
+    if cfg.rounds is not None:
+        check_rounds(cfg, str(path))
+        held_out_prompts(cfg, str(path), cfg.rounds.eval)
+    return path, cfg
+
+
+def uses_judge(cfg: PipelineConfig) -> bool:
+    s = cfg.stages
+    return bool(cfg.rounds or s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
+                or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct"))
+
+
+def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline", stage=None) -> list[dict]:
+    """The evaluation's held-out prompts: never one of the prompts the policy was trained on.
+    `stage`: the block saying how many and from where (`prompts`, `policy_prompts`); default the
+    evaluate stage's (`rounds.eval` for the iterative rounds)."""
+    from rlaif.prompts_io import read_prompts
+
+    stage = stage or cfg.stages.evaluate
+    field = "rounds.eval" if stage is not cfg.stages.evaluate else "stages.evaluate"
+    training = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
+    seen = {record_id(p["prompt"]) for p in training}
+    if stage.prompts:
+        pool = [p for p in read_prompts(stage.prompts) if record_id(p["prompt"]) not in seen]
+        where = f"{stage.prompts} (less any prompt that is also a training prompt)"
+    else:
+        if cfg.prompts.limit is None:
+            raise UserError(f"{source}: {field} needs held-out prompts, but prompts.limit is unset, so "
+                            f"every prompt of {cfg.prompts.file} is a training prompt; set prompts.limit or "
+                            f"{field}.prompts (a prompt file of its own)")
+        pool = [p for p in read_prompts(cfg.prompts.file)[cfg.prompts.limit:] if record_id(p["prompt"]) not in seen]
+        where = f"{cfg.prompts.file} after its first {cfg.prompts.limit} (training) prompts"
+    if len(pool) < stage.policy_prompts:
+        raise UserError(f"{source}: {field}.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
+                        f"held-out prompts are left in {where}; lower it, lower prompts.limit, or set "
+                        f"{field}.prompts")
+    return pool[: stage.policy_prompts]
