@@ -186,13 +186,9 @@ def run_stage(
                                   output=output, overwrite=overwrite, progress=progress, stats=stats,
                                   fixed_batches=fixed_batches, batch_key=batch_key)
     out_dir = Path(out_dir)
-    path = out_dir / (output or f"{stage}.jsonl")
     with OutputLock(out_dir):
         started = time.time()
-        if overwrite and path.exists():
-            path.unlink()
-        inputs, ids, keep_records = plan_inputs(inputs)
-        done = done_outputs(path, ids, keep_records)
+        path, inputs, ids, done, keep_records = resume(out_dir, stage, output, overwrite, inputs)
         done_before = len(done)
         failures: list[dict] = []
         written = 0
@@ -200,18 +196,14 @@ def run_stage(
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         refused = False  # a UserError before anything was written: leave the folder as it was
         try:
-            for batch in cut_batches(inputs, batch_size, batch_key):
-                missing = [r for r in batch if r["id"] not in done]
-                if not missing:
-                    continue
-                outputs = _process_batch(stage, batch if fixed_batches else missing, process, failures,
-                                         concurrent=not fixed_batches)
+            for _, todo, missing in pending_batches(inputs, batch_size, batch_key, done, fixed_batches):
+                outputs = _process_batch(stage, todo, process, failures, concurrent=not fixed_batches)
                 new = [o for o in outputs if o["id"] not in done and o["id"] in ids]
                 append_records(path, new)
                 for o in new:
                     done[o["id"]] = o if keep_records else True
                 written += len(new)
-                bar.update(len(missing))
+                bar.update(missing)
         except UserError:
             refused = written == 0 and not failures
             raise
@@ -238,6 +230,30 @@ def plan_inputs(inputs: Iterable[dict]) -> tuple[Iterable[dict], dict[str, None]
         inputs = unique_by_id(inputs)
         return inputs, dict.fromkeys(r["id"] for r in inputs), True
     return inputs, dict.fromkeys(r["id"] for r in inputs), False
+
+
+def resume(out_dir: Path, stage: str, output: str | None, overwrite: bool, inputs: Iterable[dict],
+           keep_records: bool | None = None) -> tuple[Path, Iterable[dict], dict[str, None], dict[str, Any], bool]:
+    """Inside the output lock, for either executor: the output file (emptied when `overwrite`), the
+    inputs and their ids (`plan_inputs`), what is already done, and whether output records are kept
+    in memory (`keep_records`: that default, or forced)."""
+    path = out_dir / (output or f"{stage}.jsonl")
+    if overwrite and path.exists():
+        path.unlink()
+    inputs, ids, keep = plan_inputs(inputs)
+    keep = keep if keep_records is None else keep_records
+    return path, inputs, ids, done_outputs(path, ids, keep), keep
+
+
+def pending_batches(inputs: Iterable[dict], batch_size: int, batch_key, done: dict[str, Any],
+                    fixed_batches: bool) -> Iterator[tuple[int, list[dict], int]]:
+    """(batch index, what `process` gets, how many records it lacks) for each batch (`cut_batches`)
+    with anything not yet in `done`: the whole batch, or with `fixed_batches=False` only what is missing.
+    `done` is read as each batch comes, so what the caller adds meanwhile counts."""
+    for b, batch in enumerate(cut_batches(inputs, batch_size, batch_key)):
+        missing = [r for r in batch if r["id"] not in done]
+        if missing:
+            yield b, batch if fixed_batches else missing, len(missing)
 
 
 def done_outputs(path: Path, ids: dict[str, None], keep_records: bool) -> dict[str, Any]:

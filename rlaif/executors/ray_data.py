@@ -88,30 +88,22 @@ class RayExecutor:
     def run_stage(self, stage: str, inputs, process: Callable, out_dir, *, config: Any,
                   batch_size: int = 8, output: str | None = None, overwrite: bool = False,
                   progress: bool = True, stats=None, fixed_batches: bool = True, batch_key=None):
-        from rlaif.runner import (OutputLock, StageResult, _rewrite_failures, cut_batches, done_outputs,
-                                  finished_records, plan_inputs, stage_entry, update_manifest)
+        from rlaif.runner import (OutputLock, StageResult, _rewrite_failures, finished_records, pending_batches,
+                                  resume, stage_entry, update_manifest)
 
         out_dir = Path(out_dir)
-        path = out_dir / (output or f"{stage}.jsonl")
         with OutputLock(out_dir):
             started = time.time()
-            if overwrite and path.exists():
-                path.unlink()
-            inputs, ids, _ = plan_inputs(inputs)
-            done = done_outputs(path, ids, keep_records=False)  # the driver keeps ids, never records
+            # the driver keeps ids, never records
+            path, inputs, ids, done, _ = resume(out_dir, stage, output, overwrite, inputs, keep_records=False)
             done_before = len(done)
-
-            def pending():  # (batch index, what process gets) for batches with anything missing
-                for b, batch in enumerate(cut_batches(inputs, batch_size, batch_key)):
-                    missing = [r for r in batch if r["id"] not in done]
-                    if missing:
-                        yield b, batch if fixed_batches else missing
+            pending = ((b, todo) for b, todo, _ in pending_batches(inputs, batch_size, batch_key, done, fixed_batches))
 
             failures: list[dict] = []
             written = 0
             try:
                 per_block = batches_per_block(len(ids) - done_before, batch_size, self.cfg)
-                for b, out_ids, blob, fails in self._results(stage, pending(), process, fixed_batches, progress,
+                for b, out_ids, blob, fails in self._results(stage, pending, process, fixed_batches, progress,
                                                              per_block):
                     failures.extend(fails)
                     keep = [k for k, rid in enumerate(out_ids) if rid not in done and rid in ids]
