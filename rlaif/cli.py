@@ -215,12 +215,13 @@ def cmd_critique(args) -> int:
                          temperature=args.temperature, critique_max_tokens=args.critique_max_tokens,
                          revision_max_tokens=args.revision_max_tokens)
     constitution = load_constitution(args.constitution)
-    ResponsesFile(args.responses).check()  # a bad responses file fails before the model loads (read, not held)
+    responses = ResponsesFile(args.responses)
+    responses.check()  # a bad responses file fails before the model loads (read, not held)
     executor = executor_config(args)
     engine = engine_for(args, _engine_config(args), executor)
     with use_executor(executor):
         try:
-            summary = run_critique(args.responses, constitution, engine, args.out, batch_size=args.batch_size,
+            summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
                                    overwrite=args.overwrite, config=cfg)
         finally:
             engine.close()
@@ -258,12 +259,13 @@ def cmd_label(args) -> int:
 
     cfg = _labeler_config(args)
     constitution = load_constitution(args.constitution)
-    PairsFile(args.pairs).check()  # a bad pairs file fails before the model loads (read, not held)
+    pairs = PairsFile(args.pairs)
+    pairs.check()  # a bad pairs file fails before the model loads (read, not held)
     executor = executor_config(args)
     engine = engine_for(args, _engine_config(args), executor)
     with use_executor(executor):
         try:
-            s = run_label(args.pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
+            s = run_label(pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
                           overwrite=args.overwrite)
         finally:
             engine.close()

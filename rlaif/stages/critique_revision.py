@@ -93,19 +93,23 @@ def normalize_response(rec, where: str) -> dict:
 
 class ResponsesFile(Reread):
     """Response records from a JSONL file (e.g. the `generate` stage's responses.jsonl), checked and
-    normalised afresh on every pass, never held whole."""
+    normalised afresh on every pass, never held whole; `check()` reads it once (later calls give the
+    same count)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.count: int | None = None  # records, once checked
         super().__init__(lambda: (normalize_response(rec, f"{self.path}:{n}")
                                   for n, rec in iter_jsonl_numbered(self.path)))
 
     def check(self) -> int:
         """The number of records; the first bad one, or none at all, is a UserError."""
-        n = sum(1 for _ in self)
-        if not n:
-            raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
-        return n
+        if self.count is None:
+            n = sum(1 for _ in self)
+            if not n:
+                raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
+            self.count = n
+        return self.count
 
 
 def load_responses(path: str | Path) -> list[dict]:
@@ -451,10 +455,11 @@ def run_critique(responses, constitution, engine: Engine, out_dir, *, rounds: in
                  progress: bool = True) -> dict:
     """Run the stage into `out_dir` (resuming) and write the derived datasets; returns a summary.
 
-    `responses`: a JSONL path or a list of response records; `constitution`: a Constitution, a
-    shipped name or a path. `config` overrides `rounds`/`seed` when given."""
-    if isinstance(responses, (str, Path)):  # streamed from the file on every pass, never held
-        responses = ResponsesFile(responses)
+    `responses`: a JSONL path or a `ResponsesFile` (streamed on every pass, never held) or a list of
+    response records; `constitution`: a Constitution, a shipped name or a path. `config` overrides
+    `rounds`/`seed` when given."""
+    if isinstance(responses, (str, Path, ResponsesFile)):
+        responses = responses if isinstance(responses, ResponsesFile) else ResponsesFile(responses)
         responses.check()
     else:
         responses = normalize_responses(responses)

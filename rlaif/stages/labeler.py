@@ -559,8 +559,9 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
               batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
     """`rlaif label`: label a pairs file; write labels.jsonl (all pairs) and preferences.jsonl
     (pairs kept after the margin rule). Returns a summary. The file is streamed, never held: the
-    memory it takes grows with the number of pairs by their ids alone."""
-    pairs = PairsFile(pairs_path)
+    memory it takes grows with the number of pairs by their ids alone. `pairs_path`: a path, or a
+    `PairsFile` (checked once, whoever checks it first)."""
+    pairs = pairs_path if isinstance(pairs_path, PairsFile) else PairsFile(pairs_path)
     pairs.check()
     if not isinstance(constitution, Constitution):
         constitution = load_constitution(constitution)

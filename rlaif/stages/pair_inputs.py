@@ -79,12 +79,14 @@ def load_pairs(path: str | Path) -> tuple[list[dict], dict]:
 
 class PairsFile(Reread):
     """A pairs file normalised afresh on every pass, never held whole (`rlaif label` over 1M pairs).
-    `check()` reads it once before any model loads: the first bad line is the error `load_pairs`
-    gives, and a file without usable pairs is refused; `skipped` counts the last full pass."""
+    `check()` reads it once (later calls give the same count) before any model loads: the first bad
+    line is the error `load_pairs` gives, and a file without usable pairs is refused; `skipped`
+    counts the last full pass."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.skipped: dict = {}
+        self.count: int | None = None  # usable pairs, once checked
         super().__init__(self._pass)
 
     def _pass(self) -> Iterator[dict]:
@@ -94,11 +96,14 @@ class PairsFile(Reread):
 
     def check(self) -> int:
         """The number of usable pairs; a bad line, an empty file or no usable pair is a UserError."""
+        if self.count is not None:
+            return self.count
         if not any(True for _ in iter_jsonl(self.path)):
             raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
         n = sum(1 for _ in self)
         if not n:
             raise UserError(f"{self.path}: no usable pairs (skipped: {self.skipped or 'none'})")
+        self.count = n
         return n
 
 
