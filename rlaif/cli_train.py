@@ -1,4 +1,4 @@
-"""`rlaif` training commands: train-rm, dpo, sft, kto, ppo, plot-reward-kl, best-of-n, combine-rm,
+"""`rlaif` training commands: train-rm, dpo, sft, kto, ppo, grpo, plot-reward-kl, best-of-n, combine-rm,
 train-rm-ensemble and rs-ft. Each parses its flags into the trainer's config (a YAML `--config`
 first, then the flags, then `--set`), calls the package and prints a short summary; rlaif/cli.py
 registers them (`register`) and handles errors and exit codes for every command."""
@@ -103,6 +103,47 @@ def cmd_ppo(args) -> int:
     return _train_done("ppo", train_ppo(cfg), cfg.output_dir)
 
 
+def grpo_reward(spec: str) -> dict:
+    """`--reward` of `rlaif grpo` -> one `rewards:` item: labeler:direct | judge:direct,
+    judge:pairwise, judge:pairwise-reference, rule:MODULE:FUNCTION, rm:DIR, ensemble:..., combined:FILE."""
+    if spec in ("labeler:direct", "judge:direct"):
+        return {"kind": "judge_direct"}
+    if spec == "judge:pairwise":
+        return {"kind": "judge_pairwise"}
+    if spec == "judge:pairwise-reference":
+        return {"kind": "judge_pairwise", "name": "judge_pairwise_reference", "against": "reference"}
+    head, _, rest = spec.partition(":")
+    if head == "rule" and rest:
+        return {"kind": "rule", "name": rest.rpartition(":")[2], "function": rest}
+    if head in ("rm", "ensemble", "combined") and rest:
+        return {"kind": "model", "name": head, "spec": spec}
+    raise UserError(f"--reward {spec!r}: expected labeler:direct, judge:pairwise, judge:pairwise-reference, "
+                    "rule:MODULE:FUNCTION, rm:DIR, ensemble:... or combined:FILE")
+
+
+def cmd_grpo(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.grpo import GRPOConfig
+    from rlaif.train.grpo_loop import train_grpo
+
+    weights = {}
+    for item in args.reward_weight:
+        name, sep, w = item.partition("=")
+        try:
+            weights[name] = float(w) if sep else None
+        except ValueError:
+            weights[name] = None
+        if weights[name] is None:
+            raise UserError(f"--reward-weight {item!r}: expected NAME=NUMBER")
+    cfg = build_config(GRPOConfig, args.config, {
+        **_train_fields(args), "prompts": args.prompts, "policy": args.policy, "judge": args.labeler_model,
+        "constitution": args.constitution, "rewards": [grpo_reward(r) for r in args.reward] or None,
+        "reward_weights": weights or None, "num_generations": args.num_generations, "advantage": args.advantage,
+        "loss_type": args.loss_type, "beta": args.beta, "num_iterations": args.num_iterations,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}, args.set)
+    return _train_done(f"grpo ({cfg.advantage})", train_grpo(cfg), cfg.output_dir)
+
+
 def cmd_plot_reward_kl(args) -> int:
     from rlaif.train.plots import plot_reward_vs_kl_runs, read_log
 
@@ -121,7 +162,7 @@ def cmd_best_of_n(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.prompts_io import read_prompts
     from rlaif.train.best_of_n import BestOfNConfig, run_best_of_n
-    from rlaif.train.ppo import reward_fn_from_spec
+    from rlaif.train.rewards import reward_fn_from_spec
 
     cfg = BestOfNConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                         batch_size=args.batch_size)
@@ -168,7 +209,7 @@ def cmd_rs_ft(args) -> int:
     from rlaif.prompts_io import read_prompts
     from rlaif.train.best_of_n import BestOfNConfig
     from rlaif.train.common import build_config
-    from rlaif.train.ppo import reward_fn_from_spec
+    from rlaif.train.rewards import reward_fn_from_spec
     from rlaif.train.rejection_sampling import finetune_on_best, sample_best
     from rlaif.train.sft import SFTConfig
 
@@ -259,6 +300,29 @@ def register(sub) -> None:
     p.add_argument("--ppo-epochs", type=_positive(int))
     _train_args(p, "output folder: policy dir, value_head.safetensors, train_log.jsonl, reward_vs_kl.png")
     p.set_defaults(func=cmd_ppo)
+
+    p = sub.add_parser("grpo", help="GRPO / RLOO / Dr. GRPO: G replies per prompt, the group as baseline, rewards "
+                       "from the judge, reward models and rules (weighted) -> OUT/")
+    p.add_argument("--prompts", required=True, help="prompt JSONL ('prompt': text or chat messages)")
+    p.add_argument("--policy", help="starting policy (and reference) spec")
+    p.add_argument("--reward", action="append", default=[], metavar="SPEC",
+                   help="repeatable: labeler:direct, judge:pairwise, judge:pairwise-reference, rule:MODULE:FUNCTION, "
+                   "rm:DIR, ensemble:..., combined:FILE (default: labeler:direct)")
+    p.add_argument("--reward-weight", action="append", default=[], metavar="NAME=W",
+                   help="weight of a configured reward (names: judge_direct, judge_pairwise, the rule's function, "
+                   "rm/ensemble/combined)")
+    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+                   help="judge rewards: the judge's model spec, e.g. openai:MODEL (default: the policy)")
+    p.add_argument("--constitution", help="judge rewards: constitution file or name")
+    p.add_argument("--num-generations", type=_positive(int), help="G, replies per prompt (default 4)")
+    p.add_argument("--advantage", choices=["grpo", "rloo", "dr_grpo"])
+    p.add_argument("--loss-type", choices=["grpo", "bnpo", "dr_grpo"])
+    p.add_argument("--beta", type=float, help="KL coefficient (default 0: no reference model)")
+    p.add_argument("--num-iterations", type=_positive(int), help="μ, optimisation passes per generation batch")
+    p.add_argument("--max-new-tokens", type=_positive(int))
+    p.add_argument("--temperature", type=_positive(float))
+    _train_args(p, "output folder: policy dir, train_log.jsonl, reward_failures.jsonl, train_curves.png")
+    p.set_defaults(func=cmd_grpo)
 
     p = sub.add_parser("plot-reward-kl", help="several PPO runs (e.g. a single RM and an RM ensemble) on one "
                        "reward-vs-KL plot -> PNG")

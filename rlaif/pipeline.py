@@ -4,7 +4,7 @@ A pipeline is data: which prompts, which engine serves each role (policy, critic
 rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
     judge_check -> responses -> critique -> sft -> label -> reward_model -> rejection_sampling
-        -> dpo | ppo -> rounds -> evaluate -> report
+        -> dpo | ppo | grpo -> rounds -> evaluate -> report
 
 `rounds:` (rlaif/iterate.py) is iterative RLAIF: K rounds of sampling from the current policy,
 judging, and DPO/IPO/KTO from it, each round in OUT/rounds/round_k/, then every checkpoint ranked.
@@ -239,11 +239,11 @@ class Pipeline:
         start = self.start_policy(rejection_sampled=False)
         prompts = self.prompts()[: self.cfg.prompts.limit]
         if stage.reward == "labeler:direct":
-            from rlaif.stages.labeler import direct_reward
+            from rlaif.train.rewards import direct_reward
 
             reward_fn = direct_reward(self.engine("judge"), self.constitution, seed=self.cfg.seed)
         else:
-            from rlaif.train.ppo import reward_fn_from_spec
+            from rlaif.train.rewards import reward_fn_from_spec
 
             spec = f"rm:{self.out / 'reward_model'}" if stage.reward == "rm" else stage.reward
             reward_fn = reward_fn_from_spec(spec, labeler_model=start, prompt_records=prompts)
@@ -292,13 +292,39 @@ class Pipeline:
             return self.train("ppo", PPOConfig, fields, train_ppo)
         # direct RLAIF: the reward is the judge's score, from the judge's own engine
         from rlaif.constitution import load_constitution
-        from rlaif.stages.labeler import direct_reward
+        from rlaif.train.rewards import direct_reward
 
         judge_role = self.roles["judge"]
         fields["labeler_model"] = f"{judge_role.kind}:{judge_role.model}"
         const = load_constitution(constitution)
         return self.train("ppo", PPOConfig, fields, keep=("judge",), fn=lambda cfg: train_ppo(
             cfg, reward_fn=direct_reward(self.engine("judge"), const, seed=self.cfg.seed)))
+
+    def grpo(self) -> dict:
+        """GRPO / RLOO from the start policy (the SL-CAI model when there is one); judge rewards are
+        scored by the judge role's engine (a server judge scores each group concurrently)."""
+        from rlaif.pipeline_config import grpo_uses_judge
+        from rlaif.train.grpo import GRPOConfig
+        from rlaif.train.grpo_loop import train_grpo
+
+        block = dict(self.cfg.stages.grpo or {})
+        rewards = [dict(r) for r in block.get("rewards") or []]
+        for r in rewards:
+            if r.get("kind") == "model" and r.get("spec") == "rm":
+                r["spec"] = f"rm:{self.out / 'reward_model'}"
+        if rewards:
+            block["rewards"] = rewards
+        prompts_path = self.out / "grpo_prompts.jsonl"
+        prompts = self.prompts()[: self.cfg.prompts.limit]
+        write_jsonl_atomic(prompts_path, [{"prompt": p["prompt"]} for p in prompts])
+        fields = {"prompts": str(prompts_path), "policy": self.start_policy(), "seed": self.cfg.seed,
+                  "constitution": block.pop("constitution", self.cfg.constitution)}
+        if not grpo_uses_judge(block):
+            return self.train("grpo", GRPOConfig, fields, train_grpo, block=block)
+        judge_role = self.roles["judge"]
+        fields["judge"] = f"{judge_role.kind}:{judge_role.model}"
+        return self.train("grpo", GRPOConfig, fields, keep=("judge",), block=block,
+                          fn=lambda cfg: train_grpo(cfg, judge=self.engine("judge")))
 
     def rounds(self) -> dict:
         from rlaif.iterate import Rounds
@@ -316,7 +342,7 @@ class Pipeline:
             if self.cfg.judge_check.enabled and uses_judge(self.cfg):
                 self.timed("judge_check", self.judge_check)
             for name in ("responses", "critique", "sft", "label", "reward_model", "rejection_sampling", "dpo", "ppo",
-                         "evaluate"):
+                         "grpo", "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
                 if name == "ppo" and self.cfg.rounds is not None:

@@ -20,6 +20,7 @@ from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig
 from rlaif.stages.responses import ResponsesConfig
 from rlaif.train.dpo import DPOConfig
+from rlaif.train.grpo import GRPOConfig
 from rlaif.train.ppo import PPOConfig
 from rlaif.train.reward_model import RewardConfig
 from rlaif.train.sft import SFTConfig
@@ -69,6 +70,7 @@ class Stages(Strict):
     rejection_sampling: RejectionSamplingStage | None = None  # best-of-K then SFT, before DPO/PPO
     dpo: dict | None = None  # DPOConfig fields
     ppo: dict | None = None  # PPOConfig fields; reward: "rm" (this run's RM) or "labeler:direct"
+    grpo: dict | None = None  # GRPOConfig fields; judge rewards use the judge role, model spec "rm" this run's RM
     evaluate: EvaluateStage | None = None
 
 
@@ -125,7 +127,8 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
                             f"on an openai engine ({', '.join(f'{r}: {k}' for r, k in kinds.items())})")
     s = cfg.stages
     # training blocks are checked now, not after an hour of labeling
-    for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig)):
+    for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig),
+                      ("grpo", GRPOConfig)):
         block = getattr(s, name)
         if block is not None:
             from rlaif.config import validate
@@ -140,14 +143,18 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
                             "stages.reward_model")
     if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
         raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
+    if s.grpo is not None and s.reward_model is None and any(
+            r.get("kind") == "model" and r.get("spec") == "rm" for r in s.grpo.get("rewards") or []):
+        raise UserError(f"{path}: stages.grpo.rewards has a model reward with spec 'rm' but the pipeline has no "
+                        "stages.reward_model")
     if s.sft is not None and s.critique is None:
         raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
                         "stages.critique")
     roles, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
     if cfg.rounds is not None or any(getattr(s, n) is not None
-                                     for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo")):
+                                     for n in ("sft", "reward_model", "rejection_sampling", "dpo", "ppo", "grpo")):
         check_trainable(roles["policy"], str(path))
-    if s.evaluate is not None and (s.dpo is not None or s.ppo is not None):
+    if s.evaluate is not None and (s.dpo is not None or s.ppo is not None or s.grpo is not None):
         held_out_prompts(cfg, str(path))  # not enough held-out prompts: say so before any work
     if cfg.rounds is not None:
         check_rounds(cfg, str(path))
@@ -158,7 +165,14 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
 def uses_judge(cfg: PipelineConfig) -> bool:
     s = cfg.stages
     return bool(cfg.rounds or s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
-                or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct"))
+                or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct")
+                or (s.grpo is not None and grpo_uses_judge(s.grpo)))
+
+
+def grpo_uses_judge(block: dict) -> bool:
+    """Whether a grpo stage block has a judge reward (the default rewards are the judge's direct score)."""
+    rewards = block.get("rewards")
+    return rewards is None or any(r.get("kind") in ("judge_direct", "judge_pairwise") for r in rewards)
 
 
 def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline", stage=None) -> list[dict]:

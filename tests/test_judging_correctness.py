@@ -112,7 +112,9 @@ def test_best_of_n_candidates_share_the_question_and_the_record_names_it(tiny_en
     from rlaif.train.best_of_n import BestOfNConfig, best_of_n
 
     judge = RecordingEngine(tiny_engine)
-    reward = L.direct_reward(judge, harmless, principles=1, seed=0)
+    from rlaif.train.rewards import direct_reward
+
+    reward = direct_reward(judge, harmless, principles=1, seed=0)
     cfg = BestOfNConfig(n=3, max_tokens=6, temperature=1.0)
     recs = best_of_n([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS[:3]], tiny_engine, reward, cfg)
     asked = judge.asked()

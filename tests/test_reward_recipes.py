@@ -461,7 +461,7 @@ def test_rejection_sampling_learns_the_rule_judges_preference_and_the_control_do
 
     from rlaif.config import EngineConfig
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import direct_reward
+    from rlaif.train.rewards import direct_reward
     from rlaif.train.best_of_n import BestOfNConfig, best_of_n
     from rlaif.train.rejection_sampling import finetune_on_best, sample_best
     from rlaif.train.sft import SFTConfig, train_sft

@@ -79,7 +79,7 @@ def evaluate_pipeline(p) -> dict:
         if (p.out / "reward_model" / "config.json").exists():
             info["reward_model_on_human"] = reward_model_on_human(p.out / "reward_model", human, stage.human_limit)
 
-    trained = next((p.out / s for s in ("dpo", "ppo", "sft") if (p.out / s / "config.json").exists()), None)
+    trained = next((p.out / s for s in ("dpo", "ppo", "grpo", "sft") if (p.out / s / "config.json").exists()), None)
     if trained is None:
         return info
     held_out = held_out_prompts(p.cfg)

@@ -437,30 +437,8 @@ def direct_scores_detailed(engine: Engine, prompts_messages: Sequence[list[dict]
     return out
 
 
-def direct_reward(engine: Engine, constitution: Constitution, *, principles: int = 1, seed: int = 0):
-    """`reward_fn(prompts, responses) -> [0, 1] scores` over a judge engine (direct RLAIF);
-    `reward_fn.detailed(prompts, responses)` gives `direct_scores_detailed` (with the principles)."""
-
-    def detailed(prompts, responses):
-        return direct_scores_detailed(engine, prompts, responses, constitution=constitution,
-                                      principles=principles, seed=seed)
-
-    def reward_fn(prompts, responses):
-        return [d["score"] for d in detailed(prompts, responses)]
-
-    reward_fn.detailed = detailed
-    reward_fn.engine = engine
-    return reward_fn
-
-
-def direct_reward_fn(model_spec: str, constitution: str | None = None, *, principles: int = 1, seed: int = 0):
-    """`direct_reward` for PPO / best-of-N, loading the labeler engine once. Default constitution:
-    harmless."""
-    from rlaif.backends import load_engine
-    from rlaif.config import parse_model_spec
-
-    engine = load_engine(parse_model_spec(model_spec))
-    return direct_reward(engine, load_constitution(constitution or "harmless"), principles=principles, seed=seed)
+# the direct-RLAIF reward functions over these scores (direct_reward, direct_reward_fn) live in
+# rlaif/train/rewards.py
 
 
 def _direct_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, template: Template,

@@ -207,47 +207,8 @@ def make_reward_fn(cfg: PPOConfig, device: str | torch.device = "cpu") -> Reward
                                prompt_records=read_prompt_records(cfg.prompts) if cfg.prompts else None)
 
 
-REWARD_SPECS = ("rm:DIR (a saved reward model), labeler:direct, combined:FILE.yaml (helpful + harmless RMs, "
-                "rlaif combine-rm) or ensemble:DIR|DIR1,DIR2,...[,lambda=L|,min]")
-
-
-def reward_fn_from_spec(spec: str, *, labeler_model: str, constitution: str | None = None,
-                        device: str | torch.device = "cpu", batch_size: int = 16,
-                        max_length: int = 512, prompt_records=None) -> RewardFn:
-    """`rm:DIR` -> a saved reward model; `labeler:direct` -> the labeler's direct 1–10 score;
-    `combined:FILE` -> helpful and harmless RMs by the Llama 2 rule (`prompt_records`, the prompt
-    file's records, say which prompts are flagged unsafe); `ensemble:...` -> a conservative RM ensemble."""
-    kind, _, arg = spec.partition(":")
-    if kind == "rm" and arg:
-        from rlaif.train.reward_model import RewardScorer
-
-        return RewardScorer(resolve(arg), device=device, batch_size=batch_size, max_length=max_length)
-    if kind == "combined" and arg:
-        from rlaif.train.reward_combine import CombinedReward, load_combination
-
-        combined = CombinedReward(load_combination(arg), device=device, batch_size=batch_size)
-        combined.flag_prompts(prompt_records or [])
-        return combined
-    if kind == "ensemble" and arg:
-        from rlaif.train.reward_ensemble import EnsembleReward, parse_ensemble_spec
-
-        return EnsembleReward(parse_ensemble_spec(arg), device=device, batch_size=batch_size, max_length=max_length)
-    if spec == "labeler:direct":
-        return labeler_direct_reward(labeler_model, constitution)
-    raise UserError(f"reward {spec!r}: expected {REWARD_SPECS}")
-
-
-def labeler_direct_reward(model_spec: str, constitution: str | None) -> RewardFn:
-    """Direct RLAIF: the labeler's probability-weighted 1–10 score of each response."""
-    try:
-        from rlaif.stages import labeler
-    except ImportError:
-        raise UserError("--reward labeler:direct needs rlaif.stages.labeler (not in this install); "
-                        "use --reward rm:DIR") from None
-    if not hasattr(labeler, "direct_reward_fn"):
-        raise UserError("--reward labeler:direct: rlaif.stages.labeler has no direct scoring yet; "
-                        "use --reward rm:DIR")
-    return labeler.direct_reward_fn(model_spec, constitution)
+# the reward factory (rm:, labeler:direct, combined:, ensemble:) is shared with GRPO: rlaif/train/rewards.py
+from rlaif.train.rewards import REWARD_SPECS, labeler_direct_reward, reward_fn_from_spec  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- rollouts

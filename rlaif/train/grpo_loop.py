@@ -1,0 +1,270 @@
+"""The GRPO / RLOO training loop (the maths is rlaif/train/grpo.py).
+
+One step:
+1. take `batch_size` prompts (global; split over processes) and repeat each G times;
+2. sample the G·B replies from the policy (parameters gathered once under FSDP / ZeRO-3);
+3. score them: R = Σ_k w_k R_k (rlaif/train/rewards.py); a reply whose reward failed is kept out
+   of the loss and of its group's baseline, counted (`reward_failed`) and written, with the
+   reason, to `reward_failures.jsonl`;
+4. advantages per group; old log-probs from a no-grad pass when μ > 1; the reference's when β > 0;
+5. μ optimizer steps over the batch, each accumulated over `grad_accum` micro-batches, the loss
+   normalised over the whole batch (all processes) so the micro-batch split does not change it.
+
+Logged per step (`train_log.jsonl`): reward and its std, each reward's mean and std
+(`rewards/NAME/mean`, `rewards/NAME/std`), `reward_failed`, `frac_reward_zero_std` (groups whose
+replies all scored the same: no signal), KL (β > 0), clip ratio, entropy, reply length, EOS rate,
+`sampled_tokens` (cumulative) and step time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlaif.errors import UserError
+from rlaif.train.common import (TrainLog, disable_dropout, entropy_from_logits, example_stream, finish_run,
+                                gather_mean, load_tokenizer, make_accelerator, make_optimizer, masked_mean, pad_id,
+                                read_prompts, resolve, seed_everything, summary, torch_dtype)
+from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
+from rlaif.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_weights
+from rlaif.train.ppo import PromptBatches, positions, response_logps, response_mask
+from rlaif.train.rewards import Component, RewardSet, build_rewards
+
+JUDGE_KINDS = ("judge_direct", "judge_pairwise")
+
+
+@torch.no_grad()
+def sample(lm, input_ids, attention_mask, tokenizer, cfg: GRPOConfig, seed: int, greedy: bool = False, **kw):
+    """Replies to left-padded prompts (token ids after the prompt)."""
+    torch.manual_seed(seed)
+    was = lm.training
+    lm.eval()
+    args = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0)
+    out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=cfg.max_new_tokens,
+                      pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0,
+                      **args, **kw)
+    lm.train(was)
+    return out[:, input_ids.shape[1]:]
+
+
+def decode(tokenizer, responses, mask) -> list[str]:
+    return [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip() for r, m in zip(responses, mask)]
+
+
+def reference_replies(cfg: GRPOConfig, lm, tokenizer, prompts, collate, device) -> dict:
+    """record_id(prompt) -> the fixed reply `against: reference` compares with: from the reward's
+    `references` file (prompt + response), else the starting policy's greedy reply."""
+    from rlaif.prompts_io import as_messages
+    from rlaif.records import read_jsonl, record_id
+
+    out: dict = {}
+    for s in cfg.rewards:
+        if s.kind == "judge_pairwise" and s.against == "reference" and s.references:
+            for i, r in enumerate(read_jsonl(s.references), 1):
+                if "prompt" not in r or not isinstance(r.get("response"), str):
+                    raise UserError(f"{s.references}:{i}: expected fields prompt and response (text)")
+                out[record_id(as_messages(r["prompt"], f"{s.references}:{i}"))] = r["response"]
+    if out or not any(s.kind == "judge_pairwise" and s.against == "reference" for s in cfg.rewards):
+        return out
+    lm.to(device)
+    for start in range(0, len(prompts), 16):
+        b = collate(list(range(start, min(start + 16, len(prompts)))))
+        ids, am = b["input_ids"].to(device), b["attention_mask"].to(device)
+        resp = sample(lm, ids, am, tokenizer, cfg, 0, greedy=True)
+        m, _ = response_mask(resp, tokenizer.eos_token_id)
+        for i, text in zip(b["idx"].tolist(), decode(tokenizer, resp, m)):
+            out[record_id(as_messages(prompts[i], "prompt"))] = text
+    return out
+
+
+def make_rewards(cfg: GRPOConfig, reward_fn, judge, lm, tokenizer, prompts, collate, device):
+    """-> (RewardSet, the judge engine this call loaded or None)."""
+    if isinstance(reward_fn, RewardSet):
+        return reward_fn, None
+    if reward_fn is not None:
+        return RewardSet([Component("reward", 1.0, reward_fn)]), None
+    loaded = None
+    if judge is None and any(s.kind in JUDGE_KINDS for s in cfg.rewards):
+        from rlaif.backends import load_engine
+        from rlaif.config import parse_model_spec
+
+        judge = loaded = load_engine(parse_model_spec(cfg.judge or cfg.policy))
+    from rlaif.prompts_io import read_prompts as read_prompt_records
+
+    refs = reference_replies(cfg, lm, tokenizer, prompts, collate, device)
+    rewards = build_rewards(cfg.rewards, cfg.reward_weights, judge=judge, constitution=cfg.constitution,
+                            seed=cfg.seed, device=device, batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
+                            prompt_records=read_prompt_records(cfg.prompts), references=refs)
+    return rewards, loaded
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    t = torch.tensor(v, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(v) > 1 else 0.0
+
+
+def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
+    """Train; `reward_fn`: a RewardSet or `f(prompts, responses)` in place of `cfg.rewards`;
+    `judge`: the engine judge rewards use (default: `cfg.judge` loaded here)."""
+    if not cfg.prompts:
+        raise UserError("grpo: no prompts; set `prompts` (--prompts FILE)")
+    if cfg.gradient_checkpointing:
+        raise UserError("grpo: gradient_checkpointing is not supported (the policy generates every step)")
+    accelerator = make_accelerator(cfg, sync_with_dataloader=False)
+    n_proc, G = accelerator.num_processes, cfg.num_generations
+    local = cfg.batch_size // n_proc * G  # replies per process per step
+    if local % cfg.grad_accum:
+        raise UserError(f"grad_accum {cfg.grad_accum} must divide the replies per process per step "
+                        f"({cfg.batch_size // n_proc} prompts × {G} generations = {local})")
+    micro = local // cfg.grad_accum
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    path = resolve(cfg.policy)
+    tokenizer = load_tokenizer(path)
+    prompts = read_prompts(cfg.prompts)
+
+    from transformers import AutoModelForCausalLM
+
+    lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
+    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens))
+    with unsharded_loading(accelerator):
+        rewards, loaded_judge = make_rewards(cfg, reward_fn, judge, lm, tokenizer, prompts, collate, accelerator.device)
+    ref = None
+    if cfg.beta > 0:  # β = 0: no reference in memory
+        ref_path = resolve(cfg.reference) if cfg.reference else path
+        ref = disable_dropout(AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch_dtype(cfg.dtype)))
+    lm.train()
+    steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)
+    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
+    optimizer, scheduler = make_optimizer(lm, cfg, steps * cfg.num_iterations)
+    model, optimizer, loader, scheduler = accelerator.prepare(lm, optimizer, loader, scheduler)
+    if ref is not None:
+        ref = prepare_frozen(accelerator, ref)
+    unwrapped = accelerator.unwrap_model(model)
+
+    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+    failures_file = open(out / "reward_failures.jsonl", "w", encoding="utf-8") if accelerator.is_main_process else None
+    bar = tqdm(total=steps, desc=f"grpo ({cfg.advantage})", disable=not (cfg.progress and accelerator.is_main_process),
+               file=sys.stderr, dynamic_ncols=True)
+    started, step, sampled_tokens, failed_total = time.time(), 0, 0.0, 0
+    try:
+        for batch in loader:
+            step_started = time.time()
+            seed = cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
+            ids = batch["input_ids"].repeat_interleave(G, 0)
+            am = batch["attention_mask"].repeat_interleave(G, 0)
+            idx = batch["idx"].repeat_interleave(G, 0).tolist()
+            with accelerator.autocast(), gathered_for_generation(accelerator, model) as kw:
+                responses = sample(unwrapped, ids, am, tokenizer, cfg, seed, **kw)
+            mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
+            texts = decode(tokenizer, responses, mask)
+            groups = [k // G for k in range(len(texts))]
+            totals, per, failures = rewards([prompts[i] for i in idx], texts, groups)
+            dev = responses.device
+            valid = torch.tensor([t is not None for t in totals], device=dev)
+            scores = torch.tensor([t if t is not None else 0.0 for t in totals], device=dev, dtype=torch.float32)
+            if cfg.missing_eos_penalty is not None:
+                scores = scores - cfg.missing_eos_penalty * (~has_eos).float().to(dev)
+            adv, usable, zero_std = group_advantages(scores, valid, G, cfg.advantage, cfg.scaling)
+
+            P = ids.shape[1]
+            full = torch.cat([ids, responses], 1)
+            full_mask = torch.cat([am, mask], 1)
+            pos = positions(full_mask)
+            loss_mask = mask.float() * usable.float().unsqueeze(1)
+            n_seqs = accelerator.gather(usable.float().sum().reshape(1)).sum().item()
+            n_tokens = accelerator.gather(loss_mask.sum().reshape(1)).sum().item()
+            weights = token_weights(loss_mask, cfg.loss_type, cfg.max_new_tokens, n_seqs, n_tokens)
+            old_logp = ref_logp = None
+            with torch.no_grad():
+                chunks = [slice(s, s + micro) for s in range(0, local, micro)]
+                if cfg.num_iterations > 1:  # π_old: the policy that sampled, before any update of this batch
+                    old_logp = torch.cat([response_logps(model(input_ids=full[c], attention_mask=full_mask[c],
+                                                               position_ids=pos[c], use_cache=False).logits,
+                                                         responses[c], P, cfg.temperature)[0] for c in chunks])
+                if ref is not None:
+                    with accelerator.autocast():
+                        ref_logp = torch.cat([response_logps(ref(input_ids=full[c], attention_mask=full_mask[c],
+                                                                 position_ids=pos[c], use_cache=False).logits,
+                                                             responses[c], P, cfg.temperature)[0] for c in chunks])
+
+            stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "clip_ratio", "kl", "entropy")}
+            for it in range(cfg.num_iterations):
+                for c in chunks:
+                    with accelerator.accumulate(model):
+                        logits = model(input_ids=full[c], attention_mask=full_mask[c], position_ids=pos[c],
+                                       use_cache=False).logits
+                        logp, resp_logits = response_logps(logits, responses[c], P, cfg.temperature)
+                        old = old_logp[c] if old_logp is not None else logp.detach()
+                        loss, s = grpo_loss(logp, old, adv[c], loss_mask[c], cfg,
+                                            ref_logp[c] if ref_logp is not None else None, weights[c])
+                        # the loss is a share of the whole batch's: undo accelerate's 1/grad_accum and DDP's mean
+                        accelerator.backward(loss * cfg.grad_accum * n_proc)
+                        if accelerator.sync_gradients and cfg.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    with torch.no_grad():
+                        s["entropy"] = masked_mean(entropy_from_logits(resp_logits), mask[c])
+                    s["loss"] = loss.detach()
+                    for k in stats:
+                        if k != "kl" or it == 0:  # KL of the policy that sampled (before this batch's updates)
+                            stats[k].append(s[k].float())
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            sampled_tokens += accelerator.gather(mask.float().sum().reshape(1)).sum().item()
+            n_failed = int(accelerator.gather(torch.tensor([float((~valid).sum())], device=dev)).sum().item())
+            failed_total += n_failed
+            mean, std = _mean_std(totals)
+            row = {"step": step, "reward": mean, "reward_std": std, "reward_failed": n_failed,
+                   "frac_reward_zero_std": gather_mean(accelerator, zero_std.float().mean()),
+                   "loss": gather_mean(accelerator, torch.stack(stats["loss"]).sum() / cfg.num_iterations),
+                   **{k: gather_mean(accelerator, torch.stack(stats[k]).mean()) for k in ("clip_ratio", "entropy")},
+                   "completion_length": gather_mean(accelerator, mask.float().sum(1).mean()),
+                   "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
+                   "sampled_tokens": sampled_tokens, "step_seconds": time.time() - step_started}
+            if cfg.beta > 0:
+                row["kl"] = gather_mean(accelerator, torch.stack(stats["kl"]).mean())
+            for name, values in per.items():
+                row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = _mean_std(values)
+            if step in (1, steps):
+                row["sample"] = texts[0][:200]
+            if failures_file is not None:
+                for f in failures:
+                    failures_file.write(json.dumps({"step": step, "prompt": idx[f["reply"]], **f}) + "\n")
+                failures_file.flush()
+            if step % cfg.log_every == 0 or step == steps:
+                log.log(row)
+            bar.set_postfix(reward=f"{mean if mean is not None else float('nan'):.3f}", failed=n_failed)
+    finally:
+        bar.close()
+        if failures_file is not None:
+            failures_file.close()
+        if loaded_judge is not None:
+            loaded_judge.close()
+    seconds = time.time() - started
+    log.close()
+    keys = ["reward", "kl", "entropy", "clip_ratio", "completion_length", "frac_reward_zero_std"]
+    components = [f"rewards/{c.name}/mean" for c in rewards.components]
+    result = summary(log, step, seconds, keys + components)
+    result.update({"prompts": len(prompts), "processes": n_proc, "num_generations": G, "advantage": cfg.advantage,
+                   "loss_type": cfg.loss_type, "beta": cfg.beta, "reward_failed": failed_total,
+                   "sampled_tokens": sampled_tokens,
+                   "rewards": {c.name: c.weight for c in rewards.components}})
+    accelerator.wait_for_everyone()
+    if cfg.save:
+        save_model(accelerator, model, out, tokenizer)
+    if accelerator.is_main_process:
+        finish_run(out, "grpo", cfg, result, log, ["reward", *components, "completion_length", "frac_reward_zero_std"]
+                   + (["kl"] if cfg.beta > 0 else []))
+    accelerator.wait_for_everyone()
+    return result
