@@ -102,6 +102,35 @@ def test_fsdp2_ppo_generates_gathered_and_saves(tiny_dir, tmp_path):
     assert set(load_file(str(out / "value_head.safetensors"))) == {"weight", "bias"}
 
 
+def test_fsdp2_reward_model_scores_alike_on_every_rank(tiny_dir, tmp_path):
+    """The shipped FSDP2 config loads models RAM-efficiently (real weights on rank 0 only, for
+    accelerate to broadcast when it prepares them). PPO's reward model is never prepared: it must
+    still be whole on every rank, so the same (prompt, reply) gets the same reward on both, the
+    one a single process gives."""
+    rm = tmp_path / "rm"
+    train_reward_model(RewardConfig(base=str(tiny_dir), prefs=str(write_jsonl(tmp_path / "p.jsonl", toy_prefs(4))),
+                                    output_dir=str(rm), batch_size=4, max_steps=1, progress=False))
+    cfg_file = tmp_path / "ppo.yaml"
+    cfg_file.write_text(yaml.safe_dump({"policy": str(tiny_dir), "reward": f"rm:{rm}", "progress": False,
+                                        "batch_size": 4, "mini_batch_size": 2}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp2.yaml"),
+           "--num_processes", "2", "--main_process_port", str(29600 + os.getpid() % 300), "--mixed_precision", "no",
+           str(Path(__file__).parent / "fsdp_reward_probe.py"), str(cfg_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rank0_only_loading"] is True  # the config does switch transformers' rank-0 loading on
+    assert out["env_after"] == "true"  # and the switch is back for the models accelerate prepares
+
+    from rlaif.train.reward_model import RewardScorer
+
+    alone = RewardScorer(str(rm))([[{"role": "user", "content": "say hi"}]], ["hi there, friend."])[0]
+    rank0, rank1 = out["scores"]
+    assert rank1 == rank0, out
+    assert rank0 == pytest.approx(alone, abs=1e-5)
+
+
 def test_lora_merge_in_the_state_dict_equals_peft(tiny_dir):
     """The merge done on a gathered state dict gives peft's own merge_and_unload, to the last bit of
     float32 rounding."""

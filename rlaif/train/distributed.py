@@ -15,6 +15,9 @@ Under `accelerate launch` with the configs in `configs/accelerate/`:
 - **a frozen second model** (PPO's reference) is loaded from its folder, not deep-copied from a
   partitioned model, and sharded like the policy (FSDP2 `fully_shard`, or a DeepSpeed engine
   without optimizer, as TRL's `prepare_deepspeed`).
+- **models no one prepares** (PPO's reward models, a `labeler:direct` judge) load whole on every
+  rank (`unsharded_loading`): not partitioned by ZeRO-3 init, and with FSDP's RAM-efficient
+  loading (real weights on rank 0 only, for accelerate to broadcast) off while they load.
 - **CPU**: accelerate routes FSDP only to accelerators. torch's FSDP2 runs on CPU over gloo, so a
   launch with an FSDP config on a machine without CUDA (the tests) turns accelerate's FSDP2 path on
   over gloo: the same prepare, state-dict and unshard code as on GPUs.
@@ -248,13 +251,39 @@ def _deepspeed_inference(accelerator, model):
     return engine
 
 
+RAM_EFFICIENT_LOADING = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+
+
+@contextmanager
+def rank0_loading_off():
+    """`from_pretrained` inside loads the checkpoint whole on every rank, as without FSDP.
+
+    An FSDP config with `fsdp_cpu_ram_efficient_loading: true` (configs/accelerate/fsdp2.yaml) makes
+    accelerate export FSDP_CPU_RAM_EFFICIENT_LOADING=true (its launcher, and the FSDP plugin when it
+    is built); transformers' `is_fsdp_enabled()` reads it with ACCELERATE_USE_FSDP at load time, and
+    then the other ranks keep placeholders for rank 0 to fill: every parameter `torch.empty` in
+    transformers 4.x (a reward model scored NaN on rank 1 with 4.57), the keys a checkpoint lacks
+    left on `meta` in 5.x. That is right for a model accelerate prepares (`fsdp2_prepare_model`
+    broadcasts rank 0's weights), wrong for one no one prepares. The variable is unset for the
+    block and restored after; transformers reads it only while loading."""
+    before = os.environ.pop(RAM_EFFICIENT_LOADING, None)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ[RAM_EFFICIENT_LOADING] = before
+
+
 @contextmanager
 def unsharded_loading(accelerator):
-    """Models loaded inside are whole on every rank (PPO's reward models, used outside any engine):
-    with zero3_init_flag, `from_pretrained` would otherwise build them partitioned."""
+    """Models loaded inside are whole on every rank (PPO's reward models and a `labeler:direct`
+    judge engine, used outside any engine accelerate prepares): with zero3_init_flag,
+    `from_pretrained` would otherwise build them partitioned, and under FSDP's RAM-efficient
+    loading give every rank but 0 placeholder weights (`rank0_loading_off`)."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if sharding(accelerator) == "zero3" and plugin is not None:
-        with plugin.zero3_init_context_manager(enable=False):
+    with rank0_loading_off():
+        if sharding(accelerator) == "zero3" and plugin is not None:
+            with plugin.zero3_init_context_manager(enable=False):
+                yield
+        else:
             yield
-    else:
-        yield
