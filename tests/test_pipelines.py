@@ -20,6 +20,8 @@ STAGE_SIZES = {
     "dpo": ["stages.dpo.epochs=1", "stages.dpo.batch_size=2"],
     "ppo": ["stages.ppo.max_steps=2", "stages.ppo.batch_size=2", "stages.ppo.mini_batch_size=2",
             "stages.ppo.max_new_tokens=6"],
+    "grpo": ["stages.grpo.max_steps=2", "stages.grpo.batch_size=2", "stages.grpo.num_generations=2",
+             "stages.grpo.max_new_tokens=6", "stages.grpo.max_length=64"],
     "evaluate": ["stages.evaluate.human_limit=3", "stages.evaluate.policy_prompts=2", "stages.evaluate.max_tokens=6"],
 }
 ROUNDS_SIZES = ["rounds.count=2", "rounds.prompts_per_round=2", "rounds.samples=2", "rounds.max_tokens=8",
@@ -80,7 +82,7 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
     if name == "swap_constitution":
         comp = metrics["constitution_comparison"]
         assert comp["pairs"] > 0 and 0 <= comp["agreement"] <= 1
-    if name in ("cai_harmless", "rlaif_distilled", "rlaif_direct"):
+    if name in ("cai_harmless", "rlaif_distilled", "rlaif_direct", "rlaif_grpo"):
         pol = metrics["policy"]
         assert pol["prompts"] == 2 and 0 <= pol["win_rate"] <= 1 and 0 <= pol["harmless_rate_trained"] <= 1
     if name == "cai_harmless":  # SL-CAI first; DPO starts from that model and keeps it as its reference
@@ -89,6 +91,12 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
         assert dpo_manifest["stages"]["dpo"]["config"]["policy"] == str(out / "sft")
     if name == "rlaif_direct":
         assert (out / "ppo" / "reward_vs_kl.png").exists() and not (out / "reward_model").exists()
+    if name == "rlaif_grpo":  # GRPO from the SL-CAI model, its section with every reward's curve
+        grpo_manifest = json.loads((out / "grpo" / "manifest.json").read_text())
+        assert grpo_manifest["stages"]["grpo"]["config"]["policy"] == str(out / "sft")
+        assert set(metrics["grpo"]["rewards (weights)"].split(", ")) == {"judge_direct×1.0", "judge_pairwise×0.5",
+                                                                        "brevity×0.25"}
+        assert (out / "grpo" / "grpo_curves.png").exists() and ">GRPO</h2>" in html
     if name == "iterative_dpo":  # two rounds, each from the last, every checkpoint ranked
         assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
         assert sorted(metrics["ranking"]) == ["round 1", "round 2", "start"]
@@ -99,7 +107,7 @@ def test_shipped_pipeline_runs_reports_and_resumes(name, model_dir, tmp_path, ca
     assert main(["run", str(ROOT / "pipelines" / f"{name}.yaml"), "--out", str(out), *tiny_args(name, model_dir)]) == 0
     printed = capsys.readouterr().out
     assert snapshot(out) == before  # a second run does no new work
-    for stage in ("sft", "reward_model", "dpo", "ppo", "rounds/round_1/policy", "rounds/round_2/policy"):
+    for stage in ("sft", "reward_model", "dpo", "ppo", "grpo", "rounds/round_1/policy", "rounds/round_2/policy"):
         if (out / stage).exists():
             assert f"{stage}: already trained" in printed
 

@@ -11,7 +11,7 @@ from rlaif.eval.html import HtmlReport
 from rlaif.records import read_output, write_atomic
 
 SECTIONS = ("Judge check", "Model roles", "Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
-            "Policy training", "Iterative rounds", "Policy evaluation")
+            "Policy training", "GRPO", "Iterative rounds", "Policy evaluation")
 
 
 def _plt():
@@ -216,10 +216,10 @@ def write_run_report(p) -> Path:
 
     sec = rep.section("Policy training")
     shown = False
-    for name in ("sft", "dpo", "ppo"):
+    for name in ("sft", "dpo", "ppo", "grpo"):
         if stages.get(name):
             keep = {k: v for k, v in stages[name].items() if not isinstance(v, (dict, list))}
-            sec.append(rep.para(name.upper() + (" (SL-CAI: the policy fine-tuned on the final revisions; DPO and PPO "
+            sec.append(rep.para(name.upper() + (" (SL-CAI: the policy fine-tuned on the final revisions; DPO, PPO and GRPO "
                                                 "start from it and keep it as their reference)" if name == "sft" else "")))
             sec.append(rep.table(keep))
             for png in ("train_curves.png", "reward_vs_kl.png"):
@@ -231,7 +231,10 @@ def write_run_report(p) -> Path:
         sec.append(rep.para("The policy is trained in the iterative rounds (next section)." if stages.get("rounds")
                             else "No policy training in this pipeline.", note=True))
 
+    from rlaif.eval.grpo_report import grpo_section
     from rlaif.eval.rounds_report import rounds_section
+
+    grpo_section(rep, out, metrics)
 
     rounds_section(rep, out, metrics)
 
