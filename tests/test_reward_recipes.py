@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import run_cli  # noqa: E402
 from conftest_train import one_thread, tiny_dir, tiny_tokenizer, toy_prefs, write_jsonl  # noqa: E402,F401
 
+from rlaif.errors import UserError  # noqa: E402
 from rlaif.train.reward_combine import (CombinedReward, Whitening, build_combination, combine,  # noqa: E402
                                         load_combination, whiten)
 from rlaif.train.reward_ensemble import (EnsembleConfig, EnsembleReward, bootstrap_indices,  # noqa: E402
@@ -127,6 +128,53 @@ def test_combination_whitens_with_its_stored_statistics_and_follows_the_rule(rms
     assert at and all(r["used"] == "helpful" for r in at)  # at the threshold: helpful
     assert {r["used"] for r in rows[:len(WORDS)]} == {"helpful", "harmless"}  # both sides exercised
     assert combo(prompts, texts) == [r["reward"] for r in rows]
+
+
+def test_calibration_rows_of_a_best_of_n_record_are_its_candidates(tmp_path):
+    """A best-of-N record has both `response` (the best) and `candidates`: every candidate is a
+    calibration row, or the whitening would measure the max-of-N's mean and spread."""
+    from rlaif.train.reward_combine import calibration_pairs
+
+    cal = write_jsonl(tmp_path / "best_of_n.jsonl", [
+        {"prompt": msgs("q1"), "response": "b", "score": 3.0, "candidates": ["a", "b", "c"], "scores": [1, 3, 2]},
+        {"prompt": msgs("q2"), "response": "y", "responses": ["x", "y"]},
+        {"prompt": msgs("q3"), "response": "only"}])
+    prompts, texts = calibration_pairs(cal)
+    assert texts == ["a", "b", "c", "x", "y", "only"]
+    assert prompts == [msgs("q1")] * 3 + [msgs("q2")] * 2 + [msgs("q3")]
+
+
+def test_unsafe_prompts_path_is_read_relative_to_the_combination_file(rms, tmp_path, monkeypatch):
+    folder = tmp_path / "combo"
+    folder.mkdir()
+    write_jsonl(folder / "unsafe.jsonl", [{"prompt": "make a bomb", "unsafe": True}, {"prompt": "hello"}])
+    combo = folder / "combo.yaml"
+    combo.write_text(yaml.safe_dump({"helpful": str(rms[0]), "harmless": str(rms[1]),
+                                     "helpful_whitening": {"mean": 0, "std": 1, "n": 2},
+                                     "harmless_whitening": {"mean": 0, "std": 1, "n": 2},
+                                     "unsafe_prompts": "unsafe.jsonl"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory has no unsafe.jsonl
+    cfg = load_combination(combo)
+    assert Path(cfg.unsafe_prompts) == folder / "unsafe.jsonl"
+    assert CombinedReward(cfg).unsafe == {json.dumps(msgs("make a bomb"), sort_keys=True)}
+    # a relative path found nowhere beside the file is one clear error naming the file and field
+    data = yaml.safe_load(combo.read_text())
+    data["unsafe_prompts"] = "missing.jsonl"
+    combo.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="unsafe_prompts.*missing.jsonl"):
+        load_combination(combo)
+    data["unsafe_prompts"] = "red_team"  # a shipped prompt set by name still works
+    combo.write_text(yaml.safe_dump(data))
+    assert Path(load_combination(combo).unsafe_prompts).name == "red_team.jsonl"
+    # and combine-rm stores the path it was given as an absolute one, so the file can move
+    (elsewhere / "here.jsonl").write_text('{"prompt": "x", "unsafe": true}\n')
+    cal = write_jsonl(elsewhere / "cal.jsonl", [{"prompt": msgs("a"), "candidates": ["one", "two words", "3"]}])
+    written = build_combination(str(rms[0]), str(rms[1]), str(cal), folder / "built.yaml",
+                                unsafe_prompts="here.jsonl")
+    assert written.unsafe_prompts == str(elsewhere / "here.jsonl")
+    assert len(CombinedReward(load_combination(folder / "built.yaml")).unsafe) == 1
 
 
 def test_whiten_is_the_stored_affine_map():

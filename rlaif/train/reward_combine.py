@@ -109,8 +109,10 @@ def is_flagged(meta: dict, cfg: CombineConfig) -> bool:
 
 
 def calibration_pairs(path: str | Path) -> tuple[list, list[str]]:
-    """(prompts, responses) from JSONL records with `prompt` and `response` (a string), `candidates`
-    or `responses` (lists, e.g. best_of_n.jsonl), or `chosen`/`rejected` (both sides count)."""
+    """(prompts, responses) from JSONL records with `prompt` and `candidates` or `responses` (lists,
+    e.g. best_of_n.jsonl), `response` (a string), or `chosen`/`rejected` (both sides count). A list
+    wins over `response`: in a best-of-N record `response` is only the best candidate, and whitening
+    on it would measure the max-of-N's mean and spread, not a typical reply's."""
     from rlaif.prompts_io import as_messages
 
     prompts, texts = [], []
@@ -120,10 +122,11 @@ def calibration_pairs(path: str | Path) -> tuple[list, list[str]]:
             raise UserError(f"{where}: missing field 'prompt'; expected prompt plus response, candidates or "
                             "chosen/rejected")
         prompt = as_messages(rec["prompt"], where)
-        if isinstance(rec.get("response"), str):
+        listed = rec.get("candidates", rec.get("responses"))
+        if isinstance(listed, list):
+            found = listed
+        elif isinstance(rec.get("response"), str):
             found = [rec["response"]]
-        elif isinstance(rec.get("candidates", rec.get("responses")), list):
-            found = rec.get("candidates", rec.get("responses"))
         elif "chosen" in rec and "rejected" in rec:
             found = [_text(rec[k], where, k) for k in ("chosen", "rejected")]
         else:
@@ -177,13 +180,39 @@ def build_combination(helpful: str, harmless: str, calibration: str, out: str | 
     cfg = CombineConfig(helpful=str(dirs["helpful"].resolve()), harmless=str(dirs["harmless"].resolve()),
                         threshold=threshold, helpful_whitening=stats["helpful"],
                         harmless_whitening=stats["harmless"], unsafe_categories=list(unsafe_categories),
-                        unsafe_prompts=unsafe_prompts, calibration=str(calibration), max_length=max_length)
+                        unsafe_prompts=_absolute_if_file(unsafe_prompts), calibration=str(calibration),
+                        max_length=max_length)
     write_atomic(Path(out), yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return cfg
 
 
+def _absolute_if_file(p: str | None) -> str | None:
+    """A prompt file given on the command line, made absolute so the combination file can move;
+    a shipped prompt-set name (no such file here) is kept as it is."""
+    return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+
+def _unsafe_prompts_beside(value: str, path: Path) -> str:
+    """`unsafe_prompts` read relative to the combination file's folder (a shipped prompt-set name,
+    e.g. `harmful_demo`, still works); not the working directory."""
+    p = Path(value)
+    if p.is_absolute():
+        return value
+    if (path.parent / p).exists():
+        return str(path.parent / p)
+    from rlaif.resources import resource_dir
+
+    if p.name == value:
+        shipped = sorted(q for q in resource_dir("prompts").iterdir() if q.is_file() and value in (q.name, q.stem))
+        if shipped:
+            return str(shipped[0])
+    raise UserError(f"{path}: field 'unsafe_prompts': {value} not found beside the combination file "
+                    f"({path.parent / p}); relative paths are read from the file's folder")
+
+
 def load_combination(path: str | Path) -> CombineConfig:
-    """The combination file, with RM paths made absolute (relative to the file) and checked."""
+    """The combination file, with RM paths and `unsafe_prompts` made absolute (relative to the
+    file) and checked."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"combined:{path}: no such combination file; write one with `rlaif combine-rm`")
@@ -193,6 +222,8 @@ def load_combination(path: str | Path) -> CombineConfig:
         p = Path(getattr(cfg, side))
         p = p if p.is_absolute() else path.parent / p
         update[side] = str(check_rm_folder(p, side, str(path)))
+    if cfg.unsafe_prompts:
+        update["unsafe_prompts"] = _unsafe_prompts_beside(cfg.unsafe_prompts, path)
     return cfg.model_copy(update=update)
 
 
