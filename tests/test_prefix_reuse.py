@@ -199,3 +199,66 @@ def test_direct_scores_read_ten_on_top_of_the_first_pass_cache(request, model):
     # each continuation cost one token on top of its prompt's cache
     prompt_tokens = sum(len(cached._prompt_ids(r.messages, r.prefill)) for r in reqs)
     assert cached.counters["prompt_tokens"] - cached.counters["cached_prompt_tokens"] <= prompt_tokens + len(reqs)
+
+
+# ---------------------------------------------------------------------- the probe: reuse is found by doing it
+
+
+def test_prefix_reuse_is_on_for_the_models_that_support_it(tiny, gpt2):
+    """Prefix reuse is decided by one cached forward compared with the uncached one, not by the forward's
+    signature (transformers 5.2x takes the cache as `cache`; a signature check turned reuse off)."""
+    for engine in (tiny, gpt2):
+        fresh = with_reuse(engine, True)
+        assert fresh.prefix_reuse, fresh.prefix_reuse_status()
+        status = fresh.stats()
+        assert status["prefix_reuse"] is True and "whole prompt's log-probs" in status["prefix_reuse_reason"]
+        assert fresh.counters["forward_passes"] == 0  # the probe's passes are not the caller's
+
+
+@pytest.mark.slow
+def test_prefix_reuse_is_on_for_the_embedded_model(embedded_engine):
+    fresh = TransformersEngine(embedded_engine.cfg, model=embedded_engine.net, tokenizer=embedded_engine.tokenizer)
+    assert fresh.prefix_reuse, fresh.prefix_reuse_status()
+
+
+class _CacheBlindLlama(torch.nn.Module):
+    """A model that takes a cache and ignores it (as a model whose forward swallows an unknown keyword
+    would): every forward sees only its own tokens."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner, self.config = net, net.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        width = input_ids.shape[1]
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask[:, -width:],
+                          position_ids=None if position_ids is None else position_ids - position_ids[:, :1],
+                          logits_to_keep=kwargs.get("logits_to_keep", 0))
+
+
+def test_a_model_that_ignores_the_cache_says_so_and_still_scores_right(tiny, caplog, tmp_path):
+    blind = TransformersEngine(EngineConfig(model="cache-blind", device="cpu"), model=_CacheBlindLlama(tiny.net),
+                               tokenizer=tiny.tokenizer)
+    with caplog.at_level("WARNING", logger="rlaif.backends.transformers_engine"):
+        assert blind.prefix_reuse is False
+    (line,) = [r.getMessage() for r in caplog.records if "prefix reuse" in r.getMessage()]
+    assert "cache-blind" in line and "differ from the whole prompt's" in line
+    status = blind.stats()
+    assert status["prefix_reuse"] is False and "differ" in status["prefix_reuse_reason"]
+    # the scores are those of the real model run whole: the probe kept the broken path away
+    assert_same_labels(labels(blind, tmp_path / "blind", 1), labels(with_reuse(tiny, False), tmp_path / "whole", 1))
+    assert blind.counters["cached_prompt_tokens"] == 0
+
+
+def test_the_label_manifest_records_prefix_reuse(tiny_model_dir, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    out = tmp_path / "label"
+    res = run_cli("label", "--pairs", str(pairs), "--out", str(out), "--model", str(tiny_model_dir))
+    assert res.returncode == 0, res.stderr
+    engine = json.loads((out / "manifest.json").read_text())["stages"]["label"]["engine"]
+    assert engine["prefix_reuse"] is True and engine["cached_prompt_tokens"] > 0, engine

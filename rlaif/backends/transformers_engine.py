@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import time
 from itertools import groupby
 from typing import Sequence
@@ -39,7 +40,7 @@ from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.backends.prefix_tree import Node, computed_tokens, is_shared, prefix_tree
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
-from rlaif.train.ppo import positions
+from rlaif.tensors import positions
 
 
 def pick_device(device: str) -> torch.device:
@@ -58,6 +59,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     except AttributeError:
         raise EngineError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
 
+
+log = logging.getLogger(__name__)
+
+# the prefix-reuse probe's prompts: a prefix, then two continuations of different lengths
+PROBE_TEXTS = ("A short note about the weather in the hills this week:",
+               " rain on Monday.", " clear skies from Tuesday until the weekend, then wind.")
 
 # a shared run shorter than this is recomputed: below it, the extra forward pass and the cache copies
 # cost about what the run's own prefill would
@@ -82,11 +89,13 @@ class TransformersEngine(LocalPrompts):
         # left padding shifts every row; models with absolute positions (GPT-2) need them counted from
         # each row's first real token, as `generate` does
         takes = inspect.signature(self.net.forward).parameters
-        self._takes_positions = "position_ids" in takes
-        # prefix reuse needs explicit positions (padding sits between a prefix and its suffix) and plain
-        # full-attention cache layers (a sliding window would count the padding as distance)
-        self._reuses_prefixes = (self._takes_positions and "past_key_values" in takes
-                                 and _plain_dynamic_cache(self.net.config))
+        # transformers 5 passes position_ids and past_key_values through **kwargs on some models: a
+        # forward that takes **kwargs is asked, and the prefix-reuse probe finds out whether it listens
+        self._takes_positions = "position_ids" in takes or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
+        self._prefix_probe: tuple[bool, str] | None = None  # (works, why), found on first use
+        # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name is a deprecated alias)
+        self._cache_kwarg = "cache" if "cache" in takes else "past_key_values"
         self._option_ids: dict[str, list[int]] = {}
         self._stop_criteria: dict[tuple[str, ...], object] = {}
         self.counters = {"requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0,
@@ -100,7 +109,58 @@ class TransformersEngine(LocalPrompts):
     def prefix_reuse(self) -> bool:
         """Whether one option-scoring call computes a prefix its prompts share once (callers then
         put continuations of a prompt in the same call as the prompt)."""
-        return self._reuses_prefixes and self.min_shared_prefix > 0
+        return self.min_shared_prefix > 0 and self._reuses_prefixes
+
+    @property
+    def _reuses_prefixes(self) -> bool:
+        if self._prefix_probe is None:
+            self._prefix_probe = self._probe_prefix_reuse()
+            if not self._prefix_probe[0]:
+                log.warning("rlaif: prefix reuse is off for %s: %s", self.model, self._prefix_probe[1])
+        return self._prefix_probe[0]
+
+    def prefix_reuse_status(self) -> dict:
+        """What the manifest records: whether prefix reuse is on, and why (or why not)."""
+        if self.min_shared_prefix <= 0:
+            return {"prefix_reuse": False, "prefix_reuse_reason": "min_shared_prefix is 0 (turned off by the caller)"}
+        if self._prefix_probe is None and self.net is None:
+            return {"prefix_reuse": None, "prefix_reuse_reason": "not probed (the engine scored no options)"}
+        on = self._reuses_prefixes
+        return {"prefix_reuse": on, "prefix_reuse_reason": self._prefix_probe[1]}
+
+    @torch.inference_mode()
+    def _probe_prefix_reuse(self) -> tuple[bool, str]:
+        """Find out, by doing it once, whether this model gives a prompt's logits when the prompt is
+        prefilled on top of a shared prefix's cache: three short prompts that share a prefix (one is the
+        prefix itself; the other two continue it by different lengths, so the padded layout of the
+        docstring above is exercised) are scored through the prefix tree and each whole, and the
+        next-token log-probabilities compared over the whole vocabulary. A model's signature says
+        too little: transformers 5 takes the cache through **kwargs on some models."""
+        if not self._takes_positions:
+            return False, "its forward takes no position_ids (padding sits between a prefix and its continuation)"
+        if not _plain_dynamic_cache(self.net.config):
+            return False, ("its cache is not plain full-attention DynamicLayers (a sliding window or hybrid "
+                           "cache would count the padding as distance)")
+        tok = self.tokenizer
+        prefix = tok(PROBE_TEXTS[0], add_special_tokens=False)["input_ids"]
+        seqs = [prefix] + [prefix + tok(t, add_special_tokens=False)["input_ids"] for t in PROBE_TEXTS[1:]]
+        counters = dict(self.counters)
+        got: dict[int, torch.Tensor] = {}
+        try:
+            self._prefill_tree(prefix_tree(seqs, 1), None, lambda logp, row, i: got.__setitem__(i, logp[row]))
+            want = self._whole_logps(seqs)
+        except Exception as e:  # a model that rejects the cache or the positions: say which way it failed
+            return False, f"a forward on top of a cached prefix failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        finally:
+            self.counters = counters
+        if sorted(got) != list(range(len(seqs))):
+            return False, "the prefix tree did not read every probe prompt"
+        gap = max((got[i] - want[i]).abs().max().item() for i in range(len(seqs)))
+        tol = 1e-3 if next(self.net.parameters()).dtype == torch.float32 else 5e-2
+        if not gap <= tol:
+            return False, (f"log-probs after a cached prefix differ from the whole prompt's by {gap:.3g} "
+                           f"(tolerance {tol:g})")
+        return True, f"a cached prefix gives the whole prompt's log-probs (max difference {gap:.1e})"
 
     @classmethod
     def from_pretrained_objects(cls, model, tokenizer, cfg: EngineConfig | None = None):
@@ -144,7 +204,7 @@ class TransformersEngine(LocalPrompts):
 
         def settings(i):
             r = requests[i]
-            return (r.temperature > 0, r.temperature, r.top_p, r.max_tokens, tuple(r.stop or ()), r.n)
+            return (r.temperature > 0, r.temperature, r.top_p, r.max_tokens, tuple(r.stop or ()), r.n, r.pure)
 
         order = sorted(range(len(requests)), key=lambda i: (settings(i), -len(encoded[i])))
         for _, group in groupby(order, key=settings):
@@ -166,6 +226,8 @@ class TransformersEngine(LocalPrompts):
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         if sample:
             kwargs.update(temperature=r0.temperature, top_p=r0.top_p, top_k=0)
+            if r0.pure:
+                kwargs.update(pure_sampling_kwargs())
             torch.manual_seed(_chunk_seed(reqs, rows))
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -244,23 +306,35 @@ class TransformersEngine(LocalPrompts):
             results[i] = OptionLogprobs({o: torch.logsumexp(logp[row, option_ids[o]], dim=0).item() for o in options})
 
         roots = (prefix_tree(encoded, self.min_shared_prefix)
-                 if self._reuses_prefixes and self.min_shared_prefix > 0 and len(encoded) > 1 else None)
+                 if len(encoded) > 1 and self.prefix_reuse else None)
         if roots is not None and is_shared(roots):
             self._prefill_tree(roots, None, read)
             self.counters["cached_prompt_tokens"] += sum(len(e) for e in encoded) - computed_tokens(roots)
         else:
-            for chunk in self.prefill_batches([len(e) for e in encoded]):
-                ids, mask = self._pad_left([encoded[i] for i in chunk])
-                extra = {"position_ids": positions(mask)} if self._takes_positions else {}
-                logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
-                self.counters["forward_passes"] += 1
-                logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-                for row, i in enumerate(chunk):
-                    read(logp, row, i)
+            self._prefill_whole(encoded, read)
         self.counters["prompt_tokens"] += sum(len(e) for e in encoded)
         self.counters["requests"] += len(requests)
         self.counters["seconds"] += time.perf_counter() - started
         return results  # type: ignore[return-value]
+
+    def _prefill_whole(self, encoded: Sequence[Sequence[int]], read) -> None:
+        """Prefill every prompt whole, in the batches `prefill_batches` cuts; `read(logp, row, i)` gets
+        each prompt's next-token log-probabilities."""
+        for chunk in self.prefill_batches([len(e) for e in encoded]):
+            ids, mask = self._pad_left([list(encoded[i]) for i in chunk])
+            extra = {"position_ids": positions(mask)} if self._takes_positions else {}
+            logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
+            self.counters["forward_passes"] += 1
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, i in enumerate(chunk):
+                read(logp, row, i)
+
+    def _whole_logps(self, seqs: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Each prompt's next-token log-probabilities over the vocabulary, every prompt run alone."""
+        out = []
+        for seq in seqs:
+            self._prefill_whole([seq], lambda logp, row, i: out.append(logp[row]))
+        return out
 
     def _prefill_tree(self, nodes: list[Node], parent: "_Prefilled | None", read) -> None:
         """Prefill `nodes` (one level of the prefix tree, all children of rows of `parent`, or the top
@@ -277,7 +351,7 @@ class TransformersEngine(LocalPrompts):
                 cache = parent.rows(rows, last_use=b == len(batches) - 1)
                 mask = torch.cat([parent.mask.index_select(0, rows), own_mask], dim=1)
             out = self.net(input_ids=ids, attention_mask=mask, position_ids=positions(mask)[:, -ids.shape[1]:],
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+                           use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
             self.counters["forward_passes"] += 1
             ending = [(row, i) for row, n in enumerate(batch) for i in n.ends]
             if ending:
@@ -291,7 +365,7 @@ class TransformersEngine(LocalPrompts):
                 self._prefill_tree(children, _Prefilled(cache, mask, row_of), read)
 
     def stats(self) -> dict:
-        return {"engine": self.name, "model": self.model, "device": str(self.device),
+        return {"engine": self.name, "model": self.model, "device": str(self.device), **self.prefix_reuse_status(),
                 **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.counters.items()}}
 
     def close(self) -> None:
@@ -323,6 +397,26 @@ def _plain_dynamic_cache(config) -> bool:
     except Exception:  # a config transformers cannot read layer types from: no prefix reuse
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+# what `generate` would otherwise take from a model's generation_config and that changes the
+# distribution sampled from (transformers' `_get_logits_processor`, the decoding mode, stop strings),
+# set to "off"; `top_k=0` is set for every sampled request
+PURE_SAMPLING = dict(
+    repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+    min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, top_h=None, bad_words_ids=None,
+    sequence_bias=None, suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
+    forced_eos_token_id=None, min_length=0, min_new_tokens=None, exponential_decay_length_penalty=None,
+    guidance_scale=None, watermarking_config=None, num_beams=1, penalty_alpha=None, dola_layers=None,
+    stop_strings=None)
+
+
+def pure_sampling_kwargs() -> dict:
+    """`PURE_SAMPLING`, less the options this transformers version does not have."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig()
+    return {k: v for k, v in PURE_SAMPLING.items() if hasattr(known, k)}
 
 
 def _chunk_seed(reqs: Sequence[GenerationRequest], rows: Sequence[Sequence[int]]) -> int:

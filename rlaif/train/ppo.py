@@ -42,6 +42,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
+from rlaif.tensors import positions
 from rlaif.train.common import (Messages, TrainConfig, TrainLog, disable_dropout, entropy_from_logits,
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, masked_mean, masked_whiten, pad, pad_id, read_prompts,
@@ -105,11 +106,6 @@ class PolicyWithValue(nn.Module):
 
     def get_output_embeddings(self):
         return self.lm.get_output_embeddings()
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for left-padded sequences (what `generate` uses)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logps(logits: torch.Tensor, responses: torch.Tensor, prompt_len: int, temperature: float):
