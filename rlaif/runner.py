@@ -11,30 +11,23 @@ exactly the batches an uninterrupted run would have: with seeded sampling, the o
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import platform
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from rlaif import __version__
 from rlaif.config import config_hash
 from rlaif.errors import RequestFailed, UserError
-from rlaif.records import (FileRecords, append_records, dumps, iter_output, read_output, write_atomic,
-                           write_jsonl_atomic)
+from rlaif.manifest import MANIFEST, read_manifest, update_manifest  # noqa: F401  (read_manifest, MANIFEST: re-exported)
+from rlaif.records import FileRecords, append_records, dumps, iter_output, read_output, write_jsonl_atomic
 
-MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
 LOCK = ".rlaif.lock"
-_VERSIONED = ("torch", "transformers", "accelerate", "datasets", "openai", "vllm", "trl", "peft")
 
 _held: dict[Path, int] = {}  # out dirs this process has locked -> fd
 
@@ -89,49 +82,6 @@ class StageResult:
     @property
     def failed(self) -> int:
         return len(self.failures)
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"rlaif": __version__, "python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def read_manifest(out_dir: Path) -> dict:
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
-_URL_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
-
-
-def _scrub(obj):
-    """Credentials inside URLs (`http://user:key@host`) never reach the manifest."""
-    if isinstance(obj, str):
-        return _URL_USERINFO.sub(r"\1***@", obj)
-    if isinstance(obj, dict):
-        return {k: _scrub(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_scrub(v) for v in obj]
-    return obj
-
-
-def update_manifest(out_dir: Path, stage: str, entry: dict) -> None:
-    """Merge one stage's entry into `manifest.json`, written atomically."""
-    manifest = read_manifest(out_dir)
-    manifest.update({"rlaif_version": __version__, "versions": package_versions(),
-                     "command": _scrub(" ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]))})
-    manifest.setdefault("stages", {})[stage] = _scrub(entry)
-    write_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _rewrite_failures(out_dir: Path, stage: str, failures: list[dict]) -> None:

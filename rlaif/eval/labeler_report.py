@@ -24,7 +24,8 @@ from rlaif.constitution import Constitution, load_constitution
 from rlaif.eval import metrics as M
 from rlaif.eval.hh_rlhf import load_human_pairs
 from rlaif.records import record_id, write_atomic
-from rlaif.runner import OutputLock, read_manifest, update_manifest
+from rlaif.manifest import read_manifest, update_manifest
+from rlaif.runner import OutputLock
 from rlaif.stages.labeler import LabelerConfig, label_pairs
 
 METRICS = "metrics.json"

@@ -38,7 +38,8 @@ from rlaif.constitution import Constitution, FewShot, Principle, load_constituti
 from rlaif.errors import UserError
 from rlaif.prompts_io import as_messages
 from rlaif.records import Reread, iter_jsonl_numbered, record_id, write_jsonl_atomic
-from rlaif.runner import OutputLock, independent_requests, read_manifest, run_stage, update_manifest
+from rlaif.manifest import read_manifest, update_manifest
+from rlaif.runner import OutputLock, independent_requests, run_stage
 from rlaif.templates import Template, load_template
 
 STAGE = "critique"

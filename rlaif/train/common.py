@@ -543,7 +543,7 @@ def run_main(config_cls, train_fn, argv: list[str] | None, name: str) -> int:
 def finish_run(out: Path, stage: str, cfg: TrainConfig, result: dict, log: TrainLog,
                curve_keys: Sequence[str]) -> None:
     """Main process, after training: summary.json, a curves plot, the manifest entry."""
-    from rlaif.runner import update_manifest
+    from rlaif.manifest import update_manifest
     from rlaif.train.plots import plot_curves
 
     out = Path(out)
