@@ -10,6 +10,7 @@ real stages on the embedded policy (SmolLM2-135M-Instruct):
     pairs ──label stage (judge)──> preferences ──DPO──> policy ──greedy──> L₁    (per judge)
     the same preferences ──KTO (chosen desirable, rejected undesirable)──> policy ──greedy──> L₁
     training prompts ──PPO, reward = judge's direct 1–9 score──> policy ──greedy──> L₁
+    training prompts ──GRPO / RLOO, G replies a prompt, the same reward──> policy ──greedy──> L₁
 
 and the effect is Δ = L₁ − L₀ (tokens). The rule arm must shorten the replies by more than the
 random arm moves them; a sign error or a masking bug in a trainer turns that around or erases it.
@@ -64,6 +65,14 @@ class Sizes:
     ppo_lr: float = 1e-5
     ppo_kl: float = 0.02
     ppo_new_tokens: int = 40
+    # GRPO / RLOO: as many prompts per step as PPO's mini-batch, G replies each (16 replies a step,
+    # two optimisation passes over each), the same lr, new tokens and KL weight as PPO
+    grpo_steps: int = 4
+    grpo_batch: int = 4
+    grpo_generations: int = 4
+    grpo_iterations: int = 2
+    grpo_lr: float = 1e-5
+    grpo_beta: float = 0.02
     max_length: int = 192
 
 
@@ -214,6 +223,23 @@ def run_ppo(prompts: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path) ->
     return train_ppo(cfg, reward_fn=direct_reward(rule, sizes, seed))
 
 
+def run_grpo(prompts: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path, advantage: str = "grpo") -> dict:
+    """GRPO (`advantage: grpo`) or RLOO (`rloo`) with the judge's direct score as the one reward,
+    through the trainer's own judge reward (rlaif/train/rewards.py DirectJudge)."""
+    from rlaif.constitution import load_constitution
+    from rlaif.train.grpo import GRPOConfig
+    from rlaif.train.grpo_loop import train_grpo
+    from rlaif.train.rewards import DirectJudge, RewardSet
+
+    cfg = GRPOConfig(policy=EMBEDDED, prompts=str(prompts), output_dir=str(out_dir), seed=seed,
+                     max_steps=sizes.grpo_steps, batch_size=sizes.grpo_batch, num_generations=sizes.grpo_generations,
+                     num_iterations=sizes.grpo_iterations, advantage=advantage, learning_rate=sizes.grpo_lr,
+                     beta=sizes.grpo_beta, max_new_tokens=sizes.ppo_new_tokens, max_length=sizes.max_length,
+                     progress=False)
+    reward = RewardSet([DirectJudge("judge_direct", 1.0, judge(rule, sizes, seed), load_constitution(CONSTITUTION))])
+    return train_grpo(cfg, reward_fn=reward)
+
+
 # ---------------------------------------------------------------- one experiment
 
 
@@ -235,7 +261,8 @@ class Effect:
 
 class Experiment:
     """Shared artefacts (prompt split, the starting policy's held-out length, sampled pairs per
-    seed) and the arms: `dpo(rule, seed)`, `kto(rule, seed)`, `ppo(rule, seed)` -> Effect."""
+    seed) and the arms: `dpo(rule, seed)`, `kto(rule, seed)`, `ppo(rule, seed)`, `grpo(rule, seed)`,
+    `rloo(rule, seed)` -> Effect."""
 
     def __init__(self, work: Path, sizes: Sizes = SIZES):
         self.work, self.sizes = Path(work), sizes
@@ -280,3 +307,11 @@ class Experiment:
         out = self.work / f"seed{seed}" / f"ppo-{rule}" / "model"
         run_ppo(self.train_file, rule, self.sizes, seed, out)
         return Effect("ppo", rule, seed, self.before, self.after(out))
+
+    def grpo(self, rule: str, seed: int, advantage: str = "grpo") -> Effect:
+        out = self.work / f"seed{seed}" / f"{advantage}-{rule}" / "model"
+        run_grpo(self.train_file, rule, self.sizes, seed, out, advantage)
+        return Effect(advantage, rule, seed, self.before, self.after(out))
+
+    def rloo(self, rule: str, seed: int) -> Effect:
+        return self.grpo(rule, seed, "rloo")

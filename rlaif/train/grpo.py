@@ -20,6 +20,9 @@ temperature T, π_old the policy that sampled):
     ℓ_t = −min(ρ_t · A_i, clip(ρ_t, 1 − ε_low, 1 + ε_high) · A_i) + β · KL_t,
     KL_t = π_ref/π_θ − log(π_ref/π_θ) − 1                      (Schulman's k3 estimator, ≥ 0)
 
+(`use_bias_correction_kl`: KL_t · ρ_t instead, as TRL ≥ 1.x does by default after DeepSeek-V3.2,
+which makes the KL gradient the unbiased reverse-KL one; off by default here, as in the paper.)
+
 and the loss aggregates ℓ over the response tokens (mask m, 1 up to and including the first EOS)
 of the N replies of the batch (`loss_type`):
 
@@ -71,6 +74,7 @@ class GRPOConfig(TrainConfig):
     epsilon: float = Field(0.2, gt=0)  # clip ε_low
     epsilon_high: float | None = Field(None, gt=0)  # clip ε_high (DAPO); default epsilon
     num_iterations: int = Field(1, ge=1)  # μ: optimisation passes per generation batch
+    use_bias_correction_kl: bool = False  # KL_t · ρ_t (TRL's default); False: the paper's k3 term
     learning_rate: float = Field(1e-6, gt=0)
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(48, ge=1)
@@ -143,7 +147,8 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon: float,
-                   epsilon_high: float | None = None, beta: float = 0.0, ref_logp: torch.Tensor | None = None):
+                   epsilon_high: float | None = None, beta: float = 0.0, ref_logp: torch.Tensor | None = None,
+                   kl_times_ratio: bool = False):
     """ℓ_t (B, T) and its parts: (loss, ratio, clipped-token flags, kl or None). `advantages`: (B,)."""
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + (epsilon_high if epsilon_high is not None else epsilon))
@@ -153,7 +158,7 @@ def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     kl = None
     if beta:
         kl = k3_kl(logp, ref_logp)
-        loss = loss + beta * kl
+        loss = loss + beta * (kl * ratio if kl_times_ratio else kl)
     return loss, ratio, is_clipped, kl
 
 
@@ -175,7 +180,7 @@ def token_weights(mask: torch.Tensor, loss_type: str, max_new_tokens: int, n_seq
 def grpo_loss(logp, old_logp, advantages, mask, cfg: GRPOConfig, ref_logp=None, weights=None):
     """The aggregated loss of a batch (or, with `weights` from the whole batch, its share) and stats."""
     loss_t, ratio, is_clipped, kl = per_token_loss(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high,
-                                                   cfg.beta, ref_logp)
+                                                   cfg.beta, ref_logp, cfg.use_bias_correction_kl)
     w = token_weights(mask, cfg.loss_type, cfg.max_new_tokens) if weights is None else weights
     loss = (loss_t * w).sum()
     m = mask.float()
