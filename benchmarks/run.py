@@ -4,9 +4,10 @@ Runs the benchmarks in one process (the peers and the trainers in subprocesses, 
 prints every ratio as it is measured, and writes `results.json` and `results.md` under --out
 (default runs/bench/<mode>). Benchmarks: engine (generation, prefill roofline, API vs raw forwards),
 labeling (labeler vs raw forwards vs one-by-one, linearity, prefix reuse on vs off), distilabel (peer),
-training (DPO/RM vs TRL), openai (engine vs llama.cpp server), gguf (engine vs transformers on the
-same weights), critique (chains/min, cost per 1000 prompts), ray (the Ray executor vs the in-process
-runner: overhead ratio, driver peak RSS at 10x the pairs).
+training (DPO/RM vs TRL), grpo (GRPO vs our PPO: step time, peak RSS, reward per 1k sampled
+tokens), openai (engine vs llama.cpp server), gguf (engine vs transformers on the same weights),
+critique (chains/min, cost per 1000 prompts), ray (the Ray executor vs the in-process runner:
+overhead ratio, driver peak RSS at 10x the pairs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SIZES = {
     "tiny": dict(repeats=1, engine_batch=8, gen_prompts=4, gen_tokens=8, gen_batch_sweep=[], prefill_pairs=4,
                  label_pairs=4, label_batch=8, linearity=[2, 4], prefix_pairs=4, ensemble_pairs=2, rss_pairs=2,
                  distilabel_pairs=2, distilabel_tokens=16, gguf_prefill=4, gguf_decode_prompts=2, gguf_decode_tokens=8,
-                 train_pairs=2, train_steps=2, train_max_len=256, openai_requests=4, openai_tokens=8,
+                 train_pairs=2, train_steps=2, train_max_len=256, grpo_steps=2, grpo_tokens=8, openai_requests=4, openai_tokens=8,
                  openai_concurrency=[1, 4], critique_chains=2, critique_rounds=1, critique_tokens=16),
     # quick: sized for < 3 minutes on an idle 2-core machine (SmolLM2-135M prefills a few hundred
     # tokens/s there, so a debiased pair of ~430-token prompts costs seconds)
@@ -34,18 +35,20 @@ SIZES = {
                   label_pairs=4, label_batch=8, linearity=[2, 4], prefix_pairs=8, ensemble_pairs=4, rss_pairs=8,
                   distilabel_pairs=4, distilabel_tokens=128, gguf_prefill=8, gguf_decode_prompts=4,
                   gguf_decode_tokens=32,
-                  train_pairs=2, train_steps=3, train_max_len=256, openai_requests=4, openai_tokens=16,
+                  train_pairs=2, train_steps=3, train_max_len=256, grpo_steps=4, grpo_tokens=32,
+                  openai_requests=4, openai_tokens=16,
                   openai_concurrency=[1, 4, 16], critique_chains=2, critique_rounds=1, critique_tokens=32),
     "full": dict(repeats=2, engine_batch=16, gen_prompts=32, gen_tokens=64, gen_batch_sweep=[8, 32],
                  prefill_pairs=32, label_pairs=64, label_batch=8, linearity=[100, 200, 400], prefix_pairs=200,
                  ensemble_pairs=64, rss_pairs=32, distilabel_pairs=32, gguf_prefill=32, gguf_decode_prompts=8,
                  gguf_decode_tokens=64,
-                 distilabel_tokens=128, train_pairs=8, train_steps=10, train_max_len=512, openai_requests=32,
+                 distilabel_tokens=128, train_pairs=8, train_steps=10, train_max_len=512, grpo_steps=8,
+                 grpo_tokens=40, openai_requests=32,
                  openai_tokens=64, openai_concurrency=[1, 4, 16], critique_chains=16, critique_rounds=2,
                  critique_tokens=96),
 }
 # which benchmarks a mode runs (quick leaves out the slow peers unless asked with --only)
-ORDER = ["engine", "omp", "labeling", "critique", "training", "openai", "gguf", "distilabel", "ray"]
+ORDER = ["engine", "omp", "labeling", "critique", "training", "grpo", "openai", "gguf", "distilabel", "ray"]
 QUICK_SKIP = {"distilabel", "omp"}
 
 
@@ -154,6 +157,10 @@ def main(argv=None) -> int:
                 from benchmarks import training as b
 
                 report.details["training"] = b.run(report, sizes, rates)
+            elif name == "grpo":
+                from benchmarks import grpo as b
+
+                report.details["grpo"] = b.run(report, sizes)
             elif name == "openai":
                 from benchmarks import openai_server as b
 
