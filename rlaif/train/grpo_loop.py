@@ -13,7 +13,7 @@ One step:
 Logged per step (`train_log.jsonl`): reward and its std, each reward's mean and std
 (`rewards/NAME/mean`, `rewards/NAME/std`), `reward_failed`, `frac_reward_zero_std` (groups whose
 replies all scored the same: no signal), KL (β > 0), clip ratio, entropy, reply length, EOS rate,
-`sampled_tokens` (cumulative) and step time.
+`sampled_tokens` (cumulative), the seconds spent scoring (`reward_seconds`) and step time.
 """
 
 from __future__ import annotations
@@ -167,7 +167,9 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
             mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
             texts = decode(tokenizer, responses, mask)
             groups = [k // G for k in range(len(texts))]
+            reward_started = time.time()
             totals, per, failures = rewards([prompts[i] for i in idx], texts, groups)
+            reward_seconds = time.time() - reward_started
             dev = responses.device
             valid = torch.tensor([t is not None for t in totals], device=dev)
             scores = torch.tensor([t if t is not None else 0.0 for t in totals], device=dev, dtype=torch.float32)
@@ -231,7 +233,8 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                    **{k: gather_mean(accelerator, torch.stack(stats[k]).mean()) for k in ("clip_ratio", "entropy")},
                    "completion_length": gather_mean(accelerator, mask.float().sum(1).mean()),
                    "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
-                   "sampled_tokens": sampled_tokens, "step_seconds": time.time() - step_started}
+                   "sampled_tokens": sampled_tokens, "reward_seconds": reward_seconds,
+                   "step_seconds": time.time() - step_started}
             if cfg.beta > 0:
                 row["kl"] = gather_mean(accelerator, torch.stack(stats["kl"]).mean())
             for name, values in per.items():
