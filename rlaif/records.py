@@ -18,6 +18,20 @@ def record_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+def model_identity(model: str) -> str | None:
+    """What tells apart the models trained one after another into the same folder, for the record
+    ids of their samples: the hash of the pipeline's done key for a folder it trained (`done.json`:
+    the trainer's config and a hash of its data, the same whenever the same training is redone), else
+    of the trainer's own `manifest.json`. None for anything else (a hub id, embedded:NAME, a folder
+    this package did not write, a file)."""
+    folder = Path(model).expanduser()
+    for name in ("done.json", "manifest.json"):
+        marker = folder / name
+        if marker.is_file():
+            return hashlib.sha256(marker.read_bytes()).hexdigest()[:16]
+    return None
+
+
 def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 

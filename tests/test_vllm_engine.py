@@ -121,6 +121,35 @@ def test_vllm_applies_the_models_generation_config(tmp_path, embedded_dir):
 
 @pytest.mark.gpu
 @pytest.mark.slow
+def test_vllm_pure_requests_ignore_the_models_generation_config(tmp_path, embedded_dir):
+    """A `pure` request (the round KL's samples) takes none of the generation_config's options: the
+    same seeded temperature-1 samples from a model with top_k, min_p and repetition_penalty in its
+    generation_config as from the same weights without them."""
+    import json
+    import shutil
+
+    if not OK:
+        pytest.skip(f"vllm engine not testable here: {WHY}")
+    texts = []
+    for name, options in (("plain", {}), ("options", {"top_k": 7, "repetition_penalty": 1.5, "min_p": 0.1})):
+        model = tmp_path / name
+        shutil.copytree(embedded_dir, model)
+        path = model / "generation_config.json"
+        gen = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**{k: v for k, v in gen.items() if k not in ("top_k", "min_p",
+                                                                                 "repetition_penalty")}, **options}))
+        eng = VLLMEngine(EngineConfig(kind="vllm", model=str(model), gpu_memory_utilization=0.3, max_model_len=1024))
+        try:
+            reqs = [GenerationRequest([{"role": "user", "content": f"Tell me about {t}."}], temperature=1.0,
+                                      max_tokens=24, seed=s, pure=True) for s, t in enumerate(("cats", "tea", "rain"))]
+            texts.append([c.texts[0] for c in eng.generate(reqs)])
+        finally:
+            eng.close()
+    assert texts[0] == texts[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
 def test_vllm_close_frees_the_gpu_and_a_second_engine_loads():
     import torch
 

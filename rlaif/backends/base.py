@@ -25,6 +25,10 @@ class GenerationRequest:
     seed: int | None = None
     stop: list[str] | None = None
     top_p: float = 1.0
+    # sample the model's own distribution at `temperature` / `top_p` only: none of the sampling
+    # options a model's generation_config sets (repetition penalty, top-k, min-p, ...) apply. What
+    # an estimator over samples needs (the round KL); local engines honour it (transformers, vllm)
+    pure: bool = False
 
 
 @dataclass

@@ -29,7 +29,8 @@ written on; the `gpu` tests in tests/test_vllm_engine.py run them where one is):
   does), so the model's `top_k`, `min_p` and `repetition_penalty` are taken from
   `LLM.get_default_sampling_params()` for every request: what a vLLM server does with a request
   that leaves them out. (The transformers engine applies a generation_config's repetition_penalty
-  through `generate` too, but samples with top_k=0.)
+  through `generate` too, but samples with top_k=0.) A `pure` request (the round KL's samples)
+  takes none of them: `PURE_SAMPLING` sets each of SamplingParams' distribution knobs to off.
 - `close()` frees the GPU the way vLLM's own tests do (tests/conftest.py, VllmRunner.__exit__): stop
   the engine-core process, drop the LLM, then `cleanup_dist_env_and_memory()`
   (vllm/distributed/parallel_state.py: model-parallel groups and torch.distributed destroyed, gc,
@@ -74,6 +75,10 @@ def vllm_available() -> tuple[bool, str]:
 
 
 GENERATION_DEFAULTS = ("top_k", "min_p", "repetition_penalty")  # what a request here leaves to the model
+# a `pure` request: the model's own distribution (SamplingParams' "off" values; top_k -1 is "off" in
+# every vLLM version, 0 only in recent ones)
+PURE_SAMPLING = dict(top_k=-1, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                     min_tokens=0)
 
 
 def visible_devices(device: str, tensor_parallel_size: int, visible: str | None) -> str | None:
@@ -168,7 +173,8 @@ class VLLMEngine(LocalPrompts):
         started = time.perf_counter()
         encoded = self._generation_inputs(requests)
         params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                 seed=r.seed, stop=list(r.stop or []) or None, **self.sampling_defaults)
+                                 seed=r.seed, stop=list(r.stop or []) or None,
+                                 **(PURE_SAMPLING if r.pure else self.sampling_defaults))
                   for r in requests]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         results = []

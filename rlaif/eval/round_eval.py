@@ -2,7 +2,7 @@
 bought, in the numbers of Gao et al. 2023 ("Scaling laws for reward model overoptimization"):
 
 - KL(π_k ‖ π_0), a sampled estimate: y ~ π_k at temperature 1 (top-p 1, at most `max_tokens`
-  tokens), KL ≈ mean over samples of log π_k(y|x) − log π_0(y|x). Unbiased for the KL between the
+  tokens, none of the sampling options a model's generation_config may set), KL ≈ mean over samples of log π_k(y|x) − log π_0(y|x). Unbiased for the KL between the
   two policies' distributions over the first `max_tokens` tokens; its standard error is reported.
   The log-probs are taken on the sampled text re-tokenised (the prompt built exactly as the engine
   builds it, the end-of-turn token counted when the sample stopped on its own), so a sample whose
@@ -42,20 +42,25 @@ def direct_score_stage(samples: list[dict], judge, constitution, out: Path, stag
 
 
 class SampleScorer:
-    """log p(sample | prompt) under one causal LM, the prompt built as the local engines build it."""
+    """log p(sample | prompt) under one causal LM, the prompt built as the local engines build it,
+    on `device` (an engine block's: auto, cpu, cuda, cuda:N). float32 by default: the KL is a
+    difference of sums of log-probs, which bfloat16 rounding would swamp."""
 
-    def __init__(self, model_spec: str, system_prompt: str | None = None, dtype: str = "float32"):
+    def __init__(self, model_spec: str, system_prompt: str | None = None, dtype: str = "float32",
+                 device: str = "cpu"):
         import torch
         from transformers import AutoModelForCausalLM
 
         from rlaif.backends.local_prompts import LocalPrompts
+        from rlaif.backends.transformers_engine import pick_device
         from rlaif.config import EngineConfig
         from rlaif.train.common import load_tokenizer, resolve, torch_dtype
 
         path = resolve(model_spec)
         self.torch = torch
+        self.device = pick_device(device)
         self.tokenizer = load_tokenizer(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).to(self.device).eval()
         self.prompts = LocalPrompts()
         self.prompts.cfg = EngineConfig(model=model_spec, system_prompt=system_prompt)
         self.prompts.tokenizer = self.tokenizer
@@ -75,22 +80,23 @@ class SampleScorer:
         input_ids = pad([ids for ids, _ in encoded], pad_id(self.tokenizer))
         attention = pad([[1] * len(ids) for ids, _ in encoded], 0)
         mask = pad([[0] * n + [1] * (len(ids) - n) for ids, n in encoded], 0)
+        input_ids, attention, mask = (t.to(self.device) for t in (input_ids, attention, mask))
         with torch.no_grad():
             logits = self.model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-            logps = sequence_logps(logits, input_ids, mask)
+            logps = sequence_logps(logits, input_ids, mask).cpu()
         return [{"id": s["id"], "logp": float(v), "tokens": len(ids) - n}
                 for s, v, (ids, n) in zip(batch, logps.tolist(), encoded)]
 
 
 def logp_stage(model_spec: str, samples: list[dict], out: Path, stage: str, *, system_prompt: str | None,
-               batch_size: int, overwrite: bool = False) -> dict[str, float]:
-    """sample id -> log p(sample) under `model_spec` (out/<stage>.jsonl; the model loads only if
-    something is left to score)."""
+               batch_size: int, device: str = "cpu", overwrite: bool = False) -> dict[str, float]:
+    """sample id -> log p(sample) under `model_spec` on `device` (out/<stage>.jsonl; the model loads
+    only if something is left to score)."""
     held: dict = {}
 
     def process(batch: list[dict]) -> list[dict]:
         if "scorer" not in held:
-            held["scorer"] = SampleScorer(model_spec, system_prompt)
+            held["scorer"] = SampleScorer(model_spec, system_prompt, device=device)
         return held["scorer"](batch)
 
     try:
@@ -99,6 +105,18 @@ def logp_stage(model_spec: str, samples: list[dict], out: Path, stage: str, *, s
     finally:
         held.clear()
     return {r["id"]: r["logp"] for r in result.records}
+
+
+def kl_samples(engine, held_out: list[dict], out: Path, *, samples: int, max_tokens: int, seed: int,
+               batch_size: int, overwrite: bool = False) -> StageResult:
+    """`samples` draws per held-out prompt from the engine's model, at temperature 1 and top-p 1 and
+    `pure` (no sampling option of the model's generation_config: a repetition penalty or a top-k
+    there would bias the KL estimate) -> out/samples.jsonl."""
+    from rlaif.stages.responses import ResponsesConfig, expand, make_process
+
+    rc = ResponsesConfig(n=samples, max_tokens=max_tokens, temperature=1.0, top_p=1.0, seed=seed, pure=True)
+    return run_stage("samples", expand(held_out, engine.model, rc), make_process(engine, rc), out, config=rc,
+                     batch_size=batch_size, overwrite=overwrite, fixed_batches=not independent_requests(engine))
 
 
 def mean_se(values: list[float]) -> tuple[float | None, float | None]:
@@ -114,15 +132,11 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
 def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out: Path) -> dict:
     """KL to the start, proxy and independent rewards, mean words, for one checkpoint (`rounds`:
     rlaif.iterate.Rounds, which holds the pipeline, its engines and the start model)."""
-    from rlaif.stages.responses import ResponsesConfig, expand, make_process
-
     p, ev = rounds.p, rounds.cfg.eval
-    rc = ResponsesConfig(n=ev.samples, max_tokens=ev.max_tokens, temperature=1.0, top_p=1.0, seed=p.cfg.seed)
     engine = rounds.policy_engine(model)
     try:
-        sampled = run_stage("samples", expand(held_out, engine.model, rc), make_process(engine, rc), out, config=rc,
-                            batch_size=p.batch_size("policy"), overwrite=p.overwrite,
-                            fixed_batches=not independent_requests(engine))
+        sampled = kl_samples(engine, held_out, out, samples=ev.samples, max_tokens=ev.max_tokens, seed=p.cfg.seed,
+                             batch_size=p.batch_size("policy"), overwrite=p.overwrite)
     finally:
         engine.close()
     samples, failed = sampled.records, sampled.failed
@@ -131,11 +145,11 @@ def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out
     if model == rounds.start:
         info.update(kl=0.0, kl_se=0.0)
     else:
-        system = p.roles["policy"].system_prompt
-        bs = p.batch_size("policy")
-        mine = logp_stage(model, samples, out, "logp_policy", system_prompt=system, batch_size=bs, overwrite=p.overwrite)
-        ref = logp_stage(rounds.start, samples, out, "logp_start", system_prompt=system, batch_size=bs,
-                         overwrite=p.overwrite)
+        policy = p.roles["policy"]
+        common = dict(system_prompt=policy.system_prompt, batch_size=p.batch_size("policy"), device=policy.device,
+                      overwrite=p.overwrite)
+        mine = logp_stage(model, samples, out, "logp_policy", **common)
+        ref = logp_stage(rounds.start, samples, out, "logp_start", **common)
         info["kl"], info["kl_se"] = mean_se([mine[i] - ref[i] for i in mine if i in ref])
     judge = p.engine("judge")
     proxy = direct_score_stage(samples, judge, p.constitution, out, "judge_scores", seed=p.cfg.seed,

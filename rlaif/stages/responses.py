@@ -13,7 +13,7 @@ from pydantic import Field
 from rlaif.backends.base import Engine, GenerationRequest
 from rlaif.config import Strict
 from rlaif.errors import UserError
-from rlaif.records import record_id
+from rlaif.records import model_identity, record_id
 
 
 class ResponsesConfig(Strict):
@@ -22,6 +22,11 @@ class ResponsesConfig(Strict):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
+    pure: bool = False  # no generation_config sampling options (GenerationRequest.pure): the round KL's samples
+
+    def params(self) -> dict:
+        """The settings a record's `params` hold (`pure` only when set)."""
+        return self.model_dump(exclude=None if self.pure else {"pure"})
 
 
 def expand(prompts: Iterable[dict], model: str, cfg: ResponsesConfig) -> list[dict]:
@@ -30,12 +35,17 @@ def expand(prompts: Iterable[dict], model: str, cfg: ResponsesConfig) -> list[di
 
 
 def iter_expand(prompts: Iterable[dict], model: str, cfg: ResponsesConfig) -> Iterator[dict]:
-    """`expand` a prompt at a time."""
-    params = cfg.model_dump()
+    """`expand` a prompt at a time. A sample's seed comes from its prompt, the model's name, the
+    sampling settings and its index; its id also from what else makes it another sample: `pure`,
+    and the weights behind the name (`model_identity`: a folder trained again in place is a new
+    model), so those are sampled afresh, with the same seeds."""
+    params = cfg.model_dump(exclude={"pure"})
+    other = {k: v for k, v in (("pure", cfg.pure), ("model_identity", model_identity(model))) if v}
     for p in prompts:
         for s in range(cfg.n):
-            rid = record_id("responses", p["prompt"], model, params, s)
-            yield {**p, "id": rid, "prompt_id": p["id"], "sample": s, "seed": int(rid[:8], 16) ^ cfg.seed}
+            key = record_id("responses", p["prompt"], model, params, s)
+            rid = record_id(key, other) if other else key
+            yield {**p, "id": rid, "prompt_id": p["id"], "sample": s, "seed": int(key[:8], 16) ^ cfg.seed}
 
 
 def check_context(engine: Engine, prompts: Iterable[dict], max_tokens: int, source) -> None:
@@ -55,13 +65,13 @@ def check_context(engine: Engine, prompts: Iterable[dict], max_tokens: int, sour
 def make_process(engine: Engine, cfg: ResponsesConfig):
     def process(batch: list[dict]) -> list[dict]:
         requests = [GenerationRequest(item["prompt"], temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_tokens=cfg.max_tokens, seed=item["seed"]) for item in batch]
+                                      max_tokens=cfg.max_tokens, seed=item["seed"], pure=cfg.pure) for item in batch]
         out = []
         for item, completion in zip(batch, engine.generate(requests)):
             out.append({
                 "id": item["id"], "prompt_id": item["prompt_id"], "prompt": item["prompt"],
                 "response": completion.texts[0], "model": engine.model, "sample": item["sample"],
-                "params": cfg.model_dump(), "finish_reason": (completion.finish_reasons or ["?"])[0],
+                "params": cfg.params(), "finish_reason": (completion.finish_reasons or ["?"])[0],
                 "tokens": completion.completion_tokens, **({"meta": item["meta"]} if item.get("meta") else {}),
             })
         return out
