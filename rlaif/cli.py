@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rlaif import __version__
+from rlaif.cli_common import SPEC_HELP, engine_args, engine_config, positive
 from rlaif.errors import UserError
 from pydantic import ValidationError
 
@@ -33,54 +34,6 @@ def _quiet_libraries() -> None:
         pass
 
 
-SPEC_HELP = ("embedded:NAME, a model folder, a hub id, vllm:ID, openai:NAME (with --base-url) or "
-             "gguf:PATH (a GGUF file run in process by llama.cpp)")
-
-
-def _engine_args(p: argparse.ArgumentParser, role: str = "policy",
-                 default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
-    """Engine flags for a command that runs one role; `--ROLE SPEC` names its model (`--model`
-    is the older spelling of the same flag)."""
-    from rlaif.config import EngineConfig
-
-    d = EngineConfig()  # one source for the engine defaults
-    g = p.add_argument_group(f"engine ({role})")
-    g.add_argument(f"--{role}", "--model", dest="model", default=default_model, metavar="SPEC",
-                   help=f"the {role} model: {SPEC_HELP} (default: %(default)s)")
-    g.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--api-key-env", default=d.api_key_env, help="openai engine: env var holding the key")
-    g.add_argument("--batch-size", type=_positive(int), default=d.batch_size,
-                   help="requests per engine batch (default: %(default)s)")
-    g.add_argument("--concurrency", type=_positive(int), default=d.concurrency, help="openai engine: requests in flight")
-    g.add_argument("--timeout", type=_positive(float), default=d.timeout, help="openai engine: seconds per request attempt")
-    g.add_argument("--max-retries", type=int, default=d.max_retries,
-                   help="openai engine: retries per request after the first try")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--tokenizer", help="openai engine: the served model's tokenizer (embedded:NAME, a dir, a hub id); "
-                   "option scoring then renders the chat template here and prefills the assistant turn over "
-                   "/v1/completions, as llama.cpp's and vLLM's servers allow")
-    g.add_argument("--prefill-mode", default=d.prefill_mode,
-                   choices=["auto", "completions", "continue_final_message", "user_turn"],
-                   help="openai engine: how option scoring reaches the assistant turn (default: %(default)s)")
-
-
-def _engine_config(args):
-    from rlaif.config import EngineConfig, parse_model_spec
-
-    base = EngineConfig(device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
-                        api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries,
-                        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"),
-                        tokenizer=args.tokenizer, prefill_mode=args.prefill_mode)
-    cfg = parse_model_spec(args.model, base)
-    if (args.tokenizer or args.prefill_mode != "auto") and cfg.kind != "openai":
-        raise UserError(f"--tokenizer and --prefill-mode are for the openai engine, but the model {args.model} "
-                        f"runs on the {cfg.kind} engine; drop them")
-    if args.base_url and cfg.kind != "openai":
-        raise UserError(f"--base-url is for the openai engine, but the model {args.model} runs on the "
-                        f"{cfg.kind} engine; name it openai:NAME, or drop --base-url")
-    return cfg
-
-
 def _require_accuracy(text: str) -> float:
     try:
         value = float(text)
@@ -90,16 +43,6 @@ def _require_accuracy(text: str) -> float:
         raise UserError(f"--require-judge-accuracy {text}: expected a number in (0.5, 1] (an accuracy a judge "
                         "must beat; 0.5 is chance)")
     return value
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-        return value
-
-    return parse
 
 
 def _summary(result) -> int:
@@ -141,7 +84,7 @@ def cmd_generate(args) -> int:
     prompts = Reread(lambda: iter_prompts(args.prompts))  # streamed on every pass, never held
     for _ in prompts:  # a bad prompt file fails before the model loads
         pass
-    engine_cfg = _engine_config(args)
+    engine_cfg = engine_config(args)
     executor = executor_config(args)
     engine = engine_for(args, engine_cfg, executor)
     with use_executor(executor):
@@ -185,7 +128,7 @@ def cmd_judge_check(args) -> int:
     threshold = None if args.require_judge_accuracy is None else _require_accuracy(args.require_judge_accuracy)
     cfg = _labeler_config(args)
     constitution = load_constitution(args.constitution)
-    engine_cfg = _engine_config(args)
+    engine_cfg = engine_config(args)
     out = args.out or Path("runs") / "judge_check" / f"{constitution.name}-{config_hash([engine_cfg.kind, engine_cfg.model])[:8]}"
     engine = load_engine(engine_cfg)
     try:
@@ -218,7 +161,7 @@ def cmd_critique(args) -> int:
     responses = ResponsesFile(args.responses)
     responses.check()  # a bad responses file fails before the model loads (read, not held)
     executor = executor_config(args)
-    engine = engine_for(args, _engine_config(args), executor)
+    engine = engine_for(args, engine_config(args), executor)
     with use_executor(executor):
         try:
             summary = run_critique(responses, constitution, engine, args.out, batch_size=args.batch_size,
@@ -262,7 +205,7 @@ def cmd_label(args) -> int:
     pairs = PairsFile(args.pairs)
     pairs.check()  # a bad pairs file fails before the model loads (read, not held)
     executor = executor_config(args)
-    engine = engine_for(args, _engine_config(args), executor)
+    engine = engine_for(args, engine_config(args), executor)
     with use_executor(executor):
         try:
             s = run_label(pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
@@ -290,10 +233,10 @@ def cmd_eval_labeler(args) -> int:
     if is_annotation_source(args.human):  # labels made with `rlaif annotate` (a db, or its export)
         from rlaif.annotate.cli import eval_labeler_on_annotations
 
-        return eval_labeler_on_annotations(args, cfg, _engine_config(args))
+        return eval_labeler_on_annotations(args, cfg, engine_config(args))
     constitution = load_constitution(args.constitution)
     load_human_pairs(args.human)  # a bad human-label file fails before the model loads
-    engine = load_engine(_engine_config(args))
+    engine = load_engine(engine_config(args))
     try:
         m = run_eval(args.human, constitution, engine, args.out, cfg, limit=args.limit, seed=args.seed,
                      batch_size=args.batch_size, overwrite=args.overwrite)
@@ -306,7 +249,7 @@ def cmd_eval_labeler(args) -> int:
 def cmd_rank(args) -> int:
     from rlaif.eval.rank_cmd import cmd_rank as run
 
-    return run(args, _engine_config(args))
+    return run(args, engine_config(args))
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -320,9 +263,9 @@ def _labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None
     g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
     g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
     g.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"), help="CoT clamp band (default 0.4 0.6)")
-    g.add_argument("--cot-max-tokens", type=_positive(int), help="rationale length in tokens (default 64)")
-    g.add_argument("--principles", type=_positive(int), default=1, help="principle ensemble size (default 1)")
-    g.add_argument("--self-consistency", type=_positive(int), default=1,
+    g.add_argument("--cot-max-tokens", type=positive(int), help="rationale length in tokens (default 64)")
+    g.add_argument("--principles", type=positive(int), default=1, help="principle ensemble size (default 1)")
+    g.add_argument("--self-consistency", type=positive(int), default=1,
                    help="sampled rationales per judgement, averaged (needs --cot)")
     g.add_argument("--few-shot", type=int, default=0, help="exemplars from the constitution (default 0)")
     g.add_argument("--direct", action="store_true", help="score each reply 1-10 instead of comparing (d-RLAIF)")
@@ -330,7 +273,7 @@ def _labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None
     g.add_argument("--drop-within-margin", action="store_true", help="leave within-margin pairs out of preferences")
     g.add_argument("--seed", type=int, default=0, help="principle draws, sampling, blind sides")
     g.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p, role="judge")
+    engine_args(p, role="judge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,12 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample responses to a prompt file -> OUT/responses.jsonl")
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--n", type=_positive(int), default=1, help="samples per prompt")
-    p.add_argument("--max-tokens", type=_positive(int), default=128)
+    p.add_argument("--n", type=positive(int), default=1, help="samples per prompt")
+    p.add_argument("--max-tokens", type=positive(int), default=128)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p)
+    engine_args(p)
     add_executor_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -390,14 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, type=Path, help="JSONL with prompt + response (e.g. "
                    "the responses.jsonl of `rlaif generate`)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--rounds", type=_positive(int), default=2, help="critique-revision rounds per response")
+    p.add_argument("--rounds", type=positive(int), default=2, help="critique-revision rounds per response")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--few-shot", type=int, default=1, help="constitution exemplars shown in each prompt")
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--critique-max-tokens", type=_positive(int), default=96)
-    p.add_argument("--revision-max-tokens", type=_positive(int), default=160)
+    p.add_argument("--critique-max-tokens", type=positive(int), default=96)
+    p.add_argument("--revision-max-tokens", type=positive(int), default=160)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p, role="critic")
+    engine_args(p, role="critic")
     add_executor_args(p)
     p.set_defaults(func=cmd_critique)
 
@@ -418,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "position and length bias -> OUT/metrics.json, calibration.png, report.md")
     p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, hub:Anthropic/hh-rlhf[:DIR[:SPLIT]], "
                    "or your own labels: an `rlaif annotate` database or its exported JSONL")
-    p.add_argument("--limit", type=_positive(int), help="first N usable pairs only")
+    p.add_argument("--limit", type=positive(int), help="first N usable pairs only")
     _labeler_args(p)
     p.set_defaults(func=cmd_eval_labeler)
 
@@ -431,10 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="two or more: model folders, model specs, "
                    "or responses JSONL files (prompt + response, e.g. best-of-n output); the first is the LC baseline")
     p.add_argument("--prompts", required=True, help="held-out prompts: JSONL with a 'prompt' field, or text lines")
-    p.add_argument("--n-prompts", type=_positive(int), help="the first N prompts only (default: all)")
-    p.add_argument("--max-tokens", type=_positive(int), default=128, help="reply length for model checkpoints")
+    p.add_argument("--n-prompts", type=positive(int), help="the first N prompts only (default: all)")
+    p.add_argument("--max-tokens", type=positive(int), default=128, help="reply length for model checkpoints")
     p.add_argument("--constitution", default="harmless", help="constitution the judge applies (default: %(default)s)")
-    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap draws for the CIs")
+    p.add_argument("--bootstrap", type=positive(int), default=1000, help="bootstrap draws for the CIs")
     p.add_argument("--outcomes", choices=["soft", "hard"], default="soft", help="fit the judge's p (soft, default) "
                    "or its verdict p > 0.5 (hard)")
     p.add_argument("--seed", type=int, default=0, help="principle draws and bootstrap (default: %(default)s)")
@@ -442,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="judge again instead of resuming")
     p.add_argument("--skip-judge-check", action="store_true", help="do not put the judge on the constitution's "
                    "check pairs first (the check's verdict then does not reach the report)")
-    _engine_args(p, role="judge")
+    engine_args(p, role="judge")
     p.set_defaults(func=cmd_rank)
 
     from rlaif.annotate.cli import register as register_annotate

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlaif.cli import _engine_args, _engine_config, _positive
+from rlaif.cli_common import engine_args, engine_config, positive
 from rlaif.errors import UserError
 
 
@@ -18,15 +18,15 @@ def _train_args(p: argparse.ArgumentParser, out_help: str) -> None:
     g = p.add_argument_group("training (also runs under `accelerate launch $(which rlaif) ...`)")
     g.add_argument("--out", required=True, help=out_help)
     g.add_argument("--config", help="YAML with the trainer's config; flags given here override it")
-    g.add_argument("--steps", type=_positive(int), help="optimizer steps (PPO: rollout batches); overrides --epochs")
-    g.add_argument("--epochs", type=_positive(float), help="passes over the data (default 1)")
-    g.add_argument("--lr", type=_positive(float), help="learning rate")
-    g.add_argument("--batch-size", type=_positive(int), help="global batch, split over processes")
-    g.add_argument("--grad-accum", type=_positive(int), help="micro-batches per optimizer step")
-    g.add_argument("--max-length", type=_positive(int), help="max tokens per sequence")
+    g.add_argument("--steps", type=positive(int), help="optimizer steps (PPO: rollout batches); overrides --epochs")
+    g.add_argument("--epochs", type=positive(float), help="passes over the data (default 1)")
+    g.add_argument("--lr", type=positive(float), help="learning rate")
+    g.add_argument("--batch-size", type=positive(int), help="global batch, split over processes")
+    g.add_argument("--grad-accum", type=positive(int), help="micro-batches per optimizer step")
+    g.add_argument("--max-length", type=positive(int), help="max tokens per sequence")
     g.add_argument("--seed", type=int)
     g.add_argument("--eval-file", help="held-out preference JSONL, evaluated every --eval-every steps")
-    g.add_argument("--eval-every", type=_positive(int))
+    g.add_argument("--eval-every", type=positive(int))
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
 
 
@@ -169,7 +169,7 @@ def cmd_best_of_n(args) -> int:
     prompts = read_prompts(args.prompts)
     reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or args.model,
                                     constitution=args.constitution, prompt_records=prompts)
-    engine = load_engine(_engine_config(args))
+    engine = load_engine(engine_config(args))
     try:
         summary = run_best_of_n(prompts, engine, reward_fn, cfg, args.out, overwrite=args.overwrite)
     finally:
@@ -256,9 +256,9 @@ def register(sub) -> None:
     p.add_argument("--reference", metavar="SPEC", help="another reference model with the policy's tokenizer, e.g. "
                    "the SFT start in iterative DPO (default: the starting policy)")
     p.add_argument("--loss", choices=["sigmoid", "ipo"])
-    p.add_argument("--beta", type=_positive(float))
+    p.add_argument("--beta", type=positive(float))
     p.add_argument("--hard-labels", action="store_true", help="ignore p_chosen: every pair counts as p = 1")
-    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
+    p.add_argument("--lora-r", type=positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_dpo)
 
@@ -266,7 +266,7 @@ def register(sub) -> None:
                        "completion only), e.g. critique/sl_cai.jsonl -> OUT/")
     p.add_argument("--data", required=True, help="prompt/completion JSONL (TRL shape; critique writes sl_cai.jsonl)")
     p.add_argument("--policy", help="starting model spec (default: embedded:smollm2-135m-instruct)")
-    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
+    p.add_argument("--lora-r", type=positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the fine-tuned causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_sft)
 
@@ -280,10 +280,10 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["auto", "unpaired", "scores", "pairs"], help="input shape (default: auto)")
     p.add_argument("--threshold", type=float, help="scores: desirable when score >= this (default 0.5)")
     p.add_argument("--pair-margin", type=float, help="pairs: use only pairs with |p_chosen - 0.5| above this")
-    p.add_argument("--beta", type=_positive(float))
-    p.add_argument("--desirable-weight", type=_positive(float), help="λ_D (default 1)")
-    p.add_argument("--undesirable-weight", type=_positive(float), help="λ_U (default 1)")
-    p.add_argument("--lora-r", type=_positive(int), help="train LoRA adapters of this rank (needs peft)")
+    p.add_argument("--beta", type=positive(float))
+    p.add_argument("--desirable-weight", type=positive(float), help="λ_D (default 1)")
+    p.add_argument("--undesirable-weight", type=positive(float), help="λ_U (default 1)")
+    p.add_argument("--lora-r", type=positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_kto)
 
@@ -295,9 +295,9 @@ def register(sub) -> None:
                    help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--kl-coef", type=float, help="β of the per-token KL penalty (default 0.05)")
-    p.add_argument("--max-new-tokens", type=_positive(int))
-    p.add_argument("--mini-batch-size", type=_positive(int))
-    p.add_argument("--ppo-epochs", type=_positive(int))
+    p.add_argument("--max-new-tokens", type=positive(int))
+    p.add_argument("--mini-batch-size", type=positive(int))
+    p.add_argument("--ppo-epochs", type=positive(int))
     _train_args(p, "output folder: policy dir, value_head.safetensors, train_log.jsonl, reward_vs_kl.png")
     p.set_defaults(func=cmd_ppo)
 
@@ -314,13 +314,13 @@ def register(sub) -> None:
     p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
                    help="judge rewards: the judge's model spec, e.g. openai:MODEL (default: the policy)")
     p.add_argument("--constitution", help="judge rewards: constitution file or name")
-    p.add_argument("--num-generations", type=_positive(int), help="G, replies per prompt (default 4)")
+    p.add_argument("--num-generations", type=positive(int), help="G, replies per prompt (default 4)")
     p.add_argument("--advantage", choices=["grpo", "rloo", "dr_grpo"])
     p.add_argument("--loss-type", choices=["grpo", "bnpo", "dr_grpo"])
     p.add_argument("--beta", type=float, help="KL coefficient (default 0: no reference model)")
-    p.add_argument("--num-iterations", type=_positive(int), help="μ, optimisation passes per generation batch")
-    p.add_argument("--max-new-tokens", type=_positive(int))
-    p.add_argument("--temperature", type=_positive(float))
+    p.add_argument("--num-iterations", type=positive(int), help="μ, optimisation passes per generation batch")
+    p.add_argument("--max-new-tokens", type=positive(int))
+    p.add_argument("--temperature", type=positive(float))
     _train_args(p, "output folder: policy dir, train_log.jsonl, reward_failures.jsonl, train_curves.png")
     p.set_defaults(func=cmd_grpo)
 
@@ -338,12 +338,12 @@ def register(sub) -> None:
                    help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--n", type=_positive(int), default=4, help="samples per prompt")
-    p.add_argument("--max-tokens", type=_positive(int), default=128)
-    p.add_argument("--temperature", type=_positive(float), default=0.8)
+    p.add_argument("--n", type=positive(int), default=4, help="samples per prompt")
+    p.add_argument("--max-tokens", type=positive(int), default=128)
+    p.add_argument("--temperature", type=positive(float), default=0.8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    _engine_args(p)
+    engine_args(p)
     p.set_defaults(func=cmd_best_of_n)
 
     p = sub.add_parser("combine-rm", help="helpful + harmless reward models combined the Llama 2 way (harmless "
@@ -382,10 +382,10 @@ def register(sub) -> None:
     p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
                    help="labeler:direct: the judge's model spec (default: the policy)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
-    p.add_argument("--n", type=_positive(int), default=4, help="samples per prompt, K (default: %(default)s)")
-    p.add_argument("--max-tokens", type=_positive(int), default=128)
-    p.add_argument("--temperature", type=_positive(float), default=0.8)
-    p.add_argument("--sample-batch-size", type=_positive(int), default=8, help="prompts per sampling call")
+    p.add_argument("--n", type=positive(int), default=4, help="samples per prompt, K (default: %(default)s)")
+    p.add_argument("--max-tokens", type=positive(int), default=128)
+    p.add_argument("--temperature", type=positive(float), default=0.8)
+    p.add_argument("--sample-batch-size", type=positive(int), default=8, help="prompts per sampling call")
     p.add_argument("--device", default="auto", help="sampling engine: auto, cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="sample again instead of resuming")
     _train_args(p, "output folder: samples/best_of_n.jsonl, rs_data.jsonl and the fine-tuned model")
