@@ -224,7 +224,7 @@ def cmd_label(args) -> int:
 def cmd_eval_labeler(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
-    from rlaif.eval.hh_rlhf import load_human_pairs
+    from rlaif.hh_rlhf import load_human_pairs
     from rlaif.eval.labeler_report import format_metrics, run_eval
 
     cfg = _labeler_config(args)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rlaif.errors import UserError
-from rlaif.eval import hh_rlhf as H
+from rlaif import hh_rlhf as H
 
 
 def test_reads_the_dev_file(hh_dev):

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from rlaif.constitution import load_constitution
-from rlaif.eval import metrics as M
+from rlaif import metrics as M
 from rlaif.stages import labeler as L
 
 from conftest import ROOT, build_tiny_llama

@@ -274,7 +274,7 @@ def test_few_shot_examples_are_rendered(constitution):
 def test_embedded_labeling_run_on_20_pairs(embedded_engine, constitution, tmp_path, hh_dev):
     from datasets import Dataset
 
-    from rlaif.eval.hh_rlhf import read_hh_rlhf
+    from rlaif.hh_rlhf import read_hh_rlhf
 
     human = read_hh_rlhf(hh_dev).pairs[:20]
     pairs = [{"prompt": p["prompt"], "response_a": p["chosen"], "response_b": p["rejected"]} for p in human]

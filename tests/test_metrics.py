@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif.eval import metrics as M
+from rlaif import metrics as M
 
 
 def test_accuracy_counts_exact_ties_as_half():

@@ -2,7 +2,7 @@
 
 Every label becomes a verdict: 1 if it leans to reply a (p_a > 0.5), 0 if to reply b. (The 8-point
 scale has no middle, so a person never ties; a judge's exact 0.5 counts half, as in
-`rlaif.eval.metrics.agreement_scores`.)
+`rlaif.metrics.agreement_scores`.)
 
     pairwise agreement   over every item and every two people who both labeled it: the share of
                          such two-person comparisons that agree

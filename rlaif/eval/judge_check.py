@@ -6,7 +6,7 @@ itself (`label_pairs`, resumable, `OUT/labels.jsonl`) with the run's LabelerConf
 measures the very judgement the labeling will use. For pair i, with p_i = p(better ≻ worse):
 
     accuracy = mean_i s_i,   s_i = 1 if p_i > 0.5, 0.5 if p_i = 0.5, 0 otherwise
-    CI95     = percentile bootstrap of that mean over the pairs (rlaif.eval.metrics)
+    CI95     = percentile bootstrap of that mean over the pairs (rlaif.metrics)
 
 A judge whose CI includes 0.5 is *at chance*: its labels carry no signal, and the run says so
 first. One whose CI lies wholly below 0.5 is *below chance*: it prefers the worse reply. Which side

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from rlaif.constitution import Constitution, load_constitution
-from rlaif.eval import metrics as M
-from rlaif.eval.hh_rlhf import load_human_pairs
+from rlaif import metrics as M
+from rlaif.hh_rlhf import load_human_pairs
 from rlaif.records import record_id, write_atomic
 from rlaif.manifest import read_manifest, update_manifest
 from rlaif.runner import OutputLock

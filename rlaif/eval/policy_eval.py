@@ -38,7 +38,7 @@ def labeler_alignment(p, human: Path, limit: int, out: Path) -> dict:
 
 
 def reward_model_on_human(rm_dir: Path, human: Path, limit: int) -> dict:
-    from rlaif.eval.hh_rlhf import read_hh_rlhf
+    from rlaif.hh_rlhf import read_hh_rlhf
     from rlaif.train.reward_model import RewardScorer
 
     pairs = read_hh_rlhf(human).pairs[:limit]

@@ -14,7 +14,7 @@ Position debiasing: judge both orders, (A=a, B=b) and (A=b, B=a), and average
 
 keeping both per-order labels (`labels_by_order`: p(a ≻ b) with a shown first, "ab", and second,
 "ba"). A pair *flips* when the two disagree on the side (an exact tie in one order is half a flip;
-see `rlaif.eval.metrics`).
+see `rlaif.metrics`).
 
 Chain of thought: first generate a rationale r (greedy, or sampled when self-consistency > 1), then
 score the options with r appended to the assistant turn ("r ... So the answer is ("). CoT labels are
@@ -562,7 +562,7 @@ def run_label(pairs_path, constitution, engine: Engine, out_dir, cfg: LabelerCon
                     yield r
 
         write_jsonl_atomic(out_dir / PREFERENCES, preferences())
-        from rlaif.eval.metrics import order_ties, position_flip_rate
+        from rlaif.metrics import order_ties, position_flip_rate
 
         summary = {"out_dir": str(out_dir), "pairs": result.total, "skipped_inputs": pairs.skipped,
                    "written": result.written, "done_before": result.done_before, "failed": result.failed,

@@ -41,7 +41,7 @@ def normalize_pairs(records: Iterable[dict], source: str = "pairs") -> tuple[lis
 
 def iter_pairs(records: Iterable[dict], source: str, skipped: dict) -> Iterator[dict]:
     """`normalize_pairs` a record at a time; skipped HH pairs are counted into `skipped`."""
-    from rlaif.eval.hh_rlhf import parse_pair
+    from rlaif.hh_rlhf import parse_pair
 
     for i, rec in enumerate(records, 1):
         where = f"{source}:{i}"

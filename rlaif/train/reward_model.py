@@ -167,7 +167,7 @@ def read_eval_file(path: str) -> tuple[list[Pair], Counter]:
 
     first = read_jsonl(path)[0]
     if "prompt" not in first and isinstance(first.get("chosen"), str) and "\n\nHuman:" in first["chosen"]:
-        from rlaif.eval.hh_rlhf import read_hh_rlhf
+        from rlaif.hh_rlhf import read_hh_rlhf
 
         human = read_hh_rlhf(path)
         pairs = [parse_pair(p, f"{path}:{p.get('line', i)}") for i, p in enumerate(human.pairs, 1)]
