@@ -10,6 +10,8 @@ exactly the batches an uninterrupted run would have: with seeded sampling, the o
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fcntl
 import os
 import sys
@@ -17,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
@@ -84,7 +86,36 @@ class StageResult:
         return len(self.failures)
 
 
-def _rewrite_failures(out_dir: Path, stage: str, failures: list[dict]) -> None:
+class Executor(Protocol):
+    """Runs a stage's batches somewhere other than this process's loop (`rlaif.executors`): the same
+    batches, through the same `process`, with the same output file and manifest entry as `run_stage`."""
+
+    def run_stage(self, stage: str, inputs: Iterable[dict], process: Callable[[list[dict]], list[dict]],
+                  out_dir: str | Path, **options) -> StageResult: ...
+
+    def close(self) -> None: ...
+
+
+_current_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("rlaif_executor", default=None)
+
+
+def current_executor() -> Executor | None:
+    """The executor `run_stage` hands its loop to, or None for the local loop."""
+    return _current_executor.get()
+
+
+@contextlib.contextmanager
+def executor_in_use(executor: Executor):
+    """Inside this block, `run_stage` hands every stage to `executor`."""
+    token = _current_executor.set(executor)
+    try:
+        yield executor
+    finally:
+        _current_executor.reset(token)
+
+
+def rewrite_failures(out_dir: Path, stage: str, failures: list[dict]) -> None:
+    """failures.jsonl keeps other stages' failures and this stage's from this run only."""
     path = out_dir / FAILURES
     kept = [f for f in read_output(path) if f.get("stage") != stage] if path.exists() else []
     if kept or failures:
@@ -128,8 +159,6 @@ def run_stage(
     retries, or refused by the server), the batch is replayed one record per `process` call; the
     engine hands back the answers the batch already got (openai engine), so nothing is sent twice,
     the failing record lands in failures.jsonl with its reason and the others are written."""
-    from rlaif.executors import current_executor
-
     executor = current_executor()
     if executor is not None:  # the same batches through the same `process`, on another executor's workers
         return executor.run_stage(stage, inputs, process, out_dir, config=config, batch_size=batch_size,
@@ -147,7 +176,7 @@ def run_stage(
         refused = False  # a UserError before anything was written: leave the folder as it was
         try:
             for _, todo, missing in pending_batches(inputs, batch_size, batch_key, done, fixed_batches):
-                outputs = _process_batch(stage, todo, process, failures, concurrent=not fixed_batches)
+                outputs = process_batch(stage, todo, process, failures, concurrent=not fixed_batches)
                 new = [o for o in outputs if o["id"] not in done and o["id"] in ids]
                 append_records(path, new)
                 for o in new:
@@ -161,7 +190,7 @@ def run_stage(
             bar.close()
             seconds = time.time() - started
             if not refused:
-                _rewrite_failures(out_dir, stage, failures)
+                rewrite_failures(out_dir, stage, failures)
                 update_manifest(out_dir, stage, stage_entry(path, config, len(ids), done_before, written,
                                                             len(failures), len(done), seconds, stats))
         return StageResult(stage, path, finished_records(path, ids, done, keep_records), len(ids), done_before,
@@ -276,7 +305,7 @@ def independent_requests(*engines) -> bool:
     return all(getattr(e, "independent_requests", False) for e in engines)
 
 
-def _process_batch(stage, batch, process, failures, concurrent: bool = False) -> list[dict]:
+def process_batch(stage, batch, process, failures, concurrent: bool = False) -> list[dict]:
     """Run a batch; if a request in it failed for good, run its records one per call (at once, in
     threads, when `concurrent`) so that only the failing ones go to failures.jsonl. Any other error
     (a fatal engine error, a bug) stops the run as before."""
@@ -313,4 +342,5 @@ def _checked(outputs: list[dict], batch: list[dict]) -> list[dict]:
 
 
 __all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps",
-           "independent_requests"]
+           "independent_requests", "Executor", "current_executor", "executor_in_use", "process_batch",
+           "rewrite_failures"]

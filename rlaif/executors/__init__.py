@@ -5,33 +5,18 @@ The local runner (`rlaif.runner.run_stage`) runs every batch in this process. Th
 `process(batch)` function, on Ray actors that each hold one engine built from the stage's
 `EngineConfig`; the driver keeps the output file, the resume logic and failures.jsonl.
 
-A command selects an executor for the stages it runs with `use_executor(cfg)`; `run_stage` asks
-`current_executor()` and hands its loop over when one is set.
+The runner owns the interface (`rlaif.runner.Executor`, and the executor in use for the current
+context); the executors here implement it. A command selects one for the stages it runs with
+`use_executor(cfg)`; `run_stage` asks `current_executor()` and hands its loop over when one is set.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-from rlaif.config import EngineConfig, ExecutorConfig
 
-RAY_EXTRA = "rlaif-kit[ray]"
-
-
-_current: contextvars.ContextVar = contextvars.ContextVar("rlaif_executor", default=None)
-_fleet_url: str | None = None  # in a Ray actor of a fleet: the server its openai engines talk to
-
-
-def use_fleet_url(url: str | None) -> None:
-    """Called once in each actor of an executor with `base_urls`: the openai engines it builds talk
-    to this server instead of their own `base_url`."""
-    global _fleet_url
-    _fleet_url = url
-
-
-def current_executor():
-    """The executor `run_stage` should hand its loop to, or None for the local loop."""
-    return _current.get()
+from rlaif.config import ExecutorConfig
+from rlaif.executors.remote import RemoteEngine, use_fleet_url
+from rlaif.runner import current_executor, executor_in_use
 
 
 @contextlib.contextmanager
@@ -43,65 +28,11 @@ def use_executor(cfg: ExecutorConfig | None):
     from rlaif.executors.ray_data import RayExecutor
 
     executor = RayExecutor(cfg)
-    token = _current.set(executor)
     try:
-        yield executor
+        with executor_in_use(executor):
+            yield executor
     finally:
-        _current.reset(token)
         executor.close()
 
 
-class RemoteEngine:
-    """Stands in for an engine that the executor's actors build from `cfg`.
-
-    On the driver it answers only what the stage code asks before any batch runs (`name`, `model`,
-    `independent_requests`): the same values the real engine reports, so record ids and the
-    `labeler`/`model` fields are those of a local run. It never loads weights there. Pickled into
-    an actor, its first other attribute access loads the real engine (`load_engine(cfg)`) once, and
-    every call goes to it."""
-
-    def __init__(self, cfg: EngineConfig):
-        self.cfg = cfg
-        self.name = cfg.kind
-        self.model = cfg.model
-        self.independent_requests = cfg.kind == "openai"  # as OpenAIEngine sets it
-        self._engine = None
-        self._on_driver = True
-        self.actor_stats: list[dict] = []
-
-    def __getstate__(self):
-        return {"cfg": self.cfg}
-
-    def __setstate__(self, state):
-        self.__init__(state["cfg"])
-        self._on_driver = False
-
-    def real(self):
-        if self._engine is None:
-            from rlaif.backends import load_engine
-
-            cfg = self.cfg
-            if cfg.kind == "openai" and _fleet_url is not None:
-                cfg = cfg.model_copy(update={"base_url": _fleet_url})
-            engine = load_engine(cfg)
-            if (engine.name, engine.model) != (self.name, self.model):
-                raise RuntimeError(f"engine built from {self.cfg.kind}:{self.cfg.model} reports "
-                                   f"{engine.name}:{engine.model}; ids would differ from a local run")
-            self._engine = engine
-        return self._engine
-
-    def __getattr__(self, attr):
-        if attr.startswith("__") or self.__dict__.get("_on_driver", True):
-            raise AttributeError(attr)  # on the driver: nothing else (no context check, no weights)
-        return getattr(self.real(), attr)
-
-    def stats(self) -> dict:
-        return {"executor": "ray", "actors": self.actor_stats}
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-
-
-__all__ = ["ExecutorConfig", "RemoteEngine", "current_executor", "use_executor", "use_fleet_url", "RAY_EXTRA"]
+__all__ = ["ExecutorConfig", "RemoteEngine", "current_executor", "use_executor", "use_fleet_url"]

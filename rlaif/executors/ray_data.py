@@ -3,7 +3,7 @@
 What stays as in `rlaif.runner.run_stage` (and is reused from it): the batches are cut by
 `cut_batches` (the stage's `batch_key` order, a window at a time), so a resumed run hands the engine
 the same batches; each batch goes through the stage's own `process(batch)`, inside the runner's
-`_process_batch`, so a request that fails for good lands in failures.jsonl and the rest of its
+`process_batch`, so a request that fails for good lands in failures.jsonl and the rest of its
 batch is kept; finished batches are appended with fsync in batch order; the manifest entry has the
 same fields. The output file is therefore the bytes a local run writes.
 
@@ -29,9 +29,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rlaif.config import ExecutorConfig
 from rlaif.errors import UserError
-from rlaif.executors import RAY_EXTRA, ExecutorConfig
+from rlaif.executors.remote import use_fleet_url
 from rlaif.records import append_lines, dumps
+from rlaif.runner import (OutputLock, StageResult, finished_records, pending_batches, process_batch, resume,
+                          rewrite_failures, stage_entry, update_manifest)
+
+RAY_EXTRA = "rlaif-kit[ray]"
 
 
 def import_ray():
@@ -88,9 +93,6 @@ class RayExecutor:
     def run_stage(self, stage: str, inputs, process: Callable, out_dir, *, config: Any,
                   batch_size: int = 8, output: str | None = None, overwrite: bool = False,
                   progress: bool = True, stats=None, fixed_batches: bool = True, batch_key=None):
-        from rlaif.runner import (OutputLock, StageResult, _rewrite_failures, finished_records, pending_batches,
-                                  resume, stage_entry, update_manifest)
-
         out_dir = Path(out_dir)
         with OutputLock(out_dir):
             started = time.time()
@@ -114,7 +116,7 @@ class RayExecutor:
                     written += len(keep)
             finally:
                 seconds = time.time() - started
-                _rewrite_failures(out_dir, stage, failures)
+                rewrite_failures(out_dir, stage, failures)
                 entry = stage_entry(path, config, len(ids), done_before, written, len(failures), len(done),
                                     seconds, stats)
                 update_manifest(out_dir, stage, {**entry, "executor": self.cfg.model_dump(mode="json")})
@@ -193,8 +195,6 @@ class StageActor:
         import ray
         from ray import cloudpickle
 
-        from rlaif.executors import use_fleet_url
-
         if "torch" in sys.modules:  # the engine's threads: one per CPU the actor was given
             sys.modules["torch"].set_num_threads(threads)
         else:
@@ -208,13 +208,11 @@ class StageActor:
     def __call__(self, table):
         import pyarrow as pa
 
-        from rlaif.runner import _process_batch
-
         out = {"b": [], "ids": [], "lines": [], "failures": []}
         for b, blob in zip(table.column("b").to_pylist(), table.column("batch").to_pylist()):
             batch = pickle.loads(blob)
             failures: list[dict] = []
-            outputs = _process_batch(self.stage, batch, self.process, failures, concurrent=self.concurrent)
+            outputs = process_batch(self.stage, batch, self.process, failures, concurrent=self.concurrent)
             out["b"].append(b)
             out["ids"].append("\n".join(o["id"] for o in outputs).encode())
             out["lines"].append("".join(dumps(o) + "\n" for o in outputs).encode("utf-8"))
