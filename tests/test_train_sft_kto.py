@@ -249,6 +249,33 @@ def test_kl_pairs_rotate_completions_within_the_batch():
     assert kl_reference_point(x, torch.tensor([-2.0, -2.0])).requires_grad is False  # detached
 
 
+def test_kl_pairs_never_pair_a_prompt_with_its_own_completion(tmp_path):
+    """KTO from `pairs` data puts a pair's two sides next to each other; a rotation by one then
+    pairs every second prompt with its own other side. The evaluation pairs (all of the eval file)
+    and a training batch holding both sides of pairs must mismatch every prompt."""
+    pairs = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": f"g{i}"}],
+              "rejected": [{"role": "assistant", "content": f"b{i}"}], "p_chosen": 0.9} for i in range(5)]
+    ex, _, _ = read_kto(write_jsonl(tmp_path / "pairs.jsonl", pairs))
+    b = KTOBatches(tiny_tokenizer(), ex, 512)
+    n = len(ex)
+    plain = kl_pairs(range(n))  # the rotation alone: half the "mismatched" pairs are matched
+    assert sum(ex[a].prompt == ex[c].prompt for a, c in plain) == n // 2
+    for idx in (range(n), [3, 2, 0, 1, 7, 6, 9, 8]):
+        kl = b.kl_pairs(idx)
+        assert [a for a, _ in kl] == list(idx)  # the batch keeps its order
+        assert sorted(c for _, c in kl) == sorted(idx)  # each completion used once
+        assert not [(a, c) for a, c in kl if ex[a].prompt == ex[c].prompt], kl
+    # distinct prompts: TRL's rotation, unchanged; one prompt only: nothing else to pair with
+    distinct = KTOBatches(tiny_tokenizer(), [Unpaired(f"p{i}\n", f"c{i}", True, False) for i in range(3)], 512)
+    assert distinct.kl_pairs([1, 2, 0]) == kl_pairs([1, 2, 0]) == [(1, 0), (2, 1), (0, 2)]
+    one = KTOBatches(tiny_tokenizer(), [Unpaired("p\n", f"c{i}", i % 2 == 0, False) for i in range(3)], 512)
+    assert one.kl_pairs([0, 1, 2]) == [(0, 0), (1, 1), (2, 2)]
+    # a prompt holding more than half the batch: the fewest matched pairs left (2L − n)
+    most = KTOBatches(tiny_tokenizer(), [Unpaired("p\n" if i < 3 else "q\n", f"c{i}", True, False) for i in range(4)],
+                      512)
+    assert sum(most.prompt_keys[a] == most.prompt_keys[c] for a, c in most.kl_pairs(range(4))) == 2
+
+
 def test_kto_loss_signs():
     """Desirable: loss falls as r rises above z_ref; undesirable: falls as r drops below it."""
     r = torch.tensor([-2.0, 0.0, 2.0])

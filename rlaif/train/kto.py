@@ -9,7 +9,10 @@ reference point is the policy's KL from the reference, estimated on mismatched p
 
 where, in each batch, prompt x_i is paired with the completion of the example before it (the first
 with the last one's): TRL's rotation, here over the global batch (TRL rotates each device's batch),
-so a run gives the same losses on any number of processes. The value of an example is
+so a run gives the same losses on any number of processes. Where a batch holds several examples of
+one prompt (both sides of a pair, from `pairs` data), the rotation would pair a prompt with its own
+other side; `kl_pairs` then shifts by more so that every prompt meets another prompt's completion
+(TRL avoids it by listing every chosen side before every rejected one). The value of an example is
 
     v(x, y) = λ_D · σ(β (r(x, y) − z_ref))    if y is desirable
               λ_U · σ(β (z_ref − r(x, y)))    if y is undesirable
@@ -28,13 +31,14 @@ Data (`data_format`, `auto` decides from the first record's fields):
 The reference log-probs are computed once, before the first update, with the starting weights (the
 policy is the reference then): for every example, and for every mismatched pair the training order
 will form — no second model in memory. Dropout is off, as TRL does. Evaluation estimates z_ref once
-over the whole eval file (each prompt with the previous record's completion).
+over the whole eval file (each prompt with another prompt's completion, `kl_pairs` over all of it).
 
 Run: `accelerate launch -m rlaif.train.kto CONFIG.yaml` (or `python -m rlaif.train.kto CONFIG.yaml`).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -197,11 +201,28 @@ def reward_means(sums: dict[str, float]) -> dict[str, float]:
 # ---------------------------------------------------------------- batches and forward
 
 
-def kl_pairs(idx: Sequence[int]) -> list[tuple[int, int]]:
-    """(prompt, completion) of the KL batch: each example's prompt with the previous example's
-    completion, the first with the last one's (TRL: `[completions[-1]] + completions[:-1]`)."""
+def kl_pairs(idx: Sequence[int], keys: Sequence[str] | None = None) -> list[tuple[int, int]]:
+    """(prompt, completion) of the KL batch, in the batch's order: each example's prompt with the
+    previous example's completion, the first with the last one's (TRL: `[completions[-1]] +
+    completions[:-1]`). With `keys` (each example's prompt, by example index) the batch is first
+    grouped by prompt, in order of first appearance, and each example takes the completion L places
+    back in that order, L the largest group's size: a group is a run of at most L places, so it
+    never meets itself. Distinct prompts give the plain rotation; one prompt holding more than half
+    the batch leaves 2L − n matched pairs, the fewest any pairing can."""
     idx = list(idx)
-    return list(zip(idx, idx[-1:] + idx[:-1]))
+    if keys is None:
+        return list(zip(idx, idx[-1:] + idx[:-1]))
+    first: dict[str, int] = {}
+    for i in idx:
+        first.setdefault(keys[i], len(first))
+    grouped = sorted(range(len(idx)), key=lambda k: (first[keys[idx[k]]], k))
+    shift = max(Counter(keys[i] for i in idx).values())
+    partner = {k: grouped[(r - shift) % len(idx)] for r, k in enumerate(grouped)}
+    return [(idx[k], idx[partner[k]]) for k in range(len(idx))]
+
+
+def prompt_keys(examples: Sequence[Unpaired]) -> list[str]:
+    return [json.dumps(e.prompt, sort_keys=True, ensure_ascii=False) for e in examples]
 
 
 class KTOBatches:
@@ -217,6 +238,11 @@ class KTOBatches:
             text = render_completion(tokenizer, e.prompt, e.completion)
             self.completions.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         self.desirable = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
+        self.prompt_keys = prompt_keys(examples)
+
+    def kl_pairs(self, idx: Sequence[int]) -> list[tuple[int, int]]:
+        """`kl_pairs` over these examples, a prompt never with its own completion where avoidable."""
+        return kl_pairs(idx, self.prompt_keys)
 
     def sequences(self, pairs: Sequence[tuple[int, int]]) -> dict:
         """Prompt of a, then completion of b cut to max_length, for each (a, b)."""
@@ -274,7 +300,7 @@ def evaluate(accelerator, model, batches: KTOBatches, ref: torch.Tensor, ref_kl:
     """The loss and rewards over the whole eval file, with one z_ref estimated over all of it."""
     n = len(batches.desirable)
     logps = logps_table(accelerator, model, batches, [(i, i) for i in range(n)], cfg.eval_batch_size)
-    kl = logps_table(accelerator, model, batches, kl_pairs(range(n)), cfg.eval_batch_size)
+    kl = logps_table(accelerator, model, batches, batches.kl_pairs(range(n)), cfg.eval_batch_size)
     z = kl_reference_point(kl, ref_kl)
     losses, rewards = kto_loss(logps, ref, batches.desirable, z, cfg.beta, cfg.desirable_weight,
                                cfg.undesirable_weight)
@@ -303,7 +329,8 @@ def train_kto(cfg: KTOConfig) -> dict:
 
     steps, order = example_stream(cfg, len(examples))
     # the KL pairs are formed over each global batch here: each process then collates its share
-    stream = [p for s in range(0, len(order), cfg.batch_size) for p in kl_pairs(order[s:s + cfg.batch_size])]
+    keys = prompt_keys(examples)
+    stream = [p for s in range(0, len(order), cfg.batch_size) for p in kl_pairs(order[s:s + cfg.batch_size], keys)]
     collate = KTOBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length)
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
@@ -322,7 +349,8 @@ def train_kto(cfg: KTOConfig) -> dict:
             eval_state = (eval_batches,
                           logps_table(accelerator, ref_model, eval_batches, [(i, i) for i in range(n)],
                                       cfg.eval_batch_size),
-                          logps_table(accelerator, ref_model, eval_batches, kl_pairs(range(n)), cfg.eval_batch_size))
+                          logps_table(accelerator, ref_model, eval_batches, eval_batches.kl_pairs(range(n)),
+                                      cfg.eval_batch_size))
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc="kto", disable=not (cfg.progress and accelerator.is_main_process),
