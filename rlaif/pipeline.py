@@ -188,7 +188,9 @@ class Pipeline:
     def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = (), block: dict | None = None) -> dict:
         stage_dir = self.out / name
         block = getattr(self.cfg.stages, name) if block is None else block
-        cfg = cls(**{**(block or {}), **fields, "output_dir": str(stage_dir)})
+        # every trainer builds its prompts as the policy's engine does, with its system prompt
+        prompt = {"system_prompt": self.roles["policy"].system_prompt}
+        cfg = cls(**{**(block or {}), **prompt, **fields, "output_dir": str(stage_dir)})
         done = stage_dir / "done.json"
         key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": self._input_hash(fields)})
         if not self.overwrite and done.exists() and json.loads(done.read_text()).get("key") == key:

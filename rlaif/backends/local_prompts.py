@@ -1,8 +1,11 @@
-"""Prompt building shared by the engines that hold a tokenizer in-process (transformers, vllm, gguf).
+"""Prompt building shared by the engines that hold a tokenizer in-process (transformers, vllm, gguf)
+and by the trainers (rlaif/train/encoding.py), so a policy is trained under the very prompt it
+samples from.
 
-Both build the same text: the chat template with the generation prompt (or a plain
-"Role: text" transcript for base models without one), then the prefill, tokenised without extra
-special tokens. So option scoring and generation see exactly the same tokens on either engine.
+All build the same text: the engine block's system prompt first (unless the chat has its own), the
+chat template with the generation prompt (or a plain "Role: text" transcript for base models
+without one), then the prefill, tokenised without extra special tokens. So option scoring,
+generation and training see exactly the same prompt tokens on every engine.
 """
 
 from __future__ import annotations
@@ -11,21 +14,37 @@ from rlaif.backends.base import option_spellings
 from rlaif.errors import EngineError, UserError
 
 
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The chat with `system_prompt` as its first turn, unless it has a system turn already."""
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system_prompt}] + list(messages)
+    return list(messages)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def transcript(chat: list[dict]) -> str:
+    """A chat as a base model without a chat template reads it: "Role: text" turns, blank lines
+    between, and the assistant's turn opened."""
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
+
+
+def prompt_text(tokenizer, messages: list[dict], system_prompt: str | None = None) -> str:
+    """The text a model reads before its reply to `messages`."""
+    chat = with_system_prompt(messages, system_prompt)
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return transcript(chat)
+
+
 class LocalPrompts:
     """Mixin; the engine sets `cfg` (an EngineConfig), `tokenizer`, `context_length`, `model`
     and `_option_ids = {}`."""
 
-    def _chat(self, messages: list[dict]) -> list[dict]:
-        if self.cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
-            return [{"role": "system", "content": self.cfg.system_prompt}] + list(messages)
-        return list(messages)
-
     def _prompt_ids(self, messages: list[dict], prefill: str = "") -> list[int]:
-        chat = self._chat(messages)
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        else:  # base models: a plain transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:"
+        text = prompt_text(self.tokenizer, messages, self.cfg.system_prompt)
         return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
 
     def _check_length(self, n_prompt: int, max_tokens: int) -> None:

@@ -19,6 +19,7 @@ import re
 from typing import Any, Sequence
 
 from rlaif.backends.base import GenerationRequest, OptionLogprobs
+from rlaif.backends.local_prompts import prompt_text
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
 
@@ -82,9 +83,7 @@ class ChatTemplate:
                               f"{str(e).splitlines()[0]}") from None
 
     def text(self, chat: list[dict], prefill: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefill
-        return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in chat) + "Assistant:" + prefill
+        return prompt_text(self.tokenizer, chat) + prefill
 
 
 def score_options(listed: dict[str, float], options: Sequence[str]) -> OptionLogprobs:

@@ -51,9 +51,7 @@ class SampleScorer:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from rlaif.backends.local_prompts import LocalPrompts
         from rlaif.backends.transformers_engine import pick_device
-        from rlaif.config import EngineConfig
         from rlaif.train.common import load_tokenizer, resolve, torch_dtype
 
         path = resolve(model_spec)
@@ -61,12 +59,13 @@ class SampleScorer:
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).to(self.device).eval()
-        self.prompts = LocalPrompts()
-        self.prompts.cfg = EngineConfig(model=model_spec, system_prompt=system_prompt)
-        self.prompts.tokenizer = self.tokenizer
+        self.system_prompt = system_prompt
 
     def ids(self, sample: dict) -> tuple[list[int], int]:
-        prompt = self.prompts._prompt_ids(sample["prompt"])
+        from rlaif.backends.local_prompts import prompt_text
+
+        text = prompt_text(self.tokenizer, sample["prompt"], self.system_prompt)
+        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         completion = self.tokenizer(sample["response"], add_special_tokens=False)["input_ids"]
         if sample.get("finish_reason") == "stop" and self.tokenizer.eos_token_id is not None:
             completion = completion + [self.tokenizer.eos_token_id]

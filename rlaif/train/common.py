@@ -27,6 +27,8 @@ from pydantic import Field, model_validator
 from rlaif.config import Strict
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
+# tokenising examples (the prompt as the engines build it) lives in rlaif/train/encoding.py
+from rlaif.train.encoding import encode, encode_text, render_completion, render_prompt  # noqa: F401
 
 Messages = list[dict]
 
@@ -45,6 +47,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)  # global: split over processes
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=8)
+    # the policy engine block's system prompt: prompts are built with it, as the engines build them
+    system_prompt: str | None = None
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     eval_file: str | None = None
@@ -184,60 +188,6 @@ def read_prompts(path: str | Path) -> list[Messages]:
     from rlaif.prompts_io import read_prompts as read_prompt_set
 
     return [r["prompt"] for r in read_prompt_set(path)]
-
-
-# ---------------------------------------------------------------- tokenisation
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def render_prompt(tokenizer, prompt: Messages | str) -> str:
-    """The text the model sees before the response (generation prompt included)."""
-    if isinstance(prompt, str):
-        return prompt
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
-
-
-def render_completion(tokenizer, prompt: Messages | str, completion: Messages | str) -> str:
-    """The completion text exactly as the template writes it after `render_prompt`."""
-    if isinstance(prompt, str) or isinstance(completion, str):
-        text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
-        return text + (tokenizer.eos_token or "")
-    head = render_prompt(tokenizer, prompt)
-    if has_chat_template(tokenizer):
-        full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        if full.startswith(head):
-            return full[len(head):]
-    return "".join(m["content"] for m in completion) + (tokenizer.eos_token or "")
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int,
-           max_prompt_length: int | None = None):
-    """-> (input_ids, completion_mask): prompt tokens then completion tokens, 1 on completion.
-
-    Prompt and completion are tokenised separately so the mask boundary is exact. Too long: the
-    prompt keeps its last `max_prompt_length` tokens (default max_length // 2) — a cut that depends
-    on the prompt alone, so chosen and rejected are conditioned on the same tokens whatever their
-    lengths (TRL's `max_prompt_length`) — then the completion is cut at the end to fit max_length."""
-    p = _ids(tokenizer, render_prompt(tokenizer, prompt))
-    if isinstance(prompt, str) and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        p = [tokenizer.bos_token_id] + p
-    p = p[max(0, len(p) - (max_prompt_length or max_length // 2)):]
-    c = _ids(tokenizer, render_completion(tokenizer, prompt, completion))[:max_length - len(p)]
-    return p + c, [0] * len(p) + [1] * len(c)
-
-
-def encode_text(tokenizer, prompt: Messages | str, completion: Messages | str, max_length: int,
-                max_prompt_length: int | None = None) -> list[int]:
-    return encode(tokenizer, prompt, completion, max_length, max_prompt_length)[0]
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

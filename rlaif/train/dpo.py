@@ -95,12 +95,12 @@ class DPOBatches:
     """Tokenised pairs -> [chosen…, rejected…] right-padded with completion masks, labels, indices."""
 
     def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, soft_labels: bool = True,
-                 max_prompt_length: int | None = None):
+                 max_prompt_length: int | None = None, system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
         self.items = []
         for q in pairs:
-            c_ids, c_mask = encode(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length)
-            r_ids, r_mask = encode(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length)
+            c_ids, c_mask = encode(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length, system_prompt)
+            r_ids, r_mask = encode(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length, system_prompt)
             self.items.append((c_ids, c_mask, r_ids, r_mask, q.p if soft_labels else 1.0))
 
     def __call__(self, idx: list[int]) -> dict:
@@ -200,7 +200,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     average = cfg.loss == "ipo"
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = DPOBatches(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
+    collate = DPOBatches(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length, cfg.system_prompt)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -210,7 +210,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
         ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
         if cfg.eval_file:
             eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
-            eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length)
+            eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
+                                      cfg.system_prompt)
             eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs), cfg.eval_batch_size,
                                        average)
             eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(

@@ -134,7 +134,7 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
-    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens))
+    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens), cfg.system_prompt)
     with unsharded_loading(accelerator):
         rewards, loaded_judge = make_rewards(cfg, reward_fn, judge, lm, tokenizer, prompts, collate, accelerator.device)
     ref = None

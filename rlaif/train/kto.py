@@ -228,14 +228,15 @@ def prompt_keys(examples: Sequence[Unpaired]) -> list[str]:
 class KTOBatches:
     """Tokenised examples -> right-padded batches of (prompt a, completion b) sequences."""
 
-    def __init__(self, tokenizer, examples: Sequence[Unpaired], max_length: int, max_prompt_length: int | None = None):
+    def __init__(self, tokenizer, examples: Sequence[Unpaired], max_length: int, max_prompt_length: int | None = None,
+                 system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
         self.max_length = max_length
         self.prompts, self.completions = [], []
         for e in examples:  # the prompt cut as `encode` cuts it; the completion whole, cut per sequence below
-            ids, mask = encode(tokenizer, e.prompt, e.completion, max_length, max_prompt_length)
+            ids, mask = encode(tokenizer, e.prompt, e.completion, max_length, max_prompt_length, system_prompt)
             self.prompts.append(ids[:len(mask) - sum(mask)])
-            text = render_completion(tokenizer, e.prompt, e.completion)
+            text = render_completion(tokenizer, e.prompt, e.completion, system_prompt)
             self.completions.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         self.desirable = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
         self.prompt_keys = prompt_keys(examples)
@@ -331,7 +332,7 @@ def train_kto(cfg: KTOConfig) -> dict:
     # the KL pairs are formed over each global batch here: each process then collates its share
     keys = prompt_keys(examples)
     stream = [p for s in range(0, len(order), cfg.batch_size) for p in kl_pairs(order[s:s + cfg.batch_size], keys)]
-    collate = KTOBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length)
+    collate = KTOBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -344,7 +345,7 @@ def train_kto(cfg: KTOConfig) -> dict:
         ref_kl = dict(zip(train_kl, logps_table(accelerator, ref_model, collate, train_kl,
                                                 cfg.eval_batch_size).tolist()))
         if eval_examples:
-            eval_batches = KTOBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length)
+            eval_batches = KTOBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
             n = len(eval_examples)
             eval_state = (eval_batches,
                           logps_table(accelerator, ref_model, eval_batches, [(i, i) for i in range(n)],

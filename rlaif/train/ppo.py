@@ -213,12 +213,12 @@ from rlaif.train.rewards import REWARD_SPECS, labeler_direct_reward, reward_fn_f
 class PromptBatches:
     """Prompt records -> left-padded prompt ids (chat template applied), plus the messages."""
 
-    def __init__(self, tokenizer, prompts: Sequence[Messages], max_prompt_len: int):
+    def __init__(self, tokenizer, prompts: Sequence[Messages], max_prompt_len: int, system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
         self.prompts = list(prompts)
         self.ids = []
         for p in self.prompts:
-            ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(render_prompt(tokenizer, p, system_prompt), add_special_tokens=False)["input_ids"]
             self.ids.append(ids[-max_prompt_len:])
 
     def __call__(self, idx: list[int]) -> dict:
@@ -287,7 +287,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     policy = PolicyWithValue(lm)
     policy.train()
     steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)  # one rollout batch a step
-    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens))
+    collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens), cfg.system_prompt)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(policy, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)

@@ -105,11 +105,12 @@ def load_reward_model(path: str, tokenizer, dtype: str = "float32"):
 class PairBatches:
     """Tokenised pairs -> batches of [chosen…, rejected…] right-padded, with labels and margins."""
 
-    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, max_prompt_length: int | None = None):
+    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, max_prompt_length: int | None = None,
+                 system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
-        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length),
-                       encode_text(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length), q.p, q.margin)
-                      for q in pairs]
+        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length, system_prompt),
+                       encode_text(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length, system_prompt),
+                       q.p, q.margin) for q in pairs]
 
     def __call__(self, idx: list[int]) -> dict:
         items = [self.items[i] for i in idx]
@@ -178,7 +179,7 @@ def read_eval_file(path: str) -> tuple[list[Pair], Counter]:
 def _eval_loader(accelerator, tokenizer, path: str, cfg: RewardConfig):
     """-> (prepared loader, skipped records by reason)."""
     pairs, skipped = read_eval_file(path)
-    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
+    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     loader = torch.utils.data.DataLoader(list(range(len(pairs))), batch_size=cfg.eval_batch_size,
                                          collate_fn=collate)
     return accelerator.prepare_data_loader(loader), skipped
@@ -202,7 +203,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
+    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -265,15 +266,21 @@ def train_reward_model(cfg: RewardConfig) -> dict:
 # ---------------------------------------------------------------- scoring with a saved RM
 
 
-def trained_lengths(path: str | Path) -> tuple[int | None, int | None]:
-    """(max_length, max_prompt_length) a reward model folder was trained with, from the manifest
-    `rlaif train-rm` writes beside it; (None, None) for a folder trained elsewhere."""
+def trained_config(path: str | Path) -> dict:
+    """The config a reward model folder was trained with, from the manifest `rlaif train-rm` writes
+    beside it; {} for a folder trained elsewhere."""
     import json
 
     try:
         cfg = json.loads((Path(path) / "manifest.json").read_text())["stages"]["train-rm"]["config"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def trained_lengths(path: str | Path) -> tuple[int | None, int | None]:
+    """(max_length, max_prompt_length) a reward model folder was trained with ((None, None): unknown)."""
+    cfg = trained_config(path)
     return cfg.get("max_length"), cfg.get("max_prompt_length")
 
 
@@ -281,7 +288,8 @@ class RewardScorer:
     """A saved reward model as a reward function: `scorer(prompts, responses) -> list[float]`,
     prompts as chat messages (or strings), responses as assistant texts. Same tokenisation as
     training (chat template, same truncation): `max_length` and `max_prompt_length` default to the
-    training run's (read from the folder's manifest), else 512 and max_length // 2."""
+    training run's (read from the folder's manifest), else 512 and max_length // 2; so does the
+    system prompt the prompts were built with."""
 
     def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16,
                  max_length: int | None = None, dtype: str = "float32", max_prompt_length: int | None = None,
@@ -300,13 +308,15 @@ class RewardScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
+        self.system_prompt = trained_config(path).get("system_prompt")
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> list[float]:
         seqs = []
         for prompt, text in zip(prompts, responses):
             completion = text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length))
+            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length,
+                                    self.system_prompt))
         scores: list[float] = []
         for i in tqdm(range(0, len(seqs), self.batch_size), desc="reward model", unit="batch",
                       disable=not self.progress or len(seqs) <= self.batch_size):

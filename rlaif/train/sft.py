@@ -121,9 +121,10 @@ class SFTBatches:
     i's target tokens (for the per-step token count)."""
 
     def __init__(self, tokenizer, examples: Sequence[PromptCompletion], max_length: int,
-                 max_prompt_length: int | None = None):
+                 max_prompt_length: int | None = None, system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
-        self.items = [encode(tokenizer, e.prompt, e.completion, max_length, max_prompt_length) for e in examples]
+        self.items = [encode(tokenizer, e.prompt, e.completion, max_length, max_prompt_length, system_prompt)
+                      for e in examples]
         self.targets = [sum(mask[1:]) for _, mask in self.items]
 
     def __call__(self, idx: list[int]) -> dict:
@@ -189,14 +190,14 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     per_step = cfg.batch_size * cfg.grad_accum
     steps, order = example_stream(cfg, len(examples))
-    collate = SFTBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length)
+    collate = SFTBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     step_tokens = step_token_counts(collate.targets, order, per_step)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     eval_loader = None
     if eval_examples:
-        eval_collate = SFTBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length)
+        eval_collate = SFTBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
         eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
             list(range(len(eval_examples))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
 
