@@ -198,7 +198,7 @@ def cmd_train_rm_ensemble(args) -> int:
     check_k(args.k)
     cfg = build_config(RewardConfig, args.config, {**_train_fields(args), "prefs": args.prefs, "base": args.base,
                                                    "margin_from_strength": args.margin_from_strength}, args.set)
-    summary = train_ensemble(cfg, args.k, mode="min" if args.min else "mean-std", lam=args.lam)
+    summary = train_ensemble(cfg, args.k, mode="min" if args.min else "mean-std", lambda_std=args.lambda_std)
     print(f"train-rm-ensemble: {json.dumps(summary, sort_keys=True)} -> {cfg.output_dir}; "
           f"use --reward ensemble:{cfg.output_dir}")
     return 0
@@ -365,7 +365,8 @@ def register(sub) -> None:
                        "preferences -> OUT/member_*/ and OUT/ensemble.yaml (use --reward ensemble:OUT)")
     p.add_argument("--prefs", required=True, help="preference JSONL: prompt, chosen, rejected, p_chosen")
     p.add_argument("--k", type=int, default=4, help="number of members, at least 2 (default: %(default)s)")
-    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="R = mean − λ·std (default: %(default)s)")
+    p.add_argument("--lambda-std", type=float, default=1.0,
+                   help="R = mean − λ_std·std of the centred members (default: %(default)s)")
     p.add_argument("--min", action="store_true", help="R = min over the members instead of mean − λ·std")
     p.add_argument("--base", help="backbone model spec (default: embedded:smollm2-135m-instruct)")
     p.add_argument("--margin-from-strength", type=float, metavar="S", help="margin S·|2p − 1| (see train-rm)")

@@ -22,10 +22,10 @@ from conftest import run_cli  # noqa: E402
 from conftest_train import one_thread, tiny_dir, tiny_tokenizer, toy_prefs, write_jsonl  # noqa: E402,F401
 
 from rlaif.errors import UserError  # noqa: E402
-from rlaif.train.reward_combine import (CombinedReward, Whitening, build_combination, combine,  # noqa: E402
-                                        load_combination, whiten)
+from rlaif.train.reward_combine import (CombinedReward, Whitening, build_combination,  # noqa: E402
+                                        calibration_pairs, combine, load_combination, whiten)
 from rlaif.train.reward_ensemble import (EnsembleConfig, EnsembleReward, bootstrap_indices,  # noqa: E402
-                                         conservative, parse_ensemble_spec, train_ensemble)
+                                         conservative, member_offsets, parse_ensemble_spec, train_ensemble)
 from rlaif.train.reward_model import (PairBatches, RewardConfig, RewardScorer, batch_loss,  # noqa: E402
                                       load_reward_model, strength_margin)
 
@@ -303,17 +303,49 @@ def test_conservative_reward_equals_its_formula():
     assert conservative(s, "mean-std", 0.0).tolist() == pytest.approx(mean)
 
 
-def test_ensemble_reward_over_saved_members(rms):
+def test_ensemble_reward_over_saved_members(rms, calibration):
     prompts = [msgs(f"q {w}") for w in WORDS]
     texts = [f"a {w} {i}" for i, w in enumerate(WORDS)]
     each = torch.tensor([RewardScorer(str(rm))(prompts, texts) for rm in rms], dtype=torch.float64)
-    ens = parse_ensemble_spec(",".join(map(str, rms)) + ",lambda=2")
-    assert ens.mode == "mean-std" and ens.lam == 2.0 and len(ens.members) == 3
-    got = EnsembleReward(ens)(prompts, texts)
-    expect = each.mean(0) - 2.0 * torch.sqrt(((each - each.mean(0)) ** 2).mean(0))
-    assert got == pytest.approx(expect.tolist(), abs=1e-6)
-    got_min = EnsembleReward(parse_ensemble_spec(f"{rms[0]},{rms[2]},min"))(prompts, texts)
-    assert got_min == pytest.approx(torch.minimum(each[0], each[2]).tolist(), abs=1e-6)
+    cal_prompts, cal_texts = calibration_pairs(calibration)
+    m = torch.tensor([statistics.mean(RewardScorer(str(rm))(cal_prompts, cal_texts)) for rm in rms],
+                     dtype=torch.float64)
+    centred = each - m[:, None]  # each member minus its mean on the calibration set
+    ens = parse_ensemble_spec(",".join(map(str, rms)) + f",lambda_std=2,calibration={calibration}")
+    assert ens.mode == "mean-std" and ens.lambda_std == 2.0 and len(ens.members) == 3
+    reward = EnsembleReward(ens)
+    assert reward.offsets == pytest.approx(m.tolist(), abs=1e-6)
+    expect = centred.mean(0) - 2.0 * torch.sqrt(((centred - centred.mean(0)) ** 2).mean(0))
+    assert reward(prompts, texts) == pytest.approx(expect.tolist(), abs=1e-6)
+    got_min = EnsembleReward(parse_ensemble_spec(f"{rms[0]},{rms[2]},min,calibration={calibration}"))(prompts, texts)
+    assert got_min == pytest.approx(torch.minimum(centred[0], centred[2]).tolist(), abs=1e-6)
+    with pytest.raises(UserError, match="'calibration': missing"):
+        parse_ensemble_spec(f"{rms[0]},{rms[2]},min")
+    with pytest.raises(UserError, match="lambda_std"):
+        parse_ensemble_spec(f"{rms[0]},{rms[2]},lambda=1,calibration={calibration}")
+
+
+def test_an_offset_on_one_member_does_not_change_the_ensemble(rms, calibration):
+    """The BT loss fixes a member only up to an additive constant: the same member shifted by 5 is
+    the same reward model, and must give the same conservative reward."""
+    prompts = [msgs(f"q {w}") for w in WORDS]
+    texts = [f"a {w} {'?' * i}" for i, w in enumerate(WORDS)]
+    base = [RewardScorer(str(rm)) for rm in rms[:2]]
+
+    def shifted(p, r):
+        return [s + 5.0 for s in base[1](p, r)]
+
+    for mode in ("min", "mean-std"):
+        cfg = EnsembleConfig(members=[str(rm) for rm in rms[:2]], mode=mode, calibration=str(calibration))
+        plain = EnsembleReward(cfg, scorers=base)(prompts, texts)
+        moved = EnsembleReward(cfg, scorers=[base[0], shifted])(prompts, texts)
+        assert moved == pytest.approx(plain, abs=1e-6)
+        assert sorted(range(len(texts)), key=moved.__getitem__) == sorted(range(len(texts)), key=plain.__getitem__)
+    # uncentred (as before), the same shift reorders the responses under `min`
+    r0, r1 = torch.tensor(base[0](prompts, texts)), torch.tensor(base[1](prompts, texts))
+    assert torch.minimum(r0, r1).argsort().tolist() != torch.minimum(r0, r1 + 5).argsort().tolist()
+    assert member_offsets([base[0], shifted], calibration)[1] == pytest.approx(
+        member_offsets(base, calibration)[1] + 5, abs=1e-6)
 
 
 def test_bootstrap_subsets_are_seeded(tiny_dir, tmp_path):
@@ -324,17 +356,20 @@ def test_bootstrap_subsets_are_seeded(tiny_dir, tmp_path):
     prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
     cfg = RewardConfig(base=str(tiny_dir), prefs=str(prefs), output_dir=str(tmp_path / "ens"), batch_size=4,
                        max_steps=1, progress=False, seed=5)
-    summary = train_ensemble(cfg, 2, lam=0.5)
+    summary = train_ensemble(cfg, 2, lambda_std=0.5)
     assert summary["k"] == 2 and len(summary["members"]) == 2
     for m in range(2):
         written = [json.loads(x) for x in (tmp_path / "ens" / f"member_{m}" / "bootstrap.jsonl").read_text().splitlines()]
         assert written == [rows[i] for i in bootstrap_indices(12, 5, m)]
         assert (tmp_path / "ens" / f"member_{m}" / "model.safetensors").exists()
     ens = parse_ensemble_spec(str(tmp_path / "ens"))
-    assert isinstance(ens, EnsembleConfig) and ens.lam == 0.5 and all(Path(p).is_dir() for p in ens.members)
+    assert isinstance(ens, EnsembleConfig) and ens.lambda_std == 0.5 and all(Path(p).is_dir() for p in ens.members)
     assert ens.mode == "mean-std" and ens.seed == 5 and len(ens.members) == 2
+    # the offsets were measured on the whole preference file, both sides, and stored
+    assert ens.offsets == pytest.approx(member_offsets([RewardScorer(p) for p in ens.members], prefs), abs=1e-6)
+    assert summary["offsets"] == ens.offsets and ens.calibration == str(prefs.resolve())
     assert parse_ensemble_spec(f"{tmp_path / 'ens'},min").mode == "min"  # the spec overrides the folder's setting
-    assert parse_ensemble_spec(f"{tmp_path / 'ens'},lambda=3").lam == 3.0
+    assert parse_ensemble_spec(f"{tmp_path / 'ens'},lambda_std=3").lambda_std == 3.0
 
 
 def test_ppo_on_a_single_rm_and_an_ensemble_share_one_reward_vs_kl_plot(rms, tiny_dir, tmp_path, capsys):
@@ -342,7 +377,8 @@ def test_ppo_on_a_single_rm_and_an_ensemble_share_one_reward_vs_kl_plot(rms, tin
     from rlaif.train.ppo import PPOConfig, train_ppo
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": msgs(f"say {w}")} for w in WORDS[:4]])
-    for name, reward in (("single", f"rm:{rms[0]}"), ("ensemble", f"ensemble:{rms[0]},{rms[1]},min")):
+    cal = write_jsonl(tmp_path / "cal.jsonl", [{"prompt": msgs("say hi"), "candidates": ["hi", "hello there", "yo"]}])
+    for name, reward in (("single", f"rm:{rms[0]}"), ("ensemble", f"ensemble:{rms[0]},{rms[1]},min,calibration={cal}")):
         cfg = PPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path / name), batch_size=4,
                         mini_batch_size=2, max_steps=2, max_new_tokens=4, reward=reward, progress=False, save=False)
         result = train_ppo(cfg)
@@ -374,7 +410,7 @@ def test_ensemble_with_fewer_than_two_members_is_exit_2(rms, tmp_path):
     assert not (tmp_path / "ens").exists()  # nothing written
     prompts = tmp_path / "p.txt"
     prompts.write_text("say hi\n")
-    line = _one_line_error(run_cli("best-of-n", "--prompts", prompts, "--reward", f"ensemble:{rms[0]},lambda=1",
+    line = _one_line_error(run_cli("best-of-n", "--prompts", prompts, "--reward", f"ensemble:{rms[0]},lambda_std=1",
                                    "--out", tmp_path / "bon", "--model", rms[0]))
     assert "K >= 2" in line and not (tmp_path / "bon").exists()
 

@@ -76,7 +76,7 @@ def direct_reward_fn(model_spec: str, constitution: str | None = None, *, princi
 # ---------------------------------------------------------------- reward specs (rm:, labeler:direct, ...)
 
 REWARD_SPECS = ("rm:DIR (a saved reward model), labeler:direct, combined:FILE.yaml (helpful + harmless RMs, "
-                "rlaif combine-rm) or ensemble:DIR|DIR1,DIR2,...[,lambda=L|,min]")
+                "rlaif combine-rm) or ensemble:DIR|DIR1,DIR2,...,calibration=FILE[,lambda_std=L|,min]")
 
 
 def reward_fn_from_spec(spec: str, *, labeler_model: str, constitution: str | None = None,
