@@ -158,9 +158,15 @@ def test_iterative_pipeline_resumes_mid_round_with_identical_files(tmp_path, one
     assert info["rounds"][2]["policy_from"] == str(out / "rounds" / "round_1" / "policy")
     assert info["rounds"][2]["reference"] == info["rounds"][2]["policy_from"]  # reference: previous
     assert sorted(info["ranking"]) == ["round 1", "round 2", "start"]
+    for name in ("round 1", "round 2"):  # the LC win rate travels with its CI, not as a bare point
+        row = info["ranking"][name]
+        lo, hi = row["lc_vs_baseline_ci95"]
+        assert lo <= row["lc_vs_baseline"] <= hi and len(row["raw_vs_baseline_ci95"]) == 2
     report = (out / "report.html").read_text()
     rounds_part = report[report.index('id="iterative-rounds"'):]
-    assert "Bradley" in rounds_part and "LC vs start" in rounds_part
+    assert "Bradley" in rounds_part and "LC vs start" in rounds_part and "LC 95 % CI" in rounds_part
+    assert json.loads((out / "metrics.json").read_text())["ranking"]["round 2"]["lc_vs_baseline_ci95"] == \
+        row["lc_vs_baseline_ci95"]
     assert rounds_part.count("data:image/png;base64") >= 3  # reward vs KL, ratings, win-rate heatmap
     out.rename(tmp_path / "uninterrupted")
 

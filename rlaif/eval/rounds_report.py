@@ -77,6 +77,7 @@ def rounds_section(rep, out: Path, metrics: dict) -> list[str]:
                 sec.append(rep.image(out / "rounds" / "ranking" / png))
         sec.append(rep.para("Full tables: rounds/ranking/ranking.md and ranking.html.", note=True))
         metrics["ranking"] = {r["name"]: {k: r.get(k) for k in ("rank", "elo", "ci95", "lc_vs_baseline",
-                                                                 "raw_vs_baseline", "mean_words")}
+                                                                 "lc_vs_baseline_ci95", "raw_vs_baseline",
+                                                                 "raw_vs_baseline_ci95", "mean_words")}
                               for r in rank["players"]}
     return sec
