@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from tests.conftest import EMBEDDED, run_cli
 llama_cpp = pytest.importorskip("llama_cpp", reason="the gguf engine needs llama-cpp-python (the dev extra)")
 
 from rlaif.backends.gguf_engine import (  # noqa: E402
-    GGUFEngine, GGUFTokenizer, load_llama, pick_token, read_gguf_header, resolve_gguf,
+    GGUFEngine, GGUFTokenizer, check_llama_cpp_version, load_llama, pick_token, read_gguf_header, resolve_gguf,
 )
 
 SPEC = f"gguf:{EMBEDDED}"
@@ -264,6 +265,28 @@ def test_without_llama_cpp_the_error_names_the_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # `import llama_cpp` now fails
     with pytest.raises(EngineError, match=r"pip install 'rlaif-kit\[gguf\]'"):
         load_llama(resolve_gguf(EMBEDDED))
+
+
+def test_an_older_llama_cpp_is_one_error_naming_both_versions(monkeypatch):
+    for old in ("0.3.9", "0.3.2", "0.2.90"):
+        with pytest.raises(EngineError, match=rf"llama-cpp-python {re.escape(old)} is installed; .* needs >= 0\.3\.10"):
+            check_llama_cpp_version(old)
+    for ok in ("0.3.10", "0.3.36", "0.4.0", "1.0.0", "0.3.10.dev1", "local-build"):
+        check_llama_cpp_version(ok)
+    # through the engine's loader: the installed module claiming an old version is refused before loading
+    monkeypatch.setattr(llama_cpp, "__version__", "0.3.5")
+    with pytest.raises(EngineError, match=r"0\.3\.5 is installed.*>= 0\.3\.10") as err:
+        load_llama(resolve_gguf(EMBEDDED))
+    assert "\n" not in str(err.value)
+    # and pyproject's extras ask for the same version
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("gguf", "server", "dev"):
+        spec = next(d for d in extras[extra] if d.startswith("llama-cpp-python"))
+        assert ">=0.3.10," in spec, (extra, spec)
 
 
 def test_pick_token_greedy_top_p_and_temperature():

@@ -33,8 +33,9 @@ per request and sample from the request's seed and prompt, so the same request g
 in any batch and order; temperature 0 is greedy. Stops at the model's end-of-generation tokens,
 `max_tokens`, or a stop string (cut from the text).
 
-llama-cpp-python is an optional extra (`pip install 'rlaif-kit[gguf]'`); without it the constructor
-raises one clear `EngineError`.
+llama-cpp-python is an optional extra (`pip install 'rlaif-kit[gguf]'`); without it, or with one
+older than 0.3.10 (the first with `llama_memory_seq_rm`, which the prefix reuse calls), the
+constructor raises one clear `EngineError`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from rlaif.errors import EngineError
 
 LLAMA_CPP_MISSING = ("the gguf engine needs llama-cpp-python: pip install 'rlaif-kit[gguf]' "
                      "(or pip install llama-cpp-python)")
+# llama_get_memory / llama_memory_seq_rm (the KV-cache trim in `_evaluate`) first ship in 0.3.10;
+# pyproject's gguf, server and dev extras ask for the same
+LLAMA_CPP_NEEDED = (0, 3, 10)
 # n_ctx when max_model_len is not set: the model's trained context, at most this. llama.cpp allocates
 # the whole KV cache up front, and a 128k-token context costs 16 GiB for an 8B Llama.
 DEFAULT_MAX_CONTEXT = 8192
@@ -172,6 +176,18 @@ def physical_cores() -> int:
     return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
 
 
+def check_llama_cpp_version(version: str) -> None:
+    """One EngineError when the installed llama-cpp-python is older than LLAMA_CPP_NEEDED; a version
+    string we cannot read (a local build) is let through."""
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    if m and tuple(int(x) for x in m.groups()) < LLAMA_CPP_NEEDED:
+        needed = ".".join(map(str, LLAMA_CPP_NEEDED))
+        raise EngineError(f"gguf: llama-cpp-python {version} is installed; the gguf engine needs >= {needed} "
+                          f"(llama_memory_seq_rm): pip install -U 'llama-cpp-python>={needed}'")
+
+
 def load_llama(path: Path, **kwargs):
     """`llama_cpp.Llama` on the file, quiet, with plain attention (flash attention off: see the
     module docstring). On CPUs with AMX, llama.cpp's extra (repacked) weight
@@ -184,6 +200,7 @@ def load_llama(path: Path, **kwargs):
         from llama_cpp import llama_cpp as low
     except ImportError:
         raise EngineError(LLAMA_CPP_MISSING) from None
+    check_llama_cpp_version(getattr(llama_cpp, "__version__", ""))
     default = low.llama_model_default_params
 
     def without_extra_buffers():
