@@ -229,3 +229,49 @@ def test_the_page_files_ship_in_the_wheel():
     assert all(any(fnmatch.fnmatch(f"static/{p.name}", g) for g in globs) for p in static)
     deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert "starlette" in deps and "uvicorn" in deps
+
+
+def test_foreign_host_gets_400_and_foreign_origin_post_gets_403(tmp_path):
+    """DNS rebinding: a page on evil.example whose name is made to resolve to 127.0.0.1 reaches the
+    server with `Host: evil.example`; a cross-site form posts with that page's Origin. Neither may
+    read the pairs or leave a label; the page's own origin (under each local name) and a client that
+    sends no Origin (curl) still can."""
+    import http.client
+    from urllib.parse import urlencode
+
+    proc, base = start_server(tmp_path / "labels.sqlite", "--pairs", SAMPLE)
+    address = base.removeprefix("http://")
+    port = address.rsplit(":", 1)[1]
+
+    def send(method: str, path: str, headers: dict, body: str | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(address, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    try:
+        for path in ("/?annotator=alice", "/api/progress?annotator=alice", "/static/page.js"):
+            assert send("GET", path, {"Host": "evil.example"})[0] == 400
+            assert send("GET", path, {"Host": f"evil.example:{port}"})[0] == 400
+        pid = current_pair(base, "alice")
+        form = urlencode({"annotator": "alice", "pair_id": pid, "point": 3})
+        post = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        assert send("POST", "/label", {**post, "Host": "evil.example"}, form)[0] == 400
+        for origin in ("http://evil.example", f"http://evil.example:{port}", f"http://localhost:{int(port) + 1}",
+                       "null"):
+            status, body = send("POST", "/label", {**post, "Origin": origin}, form)
+            assert status == 403, (origin, status, body)
+        assert progress(base, "alice") == {"done": 0, "total": 12}  # nothing was recorded
+        # the page's own origin, by its address or as localhost; no Origin at all (curl)
+        assert send("GET", "/?annotator=alice", {"Host": f"localhost:{port}"})[0] == 200
+        status, body = send("POST", "/label", {**post, "Origin": base}, form)
+        assert status == 200 and json.loads(body)["done"] == 1
+        status, body = send("POST", "/label", {**post, "Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                            urlencode({"annotator": "bob", "pair_id": pid, "point": 5}))
+        assert status == 200 and json.loads(body)["done"] == 1
+        assert post_label(base, "carol", pid, point=2)["done"] == 1
+    finally:
+        stop(proc)

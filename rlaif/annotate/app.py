@@ -10,19 +10,31 @@ Every text that comes from the data (the conversation, the replies, the question
 name, comments) goes through `html.escape` before it reaches the page, and the page forbids inline
 scripts (Content-Security-Policy), so red-team data holding markup or `<script>` shows as text.
 The form works without JS too; the script only adds the keyboard (1–8, b, s, n).
+
+Against DNS rebinding (a foreign page whose domain is made to resolve to this machine, so that
+the browser lets it read the pairs and post labels): requests whose Host header is not this
+server's — the bound address, localhost, 127.0.0.1, [::1], this machine's names when bound to every
+interface, and any `--allowed-host` — get 400 (starlette's TrustedHostMiddleware); a POST whose
+Origin header is not this server's own (http://HOST as the request names it) gets 403. A POST with
+no Origin header (curl, scripts) is let through: browsers send one on every cross-site POST.
 """
 
 from __future__ import annotations
 
 import html
+import socket
 from importlib import resources
+from typing import Sequence
 from string import Template
 from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from rlaif.annotate import scale
@@ -31,6 +43,37 @@ from rlaif.errors import UserError
 
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'"
 _STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def allowed_hosts(bound: str, extra: Sequence[str] = ()) -> list[str]:
+    """Host header values to answer (IPv6 in brackets, as browsers send them): the loopback names,
+    the bound address, or this machine's names when bound to every interface, plus `extra`."""
+    hosts = [*LOCAL_HOSTS, *extra]
+    if bound in ("0.0.0.0", "::", ""):
+        hosts += [socket.gethostname(), socket.getfqdn()]
+    else:
+        hosts.append(f"[{bound}]" if ":" in bound else bound)
+    return sorted({h.lower() for h in hosts if h})
+
+
+class SameOriginPosts:
+    """ASGI middleware: a request that changes state (not GET/HEAD/OPTIONS) carrying an Origin header
+    other than http://<its own Host> is refused with 403."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin is not None and origin.lower() != f"http://{headers.get('host', '')}".lower():
+                await PlainTextResponse(f"origin {origin}: cross-origin posts are refused", status_code=403)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _static(name: str) -> str:
@@ -72,7 +115,8 @@ def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
 
-def create_app(store: Store, default_annotator: str) -> Starlette:
+def create_app(store: Store, default_annotator: str, hosts: Sequence[str] = LOCAL_HOSTS) -> Starlette:
+    """The app over `store`; `hosts`: the Host header values it answers (`allowed_hosts`)."""
     default_annotator = check_name(default_annotator)
 
     def who(request: Request, form: dict | None = None) -> str:
@@ -125,4 +169,6 @@ def create_app(store: Store, default_annotator: str) -> Starlette:
         return Response(_static(name), media_type=_STATIC[name], headers={"Cache-Control": "no-store"})
 
     return Starlette(routes=[Route("/", page), Route("/label", label, methods=["POST"]),
-                             Route("/api/progress", progress), Route("/static/{name}", static)])
+                             Route("/api/progress", progress), Route("/static/{name}", static)],
+                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False),
+                                 Middleware(SameOriginPosts)])

@@ -23,7 +23,7 @@ def _default_annotator() -> str:
 
 
 def cmd_serve(args) -> int:
-    from rlaif.annotate.app import create_app
+    from rlaif.annotate.app import allowed_hosts, create_app
     from rlaif.annotate.pairs import load_annotation_pairs
     from rlaif.annotate.serve import bind, run
     from rlaif.annotate.store import Store, check_name
@@ -53,7 +53,7 @@ def cmd_serve(args) -> int:
         counts = store.counts()
         if not counts["pairs"]:
             raise UserError(f"{db}: holds no pairs; give --pairs FILE")
-        app = create_app(store, annotator)
+        app = create_app(store, annotator, allowed_hosts(args.host, args.allowed_host))
     except BaseException:
         sock.close()
         raise
@@ -140,6 +140,9 @@ def register(sub) -> None:
                    help="who labels at the plain URL (default: your user name); others add ?annotator=NAME")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s; 0 picks a free one)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another Host name the page is reached by (repeatable; the bound address and localhost "
+                   "always work): requests naming any other host are refused, against DNS rebinding")
     s.add_argument("--overlap", type=int, help="annotators per pair; 0 = every annotator labels every pair "
                    "(default 0 for a new db; kept in the db)")
     s.add_argument("--constitution", default="harmless",
