@@ -27,6 +27,9 @@ from pathlib import Path
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
 
+# the HH-RLHF file the pipeline's evaluation reads when its `human` setting is "auto"
+DEFAULT_HUMAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
+
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
 

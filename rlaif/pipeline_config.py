@@ -1,8 +1,7 @@
 """A pipeline file's schema and its checks at load time: the roles' engine blocks, the prompt set,
 a block per stage, `rounds:` and `executor:` (`PipelineConfig`); `load_pipeline` reads and checks
-one (training blocks, the policy being trainable, enough held-out prompts) before any work, and
-`held_out_prompts` gives the evaluation's prompts, never a training prompt. Running one:
-rlaif/pipeline.py."""
+one (training blocks, the policy being trainable, enough held-out prompts) before any work.
+Running one: rlaif/pipeline.py."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pydantic import Field
 from rlaif.config import EngineConfig, ExecutorConfig, Strict, load_config
 from rlaif.errors import UserError
 from rlaif.iterate import RoundsConfig, check_rounds
-from rlaif.records import record_id
+from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.stages.labeler import LabelerConfig
@@ -24,9 +23,6 @@ from rlaif.train.grpo import GRPOConfig
 from rlaif.train.ppo import PPOConfig
 from rlaif.train.reward_model import RewardConfig
 from rlaif.train.sft import SFTConfig
-
-DEFAULT_HUMAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
-
 
 class PromptSet(Strict):
     file: str = "red_team"
@@ -173,30 +169,3 @@ def grpo_uses_judge(block: dict) -> bool:
     """Whether a grpo stage block has a judge reward (the default rewards are the judge's direct score)."""
     rewards = block.get("rewards")
     return rewards is None or any(r.get("kind") in ("judge_direct", "judge_pairwise") for r in rewards)
-
-
-def held_out_prompts(cfg: PipelineConfig, source: str = "pipeline", stage=None) -> list[dict]:
-    """The evaluation's held-out prompts: never one of the prompts the policy was trained on.
-    `stage`: the block saying how many and from where (`prompts`, `policy_prompts`); default the
-    evaluate stage's (`rounds.eval` for the iterative rounds)."""
-    from rlaif.prompts_io import read_prompts
-
-    stage = stage or cfg.stages.evaluate
-    field = "rounds.eval" if stage is not cfg.stages.evaluate else "stages.evaluate"
-    training = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
-    seen = {record_id(p["prompt"]) for p in training}
-    if stage.prompts:
-        pool = [p for p in read_prompts(stage.prompts) if record_id(p["prompt"]) not in seen]
-        where = f"{stage.prompts} (less any prompt that is also a training prompt)"
-    else:
-        if cfg.prompts.limit is None:
-            raise UserError(f"{source}: {field} needs held-out prompts, but prompts.limit is unset, so "
-                            f"every prompt of {cfg.prompts.file} is a training prompt; set prompts.limit or "
-                            f"{field}.prompts (a prompt file of its own)")
-        pool = [p for p in read_prompts(cfg.prompts.file)[cfg.prompts.limit:] if record_id(p["prompt"]) not in seen]
-        where = f"{cfg.prompts.file} after its first {cfg.prompts.limit} (training) prompts"
-    if len(pool) < stage.policy_prompts:
-        raise UserError(f"{source}: {field}.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
-                        f"held-out prompts are left in {where}; lower it, lower prompts.limit, or set "
-                        f"{field}.prompts")
-    return pool[: stage.policy_prompts]

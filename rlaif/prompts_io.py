@@ -1,5 +1,6 @@
 """Reading prompt sets: JSONL with a `prompt` (a string or chat messages), or plain text, one
-prompt per line. Every problem names the file and the line."""
+prompt per line. Every problem names the file and the line. `held_out_prompts`: the evaluation's
+prompts of a pipeline, never one it trains on."""
 
 from __future__ import annotations
 
@@ -58,6 +59,32 @@ def iter_prompts(name_or_path: str | Path) -> Iterator[dict]:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if is_jsonl is None:
         raise UserError(f"{path}: no prompts; expected JSONL with a 'prompt' field or one prompt per line")
+
+
+def held_out_prompts(cfg, source: str = "pipeline", stage=None) -> list[dict]:
+    """The evaluation's held-out prompts: never one of the prompts the policy was trained on.
+    `cfg`: a pipeline's config (`PipelineConfig`; its `prompts` and `stages.evaluate` are read).
+    `stage`: the block saying how many and from where (`prompts`, `policy_prompts`); default the
+    evaluate stage's (`rounds.eval` for the iterative rounds)."""
+    stage = stage or cfg.stages.evaluate
+    field = "rounds.eval" if stage is not cfg.stages.evaluate else "stages.evaluate"
+    training = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
+    seen = {record_id(p["prompt"]) for p in training}
+    if stage.prompts:
+        pool = [p for p in read_prompts(stage.prompts) if record_id(p["prompt"]) not in seen]
+        where = f"{stage.prompts} (less any prompt that is also a training prompt)"
+    else:
+        if cfg.prompts.limit is None:
+            raise UserError(f"{source}: {field} needs held-out prompts, but prompts.limit is unset, so "
+                            f"every prompt of {cfg.prompts.file} is a training prompt; set prompts.limit or "
+                            f"{field}.prompts (a prompt file of its own)")
+        pool = [p for p in read_prompts(cfg.prompts.file)[cfg.prompts.limit:] if record_id(p["prompt"]) not in seen]
+        where = f"{cfg.prompts.file} after its first {cfg.prompts.limit} (training) prompts"
+    if len(pool) < stage.policy_prompts:
+        raise UserError(f"{source}: {field}.policy_prompts is {stage.policy_prompts}, but only {len(pool)} "
+                        f"held-out prompts are left in {where}; lower it, lower prompts.limit, or set "
+                        f"{field}.prompts")
+    return pool[: stage.policy_prompts]
 
 
 def _prompt_record(line: str, where: str, lineno: int, is_jsonl: bool) -> dict:

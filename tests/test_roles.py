@@ -93,7 +93,8 @@ def test_roles_default_and_share_one_engine():
 
 
 def test_held_out_prompts_never_overlap_training(tmp_path):
-    from rlaif.pipeline_config import PipelineConfig, held_out_prompts
+    from rlaif.pipeline_config import PipelineConfig
+    from rlaif.prompts_io import held_out_prompts
     from rlaif.prompts_io import read_prompts
 
     cfg = PipelineConfig.model_validate({"name": "x", "prompts": {"file": "red_team", "limit": 100},

@@ -19,7 +19,7 @@ from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
 
 def human_file(setting: str | None) -> Path | None:
-    from rlaif.pipeline_config import DEFAULT_HUMAN
+    from rlaif.hh_rlhf import DEFAULT_HUMAN
 
     if setting in (None, "", "none"):
         return None
@@ -66,7 +66,7 @@ def trained_policy_config(policy: EngineConfig, trained: Path) -> EngineConfig:
 
 def evaluate_pipeline(p) -> dict:
     from rlaif.backends import load_engine
-    from rlaif.pipeline_config import held_out_prompts
+    from rlaif.prompts_io import held_out_prompts
 
     stage = p.cfg.stages.evaluate
     out = p.out / "evaluate"
