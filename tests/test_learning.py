@@ -73,6 +73,16 @@ def ppo_effects(experiment):
     return {rule: experiment.ppo(rule, SEED) for rule in RULES}
 
 
+@pytest.fixture(scope="module")
+def grpo_effects(experiment):
+    return {rule: experiment.grpo(rule, SEED) for rule in RULES}
+
+
+@pytest.fixture(scope="module")
+def rloo_effects(experiment):
+    return {rule: experiment.rloo(rule, SEED) for rule in RULES}
+
+
 def check_learning(effects) -> None:
     rule, control = effects["shorter"], effects["random"]
     seen = f"rule judge {rule.row()}, random-label control {control.row()}"
@@ -99,3 +109,11 @@ def test_kto_learns_the_rule_judges_preference(kto_effects):
 
 def test_ppo_with_the_rule_judges_direct_reward_learns_it(ppo_effects):
     check_learning(ppo_effects)
+
+
+def test_grpo_with_the_rule_judges_direct_reward_learns_it(grpo_effects):
+    check_learning(grpo_effects)
+
+
+def test_rloo_with_the_rule_judges_direct_reward_learns_it(rloo_effects):
+    check_learning(rloo_effects)
