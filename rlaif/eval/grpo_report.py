@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlaif.plotting import pyplot
+
 
 def plot_grpo(rows: list[dict], out: Path) -> Path:
     """Four panels against the step: rewards (total and each component), KL, length, zero-std groups."""
-    from rlaif.train.plots import _plt
-
-    plt = _plt()
+    plt = pyplot()
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     ax = axes[0]
@@ -61,7 +61,8 @@ def grpo_section(rep, out: Path, metrics: dict) -> None:
              "reply length first → last": f"{first.get('completion_length')} → {last.get('completion_length')}",
              "mean zero-variance group fraction": round(sum(r.get("frac_reward_zero_std", 0) for r in rows) / len(rows), 4),
              "rewards failed (replies left out)": sum(r.get("reward_failed", 0) for r in rows),
-             "sampled tokens": last.get("sampled_tokens"), "seconds per step": summary.get("seconds_per_step")}
+             "sampled tokens": last.get("sampled_tokens"),
+             "seconds per step": summary.get("seconds_per_step")}
     if "kl" in last:
         table["KL last step"] = last["kl"]
     sec.append(rep.table(table))

@@ -25,6 +25,7 @@ from rlaif import metrics as M
 from rlaif.hh_rlhf import load_human_pairs
 from rlaif.records import record_id, write_atomic
 from rlaif.manifest import read_manifest, update_manifest
+from rlaif.plotting import pyplot
 from rlaif.runner import OutputLock
 from rlaif.stages.labeler import LabelerConfig, label_pairs
 
@@ -87,10 +88,7 @@ def _first_order_only(records: Sequence[dict], seed: int) -> dict:
 
 
 def plot_calibration(bins: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.8, 4.8))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rlaif.eval.ranking import lc_win_rate, lc_win_rate_ci, rank_players, win_rate_matrix
+from rlaif.plotting import pyplot
 from rlaif.records import write_atomic
 
 
@@ -76,15 +77,6 @@ def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: 
 # ------------------------------------------------------------------ files
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
@@ -98,7 +90,7 @@ def _short(names: list[str], width: int = 28) -> list[str]:
 
 def plot_ratings(info: dict, path: Path) -> Path:
     """Elo ratings with 95 % CI error bars, best at the top."""
-    plt = _plt()
+    plt = pyplot()
     rows = info["players"][::-1]
     elo = np.array([r["elo"] for r in rows])
     lo = elo - np.array([r["ci95"][0] for r in rows])
@@ -117,7 +109,7 @@ def plot_ratings(info: dict, path: Path) -> Path:
 
 def plot_win_rates(info: dict, path: Path) -> Path:
     """Heatmap: row a, column b = a's win rate against b."""
-    plt = _plt()
+    plt = pyplot()
     names = info["names"]
     m = np.array([[np.nan if v is None else v for v in row] for row in info["win_rate_matrix"]["win_rate"]])
     fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2.5, 0.8 * len(names) + 1.6))

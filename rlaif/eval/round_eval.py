@@ -174,9 +174,10 @@ def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out
 def plot_rounds(rows: list[dict], out: Path) -> Path:
     """Reward against KL to the start, one point per round (0 = the start), labelled; the
     independent judge's score on the same axes when there is one."""
-    from rlaif.train.plots import _plt, _save_reward_kl
+    from rlaif.plotting import pyplot
+    from rlaif.train.plots import save_reward_kl
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     series = [("reward", "proxy: the pipeline's judge", "C0")]
     if any(r.get("independent_reward") is not None for r in rows):
@@ -193,5 +194,5 @@ def plot_rounds(rows: list[dict], out: Path) -> Path:
             ax.annotate("start" if n == 0 else f"round {n}", (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=color)
     ax.legend(fontsize=8)
-    return _save_reward_kl(plt, fig, ax, out, "direct score (0–1)", "reward vs KL to the start, across rounds",
+    return save_reward_kl(plt, fig, ax, out, "direct score (0–1)", "reward vs KL to the start, across rounds",
                            kl_label="KL(policy ‖ start) per response (nats), sampled")

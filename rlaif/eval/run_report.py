@@ -8,19 +8,11 @@ import json
 from pathlib import Path
 
 from rlaif.eval.html import HtmlReport
+from rlaif.plotting import pyplot
 from rlaif.records import read_output, write_atomic
 
 SECTIONS = ("Judge check", "Model roles", "Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
             "Policy training", "GRPO", "Iterative rounds", "Policy evaluation")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _json(path: Path) -> dict:
@@ -41,7 +33,7 @@ def stage_seconds(out: Path, name: str, info: dict) -> float | None:
 
 
 def label_histogram(records: list[dict], title: str):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     kinds = sorted({r.get("kind") or r.get("given", "pairs") for r in records})
     values = [[r["p_a"] for r in records if (r.get("kind") or r.get("given", "pairs")) == k] for k in kinds]

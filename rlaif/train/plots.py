@@ -13,22 +13,15 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from rlaif.plotting import pyplot
 
 
 def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str,
-                    kl_label: str = "KL(policy ‖ reference) per response (nats)") -> Path:
+def save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str,
+                   kl_label: str = "KL(policy ‖ reference) per response (nats)") -> Path:
     """The axes every reward-vs-KL plot shares, then the PNG."""
     ax.set_xlabel(kl_label)
     ax.set_ylabel(f"mean {reward_key}")
@@ -43,7 +36,7 @@ def _save_reward_kl(plt, fig, ax, out: str | Path, reward_key: str, title: str,
 
 def plot_reward_vs_kl(rows: Sequence[dict], out: str | Path, reward_key: str = "reward",
                       kl_key: str = "kl", title: str = "reward vs KL") -> Path:
-    plt = _plt()
+    plt = pyplot()
     pts = [(r[kl_key], r[reward_key], r.get("step", i)) for i, r in enumerate(rows)
            if r.get(kl_key) is not None and r.get(reward_key) is not None]
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -52,11 +45,11 @@ def plot_reward_vs_kl(rows: Sequence[dict], out: str | Path, reward_key: str = "
         ax.plot(kl, reward, color="0.75", linewidth=0.8, zorder=1)
         sc = ax.scatter(kl, reward, c=step, cmap="viridis", s=18, zorder=2)
         fig.colorbar(sc, ax=ax, label="step")
-    return _save_reward_kl(plt, fig, ax, out, reward_key, title)
+    return save_reward_kl(plt, fig, ax, out, reward_key, title)
 
 
 def plot_curves(rows: Sequence[dict], keys: Sequence[str], out: str | Path, title: str = "") -> Path:
-    plt = _plt()
+    plt = pyplot()
     keys = [k for k in keys if any(r.get(k) is not None for r in rows)] or ["step"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -81,7 +74,7 @@ def plot_reward_vs_kl_runs(runs: dict[str, Sequence[dict]], out: str | Path, rew
     """Several PPO runs on one reward-vs-KL plot (e.g. a single RM against an RM ensemble), one
     line per run, labelled by `runs`' keys. Each run's reward is the one it optimised, so the
     curves show how fast each reward is bought with KL, not which policy is better."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, rows in runs.items():
         pts = [(r[kl_key], r[reward_key]) for r in rows
@@ -90,4 +83,4 @@ def plot_reward_vs_kl_runs(runs: dict[str, Sequence[dict]], out: str | Path, rew
             kl, reward = zip(*pts)
             ax.plot(kl, reward, marker="o", markersize=3, linewidth=1, label=label)
     ax.legend(fontsize=8)
-    return _save_reward_kl(plt, fig, ax, out, reward_key, title)
+    return save_reward_kl(plt, fig, ax, out, reward_key, title)
