@@ -79,3 +79,32 @@ def test_ppo_runs_under_two_processes(tiny_dir, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
     rows = _log(tmp_path / "ppo")
     assert [r["step"] for r in rows] == [1, 2] and all("kl" in r and "reward" in r for r in rows)
+
+
+def test_ppo_whitening_over_two_processes_equals_whitening_the_whole_batch():
+    """Two gloo processes, each holding a differently shaped shard of one masked batch: the
+    whitened advantages (and scaled rewards) equal those of the concatenated batch whitened in
+    one process. Each shard whitened on its own (TRL's way) gives other numbers."""
+    import torch
+
+    from rlaif.train.common import masked_whiten
+    from tests.whiten_probe import shards
+
+    proc = accelerate_launch([str(Path(__file__).parent / "whiten_probe.py")], 2, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["processes"] == 2
+    parts = shards()
+    width = max(x.shape[1] for x, _ in parts)
+    x = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+    whole = {"advantages": masked_whiten(x, mask) * mask, "rewards": masked_whiten(x, mask, shift_mean=False) * mask}
+    row = 0
+    for rank, (xs, ms) in enumerate(parts):
+        rows = slice(row, row + xs.shape[0])
+        for k in whole:
+            expect = whole[k][rows, :xs.shape[1]].flatten().tolist()
+            assert got[k][rank] == pytest.approx(expect, abs=1e-9), (k, rank)
+        alone = (masked_whiten(xs, ms) * ms).flatten().tolist()
+        assert got["advantages"][rank] != pytest.approx(alone, abs=1e-3)  # per-process whitening differs
+        row += xs.shape[0]

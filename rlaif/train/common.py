@@ -233,11 +233,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
-    if n > 1:  # unbiased, as TRL/baselines do
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, accelerator=None) -> torch.Tensor:
+    """(x − mean) / std over the masked entries (std unbiased, as TRL/baselines do). With an
+    `accelerator`, mean and variance are those of every process's masked entries together (the
+    sums are gathered; shard shapes may differ), so whitening a global batch split over processes
+    equals whitening it whole. TRL whitens each process's share on its own."""
+    m = mask.to(x.dtype)
+
+    def total(v: torch.Tensor) -> torch.Tensor:
+        return v if accelerator is None else accelerator.gather(v.reshape(1, -1)).sum(0)
+
+    s, n = total(torch.stack([(x * m).sum(), m.sum()]))
+    mean = s / n.clamp(min=1)
+    var = total(((x - mean) ** 2 * m).sum().reshape(1))[0] / n.clamp(min=1)
+    if n > 1:
         var = var * n / (n - 1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return out if shift_mean else out + mean

@@ -10,7 +10,9 @@ One PPO step:
 3. per-token rewards  r_t = −β·KL_t  (+ R at the last response token), with
    KL_t = log π_old(y_t) − log π_ref(y_t)  (the k1 estimator, summed over a response it is the
    sampled KL(π‖π_ref));
-4. GAE:  δ_t = r_t + γ V(t+1) − V(t),  A_t = δ_t + γλ A_{t+1},  returns = A + V;  A whitened;
+4. GAE:  δ_t = r_t + γ V(t+1) − V(t),  A_t = δ_t + γλ A_{t+1},  returns = A + V;  A whitened
+   with the mean and variance over every response token of the global batch (all processes'
+   shares gathered; TRL whitens per process);
 5. `ppo_epochs` passes over the rollouts in minibatches: clipped policy loss
    max(−A·ρ, −A·clip(ρ, 1 ± ε)) with ρ = π/π_old, clipped value loss
    ½·max((V − ret)², (V_old + clip(V − V_old, ±ε_v) − ret)²), total  pg + c_v·vf.
@@ -71,7 +73,7 @@ class PPOConfig(TrainConfig):
     cliprange: float = Field(0.2, gt=0)
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
-    whiten_rewards: bool = False
+    whiten_rewards: bool = False  # scale the per-token rewards by their global-batch std (all processes)
     missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from R when no EOS was sampled
     reward_batch_size: int = Field(16, ge=1)
 
@@ -333,9 +335,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
             del logits, ref_logits
             rewards, kl = kl_shaped_rewards(scores, old_logp, ref_logp, maskf, cfg.kl_coef)
             if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
+                rewards = masked_whiten(rewards, maskf, shift_mean=False, accelerator=accelerator) * maskf
             advantages, returns = compute_gae(rewards, old_values, maskf, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, maskf) * maskf
+            advantages = masked_whiten(advantages, maskf, accelerator=accelerator) * maskf
         ro = Rollouts(full, full_mask, pos, responses, P, old_logp, old_values, advantages, returns, maskf)
 
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in (
