@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlaif.annotate import agreement as A
 from rlaif.annotate.export import read_human_jsonl
-from rlaif.annotate.store import _SQLITE_MAGIC, Store
+from rlaif.annotate.store import SQLITE_MAGIC, Store
 from rlaif.constitution import Constitution
 from rlaif.errors import UserError
 from rlaif.eval.labeler_report import CALIBRATION, METRICS, REPORT, compute_metrics, plot_calibration
@@ -40,7 +40,7 @@ def is_annotation_source(spec) -> bool:
         return False
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head.startswith(_SQLITE_MAGIC):
+    if head.startswith(SQLITE_MAGIC):
         return True
     first = head.split(b"\n", 1)[0]
     try:
@@ -53,7 +53,7 @@ def is_annotation_source(spec) -> bool:
 def load_labels(spec) -> list[dict]:
     path = Path(str(spec))
     with open(path, "rb") as f:
-        is_db = f.read(16) == _SQLITE_MAGIC
+        is_db = f.read(16) == SQLITE_MAGIC
     labels = Store(path).labels() if is_db else read_human_jsonl(path)
     labels = [x for x in labels if x["status"] == "label" and x["p_a"] is not None]
     if not labels:

@@ -33,7 +33,7 @@ from rlaif.records import record_id
 APPLICATION_ID = 0x524C4146  # "RLAF"
 SCHEMA_VERSION = 1
 CLAIM_SECONDS = 600
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,7 +150,7 @@ class Store:
                 head = f.read(16)
         except OSError as e:
             raise UserError(f"{self.path}: cannot read ({e.strerror})") from None
-        if head != _SQLITE_MAGIC:
+        if head != SQLITE_MAGIC:
             raise UserError(f"{self.path}: not a SQLite database; expected an annotation database made by "
                             "`rlaif annotate serve`")
         with self._read() as con:
