@@ -44,6 +44,34 @@ def test_round_prompts_are_fresh_slices_or_the_same_slice():
     assert {tuple(p["id"] for p in round_prompts(pool, same, k)) for k in (1, 2, 3)} == {("0", "1", "2")}
 
 
+def test_sample_ids_follow_the_model_trained_into_a_folder(tmp_path):
+    """A folder trained again in place (a new done key, or a trainer's new manifest) gives its
+    samples new ids, with the same seeds; the same training leaves them as they were; a name
+    that is no folder of ours keeps the ids it always had."""
+    from rlaif.records import record_id
+    from rlaif.stages.responses import ResponsesConfig, expand
+
+    rc = ResponsesConfig(n=2, temperature=0.9, seed=7)
+    prompts = [{"id": "p", "prompt": msgs("tell me about cats")}]
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    bare = expand(prompts, str(folder), rc)
+    (folder / "manifest.json").write_text('{"stages": {"dpo": {"config": {"beta": 0.1}}}}')
+    by_manifest = expand(prompts, str(folder), rc)
+    (folder / "done.json").write_text('{"key": "aaaa"}\n')
+    trained = expand(prompts, str(folder), rc)
+    assert expand(prompts, str(folder), rc) == trained  # unchanged: the same ids
+    (folder / "done.json").write_text('{"key": "bbbb"}\n')
+    retrained = expand(prompts, str(folder), rc)
+    ids = [[r["id"] for r in x] for x in (bare, by_manifest, trained, retrained)]
+    assert len({i for row in ids for i in row}) == 8  # four models, two samples each, all distinct
+    assert {tuple(r["seed"] for r in x) for x in (bare, by_manifest, trained, retrained)} == {
+        tuple(r["seed"] for r in bare)}
+    params = rc.model_dump(exclude={"pure"})
+    assert [r["id"] for r in expand(prompts, "embedded:smollm2-135m-instruct", rc)] == [
+        record_id("responses", prompts[0]["prompt"], "embedded:smollm2-135m-instruct", params, s) for s in (0, 1)]
+
+
 def _sample(pid: str, k: int, text: str) -> dict:
     return {"id": f"{pid}-{k}", "prompt_id": pid, "prompt": msgs(pid), "sample": k, "response": text}
 
@@ -184,6 +212,55 @@ def test_iterative_pipeline_resumes_mid_round_with_identical_files(tmp_path, one
     resumed = _rounds_files(out)
     assert sorted(resumed) == sorted(reference)
     assert [k for k in reference if resumed[k] != reference[k]] == []
+
+
+def test_a_retrained_round_is_sampled_afresh_and_an_unchanged_rerun_redoes_nothing(tmp_path, one_thread, capsys,
+                                                                                    monkeypatch):
+    """Round 1's policy is trained again in place when `rounds.train` changes: what round 2 samples
+    from it, and the evaluation of both rounds, must come from the new model (the records a fresh
+    run with the new setting writes), not be resumed from the old one. Run again unchanged, the
+    pipeline then trains nothing and writes nothing new."""
+    from rlaif.cli import main
+
+    policy, judge = save_tiny(tmp_path / "policy", seed=3), save_tiny(tmp_path / "judge", seed=4, max_positions=4096)
+
+    def pipe(beta: float, name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        return _pipeline(folder, policy, judge, 9, limit=6, count=2, prompts_per_round=3, samples=3, max_tokens=12,
+                         train={"epochs": 1, "batch_size": 2, "max_length": 128, "learning_rate": 1e-3, "beta": beta},
+                         eval={"policy_prompts": 2, "samples": 2, "max_tokens": 10, "rank": False})
+
+    def records(out: Path, stage: str) -> dict[str, str]:
+        path = out / "rounds" / stage
+        return {r["id"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
+
+    # the same relative output folder in two places: seeds name the model's path, so a fresh run
+    # elsewhere samples what this one does
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    out, fresh = here / "run", elsewhere / "run"
+    first, changed = pipe(0.1, "a"), pipe(0.5, "b")
+    monkeypatch.chdir(here)
+    assert main(["run", str(first), "--out", "run"]) == 0
+    old = {s: records(out, s) for s in ("round_2/responses/responses.jsonl", "round_2/eval/samples.jsonl")}
+    assert main(["run", str(changed), "--out", "run"]) == 0
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(changed), "--out", "run"]) == 0
+    for stage, before in old.items():
+        now, expected = records(out, stage), records(fresh, stage)
+        assert not set(expected) & set(before), stage  # new ids: nothing taken from the old policy
+        assert {i: now[i] for i in expected} == expected, stage  # what a fresh run samples
+        assert list(expected.values()) != list(before.values()), stage  # and the texts did change
+    assert (fresh / "rounds" / "rounds.json").read_bytes() == (out / "rounds" / "rounds.json").read_bytes()
+
+    monkeypatch.chdir(here)
+    files = _rounds_files(out)
+    capsys.readouterr()
+    assert main(["run", str(changed), "--out", "run"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("already trained") == 2, said  # round 1 and round 2
+    assert _rounds_files(out) == files
 
 
 @pytest.mark.parametrize("pairing,trainer", [("all_pairs", "kto"), ("soft_pairs", "ipo")])
