@@ -90,7 +90,8 @@ def check_batch(cfg: TrainConfig, accelerator) -> None:
 # ---------------------------------------------------------------- records
 
 
-def _as_messages(value: Any, role: str, where: str, field: str) -> Messages:
+def field_messages(value: Any, role: str, where: str, field: str) -> Messages:
+    """A record field as chat messages: a string becomes one `role` turn; messages are checked."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(
@@ -146,8 +147,8 @@ def parse_pair(rec: dict, where: str) -> Pair:
         prompt is None or isinstance(prompt, str))
     if strings:
         return Pair(prompt or "", rec["chosen"], rec["rejected"], float(p), float(margin), False)
-    chosen = _as_messages(rec["chosen"], "assistant", where, "chosen")
-    rejected = _as_messages(rec["rejected"], "assistant", where, "rejected")
+    chosen = field_messages(rec["chosen"], "assistant", where, "chosen")
+    rejected = field_messages(rec["rejected"], "assistant", where, "rejected")
     if prompt is None:  # implicit prompt: everything before the last assistant reply
         if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
             raise UnusablePair(where, "no_final_assistant_turn",
@@ -159,7 +160,7 @@ def parse_pair(rec: dict, where: str) -> Pair:
         if not prompt:
             raise UserError(f"{where}: no 'prompt' and chosen/rejected share no leading messages")
     else:
-        prompt = _as_messages(prompt, "user", where, "prompt")
+        prompt = field_messages(prompt, "user", where, "prompt")
         for key, completion in (("chosen", chosen), ("rejected", rejected)):
             if any(m["role"] != "assistant" for m in completion):
                 raise UnusablePair(where, "non_assistant_turn_in_completion",

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
-from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, _as_messages, encode,
+from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, field_messages, encode,
                                 example_stream, finish_run, load_tokenizer, make_accelerator, make_optimizer,
                                 pad, pad_id, resolve, seed_everything, start_training, summary, torch_dtype)
 from rlaif.train.distributed import save_model
@@ -68,8 +68,8 @@ def parse_prompt_completion(rec: dict, where: str, kind: str = "SFT") -> PromptC
     prompt, completion = rec["prompt"], rec["completion"]
     if isinstance(prompt, str) and isinstance(completion, str):
         return PromptCompletion(prompt, completion, False)
-    prompt = _as_messages(prompt, "user", where, "prompt")
-    completion = _as_messages(completion, "assistant", where, "completion")
+    prompt = field_messages(prompt, "user", where, "prompt")
+    completion = field_messages(completion, "assistant", where, "completion")
     if any(m["role"] != "assistant" for m in completion):
         raise UnusablePair(where, "non_assistant_turn_in_completion",
                            "field 'completion' holds a turn that is not the assistant's")
