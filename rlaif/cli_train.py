@@ -350,8 +350,8 @@ def register(sub) -> None:
                        "score on unsafe prompts or below a threshold), whitened on a calibration set -> FILE.yaml")
     p.add_argument("--helpful", required=True, help="helpful reward-model folder (train-rm output)")
     p.add_argument("--harmless", required=True, help="harmless reward-model folder (train-rm output)")
-    p.add_argument("--calibration", required=True, help="JSONL of prompt + response (or candidates, or "
-                   "chosen/rejected) that the whitening mean/std are measured on")
+    p.add_argument("--calibration", required=True, help="JSONL of prompt + candidates (every one counts, e.g. "
+                   "best_of_n.jsonl), response, or chosen/rejected that the whitening mean/std are measured on")
     p.add_argument("--out", required=True, type=Path, help="the combination file to write (YAML)")
     p.add_argument("--threshold", type=float, default=-1.0,
                    help="use the harmless score below this whitened value (default: %(default)s)")

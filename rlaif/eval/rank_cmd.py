@@ -255,7 +255,8 @@ def cmd_rank(args, judge_cfg: EngineConfig) -> int:
     for r in info["players"]:
         lo, hi = r["ci95"]
         lc = ("(the LC baseline)" if r["name"] == info["baseline"]
-              else f"LC win rate vs {info['baseline']} {_pct(r.get('lc_vs_baseline'))}")
+              else f"LC win rate vs {info['baseline']} {_pct(r.get('lc_vs_baseline'))}"
+              + (" (95 % CI {:.3f}-{:.3f})".format(*r["lc_vs_baseline_ci95"]) if r.get("lc_vs_baseline_ci95") else ""))
         print(f"{r['rank']:>2}. {r['name']}: Elo {r['elo']:.0f} (95 % CI {lo:.0f}-{hi:.0f}), {lc}")
     print(f"rank: {info['setup']['pairs_judged']} judgements on {info['setup']['n_prompts']} prompts -> "
           f"{Path(args.out) / 'ranking.json'}, ranking.md, ranking.html")
