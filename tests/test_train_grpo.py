@@ -123,7 +123,9 @@ def grpo_run(one_thread, tiny_dir, prompts, tmp_path_factory):
     cfg = GRPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(out), batch_size=4,
                      num_generations=4, max_steps=14, learning_rate=3e-2, max_new_tokens=8, beta=0.04,
                      num_iterations=2, grad_accum=2, progress=False)
-    return cfg, __import__("rlaif.train.grpo_loop", fromlist=["train_grpo"]).train_grpo(cfg, reward_fn=vowel_reward), out
+    from rlaif.train.grpo_loop import train_grpo
+
+    return cfg, train_grpo(cfg, reward_fn=vowel_reward), out
 
 
 def test_grpo_raises_the_reward(grpo_run):
@@ -218,7 +220,7 @@ def test_server_judge_scores_groups_and_fails_per_record():
 
     prompts = [[{"role": "user", "content": f"question {k}"}] for k in (1, 1, 2, 2)]
     replies = ["fine", "poisoned reply", "ok", "sure"]
-    with FakeOpenAIServer(fail_matching=["poisoned"], fail_fault="400") as srv:
+    with FakeOpenAIServer(fail_matching=["poisoned"], fail_fault="400", delay=0.2) as srv:
         eng = OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=srv.base_url, top_logprobs=20,
                                         max_retries=0, concurrency=8))
         try:

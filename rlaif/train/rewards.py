@@ -343,7 +343,8 @@ def build_rewards(specs: Sequence[RewardSpec], weights: dict | None, *, judge=No
         w = (weights or {}).get(s.name, s.weight)
         if s.kind in ("judge_direct", "judge_pairwise"):
             if judge is None:
-                raise UserError(f"reward {s.name}: a judge reward needs a judge (--judge SPEC, or the pipeline's judge)")
+                raise UserError(f"reward {s.name}: a judge reward needs a judge "
+                                "(--judge SPEC, or the pipeline's judge)")
             const = load_constitution(s.constitution or constitution or "harmless")
             if s.kind == "judge_direct":
                 comps.append(DirectJudge(s.name, w, judge, const, s.principles, seed))
