@@ -228,7 +228,7 @@ def test_a_retrained_round_is_sampled_afresh_and_an_unchanged_rerun_redoes_nothi
         folder = tmp_path / name
         folder.mkdir()
         return _pipeline(folder, policy, judge, 9, limit=6, count=2, prompts_per_round=3, samples=3, max_tokens=12,
-                         train={"epochs": 1, "batch_size": 2, "max_length": 128, "learning_rate": 1e-3, "beta": beta},
+                         train={"epochs": 2, "batch_size": 2, "max_length": 128, "learning_rate": 1e-2, "beta": beta},
                          eval={"policy_prompts": 2, "samples": 2, "max_tokens": 10, "rank": False})
 
     def records(out: Path, stage: str) -> dict[str, str]:
@@ -240,7 +240,7 @@ def test_a_retrained_round_is_sampled_afresh_and_an_unchanged_rerun_redoes_nothi
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir(), elsewhere.mkdir()
     out, fresh = here / "run", elsewhere / "run"
-    first, changed = pipe(0.1, "a"), pipe(0.5, "b")
+    first, changed = pipe(0.1, "a"), pipe(1.0, "b")
     monkeypatch.chdir(here)
     assert main(["run", str(first), "--out", "run"]) == 0
     old = {s: records(out, s) for s in ("round_2/responses/responses.jsonl", "round_2/eval/samples.jsonl")}
