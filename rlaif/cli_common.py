@@ -1,5 +1,5 @@
 """What every `rlaif` command module shares: the engine flags and the EngineConfig they make, the
-model-spec help text, and the positive-number flag type. Used by cli.py, cli_train.py and the
+model-spec help text, the positive-number flag type and the judge-accuracy threshold. Used by cli.py, cli_train.py and the
 commands registered from other packages."""
 
 from __future__ import annotations
@@ -68,4 +68,17 @@ def positive(kind):
     return parse
 
 
-__all__ = ["SPEC_HELP", "engine_args", "engine_config", "positive"]
+
+def judge_accuracy(text: str) -> float:
+    """--require-judge-accuracy X: an accuracy in (0.5, 1] the judge must reach."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--require-judge-accuracy {text!r}: expected a number in (0.5, 1]") from None
+    if not 0.5 < value <= 1:
+        raise UserError(f"--require-judge-accuracy {text}: expected a number in (0.5, 1] (an accuracy a judge "
+                        "must beat; 0.5 is chance)")
+    return value
+
+
+__all__ = ["SPEC_HELP", "engine_args", "engine_config", "judge_accuracy", "positive"]

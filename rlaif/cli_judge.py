@@ -1,0 +1,183 @@
+"""The `rlaif` commands that run the judge on pairs: judge-check, label, eval-labeler and rank, each
+with its flags (`add_*`, called by rlaif/cli.py in the order `rlaif --help` lists them) and the
+labeler flags they share."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rlaif.cli_common import engine_args, engine_config, judge_accuracy, positive
+
+
+def cmd_judge_check(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.config import config_hash
+    from rlaif.constitution import load_constitution
+    from rlaif.eval.judge_check import judge_check_line, judge_verdict, require_accuracy, run_judge_check
+
+    threshold = None if args.require_judge_accuracy is None else judge_accuracy(args.require_judge_accuracy)
+    cfg = labeler_config(args)
+    constitution = load_constitution(args.constitution)
+    engine_cfg = engine_config(args)
+    out = args.out or Path("runs") / "judge_check" / f"{constitution.name}-{config_hash([engine_cfg.kind, engine_cfg.model])[:8]}"
+    engine = load_engine(engine_cfg)
+    try:
+        result = run_judge_check(engine, constitution, out, cfg, batch_size=args.batch_size, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    line = judge_check_line(result)
+    print(f"warning: {line}" if judge_verdict(result) != "ok" else line)
+    if result["status"] != "skipped":
+        flips, per_pair = result["position_flip_rate"], result["seconds_per_pair"]
+        print(f"  accuracy {result['accuracy']:.3f} (95 % CI {result['accuracy_ci95'][0]:.3f}-"
+              f"{result['accuracy_ci95'][1]:.3f}), mean p(right) {result['mean_p_right']:.3f}, flip rate "
+              f"{'n/a' if flips is None else f'{flips:.3f}'}, "
+              f"{'n/a' if per_pair is None else f'{per_pair:.2f}'} s/pair -> {out}")
+    if threshold is not None and result["status"] != "skipped":
+        require_accuracy(result, threshold)
+    return 0
+
+
+def labeler_config(args):
+    from rlaif.stages.labeler import make_config
+
+    return make_config("labeler flags", mode="direct" if args.direct else "pairwise", debias=not args.no_debias,
+                       cot=args.cot, clamp=tuple(args.clamp) if args.clamp else None,
+                       cot_max_tokens=args.cot_max_tokens, principles=args.principles,
+                       self_consistency=args.self_consistency, few_shot=args.few_shot, margin=args.margin,
+                       drop_within_margin=args.drop_within_margin, seed=args.seed)
+
+
+def cmd_label(args) -> int:
+    from rlaif.executors import use_executor
+    from rlaif.executors.cli import engine_for, executor_config
+    from rlaif.constitution import load_constitution
+    from rlaif.stages.labeler import run_label
+    from rlaif.stages.pair_inputs import PairsFile
+
+    cfg = labeler_config(args)
+    constitution = load_constitution(args.constitution)
+    pairs = PairsFile(args.pairs)
+    pairs.check()  # a bad pairs file fails before the model loads (read, not held)
+    executor = executor_config(args)
+    engine = engine_for(args, engine_config(args), executor)
+    with use_executor(executor):
+        try:
+            s = run_label(pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
+                          overwrite=args.overwrite)
+        finally:
+            engine.close()
+    flip = "" if s["position_flip_rate"] is None else f", position flip rate {s['position_flip_rate']:.3f}"
+    print(f"label: {s['written']} new, {s['done_before']} already done, {s['failed']} failed{flip}; "
+          f"{s['preferences']} preferences ({s['within_margin']} within margin) -> {Path(args.out) / 'preferences.jsonl'}")
+    if s["failed"]:
+        print(f"{s['failed']} pairs failed after retries; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval_labeler(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.constitution import load_constitution
+    from rlaif.hh_rlhf import load_human_pairs
+    from rlaif.eval.labeler_report import format_metrics, run_eval
+
+    cfg = labeler_config(args)
+    from rlaif.annotate.human_eval import is_annotation_source
+
+    if is_annotation_source(args.human):  # labels made with `rlaif annotate` (a db, or its export)
+        from rlaif.annotate.cli import eval_labeler_on_annotations
+
+        return eval_labeler_on_annotations(args, cfg, engine_config(args))
+    constitution = load_constitution(args.constitution)
+    load_human_pairs(args.human)  # a bad human-label file fails before the model loads
+    engine = load_engine(engine_config(args))
+    try:
+        m = run_eval(args.human, constitution, engine, args.out, cfg, limit=args.limit, seed=args.seed,
+                     batch_size=args.batch_size, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    print(format_metrics(m, args.out))
+    return 1 if m["failed"] else 0
+
+
+def cmd_rank(args) -> int:
+    from rlaif.eval.rank_cmd import cmd_rank as run
+
+    return run(args, engine_config(args))
+
+
+# ---------------------------------------------------------------------------------- flags
+
+
+def labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    p.add_argument("--constitution", default="harmless", help="constitution file or shipped name (default: %(default)s)")
+    p.add_argument("--out", required=out_required, type=Path,
+                   help="output folder" + ("" if out_required else " (default: runs/judge_check/CONSTITUTION-HASH)"))
+    g = p.add_argument_group("labeler")
+    g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
+    g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
+    g.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"), help="CoT clamp band (default 0.4 0.6)")
+    g.add_argument("--cot-max-tokens", type=positive(int), help="rationale length in tokens (default 64)")
+    g.add_argument("--principles", type=positive(int), default=1, help="principle ensemble size (default 1)")
+    g.add_argument("--self-consistency", type=positive(int), default=1,
+                   help="sampled rationales per judgement, averaged (needs --cot)")
+    g.add_argument("--few-shot", type=int, default=0, help="exemplars from the constitution (default 0)")
+    g.add_argument("--direct", action="store_true", help="score each reply 1-10 instead of comparing (d-RLAIF)")
+    g.add_argument("--margin", type=float, default=0.0, help="|p - 0.5| below this is 'within margin'")
+    g.add_argument("--drop-within-margin", action="store_true", help="leave within-margin pairs out of preferences")
+    g.add_argument("--seed", type=int, default=0, help="principle draws, sampling, blind sides")
+    g.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    engine_args(p, role="judge")
+
+
+def add_judge_check(sub) -> None:
+    p = sub.add_parser("judge-check", help="the judge on the constitution's unambiguous check pairs: accuracy "
+                       "with a 95 %% CI, mean p(right), flip rate, s/pair; warns when the judge is at chance")
+    p.add_argument("--require-judge-accuracy", metavar="X", help="exit 2 when accuracy is below X, in (0.5, 1]")
+    labeler_args(p, out_required=False)
+    p.set_defaults(func=cmd_judge_check)
+
+
+def add_label(sub) -> None:
+    from rlaif.executors.cli import add_executor_args
+
+    p = sub.add_parser("label", help="label response pairs with AI feedback -> OUT/preferences.jsonl")
+    p.add_argument("--pairs", required=True, help="JSONL: prompt + response_a/response_b, prompt + "
+                   "chosen/rejected, or HH-RLHF transcripts")
+    labeler_args(p)
+    add_executor_args(p)
+    p.set_defaults(func=cmd_label)
+
+
+def add_eval_labeler(sub) -> None:
+    p = sub.add_parser("eval-labeler", help="label human-labelled pairs blind; agreement, calibration, "
+                       "position and length bias -> OUT/metrics.json, calibration.png, report.md")
+    p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, hub:Anthropic/hh-rlhf[:DIR[:SPLIT]], "
+                   "or your own labels: an `rlaif annotate` database or its exported JSONL")
+    p.add_argument("--limit", type=positive(int), help="first N usable pairs only")
+    labeler_args(p)
+    p.set_defaults(func=cmd_eval_labeler)
+
+
+def add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="rank checkpoints: round-robin judgements on held-out prompts -> Bradley-Terry "
+                       "ratings (Elo scale, 95 %% CIs), win-rate matrix, length-controlled win rates -> OUT/ranking.*")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="two or more: model folders, model specs, "
+                   "or responses JSONL files (prompt + response, e.g. best-of-n output); the first is the LC baseline")
+    p.add_argument("--prompts", required=True, help="held-out prompts: JSONL with a 'prompt' field, or text lines")
+    p.add_argument("--n-prompts", type=positive(int), help="the first N prompts only (default: all)")
+    p.add_argument("--max-tokens", type=positive(int), default=128, help="reply length for model checkpoints")
+    p.add_argument("--constitution", default="harmless", help="constitution the judge applies (default: %(default)s)")
+    p.add_argument("--bootstrap", type=positive(int), default=1000, help="bootstrap draws for the CIs")
+    p.add_argument("--outcomes", choices=["soft", "hard"], default="soft", help="fit the judge's p (soft, default) "
+                   "or its verdict p > 0.5 (hard)")
+    p.add_argument("--seed", type=int, default=0, help="principle draws and bootstrap (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="judge again instead of resuming")
+    p.add_argument("--skip-judge-check", action="store_true", help="do not put the judge on the constitution's "
+                   "check pairs first (the check's verdict then does not reach the report)")
+    engine_args(p, role="judge")
+    p.set_defaults(func=cmd_rank)
