@@ -12,11 +12,9 @@ from rlaif.cli import main
 from rlaif.config import parse_model_spec
 from rlaif.constitution import load_constitution
 from rlaif.errors import UserError
-from rlaif.stages.critique_revision import (
-    CritiqueConfig, clean_output, derive_datasets, load_responses, normalize_responses, render_critique,
-    render_revision,
-    revision_flags, run_critique, template_lines,
-)
+from rlaif.stages.critique_revision import CritiqueConfig, derive_datasets, render_critique, render_revision, run_critique
+from rlaif.stages.response_inputs import load_responses, normalize_responses
+from rlaif.stages.revision_checks import clean_output, revision_flags, template_lines
 from rlaif.templates import load_template
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -169,7 +169,8 @@ def test_a_failed_batch_of_a_two_step_stage_goes_on_concurrently(tmp_path):
     from rlaif.backends.openai_engine import OpenAIEngine
     from rlaif.constitution import load_constitution
     from rlaif.runner import independent_requests, run_stage
-    from rlaif.stages.critique_revision import CritiqueConfig, chain_inputs, make_process, normalize_responses
+    from rlaif.stages.critique_revision import CritiqueConfig, chain_inputs, make_process
+    from rlaif.stages.response_inputs import normalize_responses
     from rlaif.templates import load_template
 
     Server = _fake_server()

@@ -19,27 +19,26 @@ Outputs in the stage folder:
 The last two are derived from all chains at the end of a run and written atomically.
 
 `process(batch)` is pure over records and an engine: per round, one `generate` call holds the
-critique requests of the whole batch, the next one the revision requests.
+critique requests of the whole batch, the next one the revision requests. Reading the responses:
+stages/response_inputs.py; cleaning outputs and the degenerate checks: stages/revision_checks.py.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from pydantic import Field
 
 from rlaif.backends.base import Engine, GenerationRequest
 from rlaif.config import Strict, config_hash
 from rlaif.constitution import Constitution, FewShot, Principle, load_constitution
-from rlaif.errors import UserError
-from rlaif.prompts_io import as_messages
-from rlaif.records import Reread, iter_jsonl_numbered, record_id, write_jsonl_atomic
+from rlaif.records import Reread, record_id, write_jsonl_atomic
 from rlaif.manifest import read_manifest, update_manifest
 from rlaif.runner import OutputLock, independent_requests, run_stage
+from rlaif.stages.response_inputs import ResponsesFile, normalize_responses
+from rlaif.stages.revision_checks import STOPS, clean_output, critique_flags, revision_flags, template_lines
 from rlaif.templates import Template, load_template
 
 STAGE = "critique"
@@ -62,62 +61,6 @@ class CritiqueConfig(Strict):
     critique_template: str = "critique"
     revision_template: str = "revision"
     similarity: float = Field(0.8, gt=0, le=1)  # at or above this, a revision "repeats" a text
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def normalize_responses(records: Sequence[dict], source: str = "responses",
-                        lines: Sequence[int] | None = None) -> list[dict]:
-    """Check response records (`prompt` text or messages, `response` text; `id` optional) and give
-    each a response id; problems name the source and the line (or record number)."""
-    return [normalize_response(rec, f"{source}:{lines[i - 1]}" if lines else f"{source}: record {i}")
-            for i, rec in enumerate(records, 1)]
-
-
-def normalize_response(rec, where: str) -> dict:
-    if not isinstance(rec, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    if "prompt" not in rec:
-        raise UserError(f"{where}: missing required field prompt")
-    if not isinstance(rec.get("response"), str):
-        raise UserError(f"{where}: field response: expected a string"
-                        + ("" if "response" in rec else " (missing)"))
-    messages = as_messages(rec["prompt"], where, require_user=True)
-    rid = rec.get("response_id", rec.get("id"))  # records normalised before keep their id
-    if rid is not None and not isinstance(rid, str):
-        raise UserError(f"{where}: field id: expected a string")
-    rid = rid or record_id(messages, rec["response"])
-    return {"response_id": rid, "prompt": messages, "response": rec["response"],
-            "model": rec.get("model"), "sample": rec.get("sample")}
-
-
-class ResponsesFile(Reread):
-    """Response records from a JSONL file (e.g. the `generate` stage's responses.jsonl), checked and
-    normalised afresh on every pass, never held whole; `check()` reads it once (later calls give the
-    same count)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.count: int | None = None  # records, once checked
-        super().__init__(lambda: (normalize_response(rec, f"{self.path}:{n}")
-                                  for n, rec in iter_jsonl_numbered(self.path)))
-
-    def check(self) -> int:
-        """The number of records; the first bad one, or none at all, is a UserError."""
-        if self.count is None:
-            n = sum(1 for _ in self)
-            if not n:
-                raise UserError(f"{self.path}: no records; expected at least one JSON object per line")
-            self.count = n
-        return self.count
-
-
-def load_responses(path: str | Path) -> list[dict]:
-    """Response records from a JSONL file, as a list."""
-    responses = ResponsesFile(path)
-    responses.check()
-    return list(responses)
 
 
 # ------------------------------------------------------------------ principles and ids
@@ -188,111 +131,6 @@ def render_revision(template: Template, constitution: Constitution, principle: P
                     messages: list[dict], text: str, critique: str, few_shot: int = 1) -> list[dict]:
     return template.render(**render_values(constitution, principle, messages, text, few_shot, "revision",
                                            critique))
-
-
-# ------------------------------------------------------------------ cleaning and degenerate checks
-
-_LABEL = (r"(?:revised|rewritten|new|improved|updated|final)?\s*(?:assistant\s*)?"
-          r"(?:revision|reply|response|answer|critique|assistant)")
-_PREFIX = re.compile(
-    rf"^\s*(?:[*_#>]+\s*)?(?:here(?: is|'s) (?:the |a |my |an )?[^:\n]{{0,40}}:|{_LABEL}\s*(?:\d+\s*)?[:\-–]"
-    rf")\s*(?:[*_]+\s*)?", re.IGNORECASE)
-# a line where the model starts writing the next section of our prompt format instead of stopping
-_NEXT = {
-    "critique": re.compile(r"\n\s*[*_#]*\s*(?:revision request|revision|revised (?:reply|response)|"
-                           r"critique request|user|example \d+)\s*[*_]*\s*:", re.IGNORECASE),
-    "revision": re.compile(r"\n\s*[*_#]*\s*(?:critique request|critique|revision request|user|"
-                           r"example \d+)\s*[*_]*\s*:", re.IGNORECASE),
-}
-
-
-# generation stops where the model starts writing the next section of the prompt format itself
-STOPS = {
-    "critique": ["\nRevision request:", "\nRevision:", "\nCritique request:", "\nUser:", "\n---"],
-    "revision": ["\nCritique request:", "\nCritique:", "\nRevision request:", "\nUser:", "\n---"],
-}
-
-
-def clean_output(text: str, kind: str) -> str:
-    """Strip the labels our own templates invite ("Revision:", "Here is the revised reply:"),
-    cut where the model starts writing the next section of the prompt format, drop wrapping quotes."""
-    text = text.strip()
-    m = _NEXT[kind].search("\n" + text)
-    if m:
-        text = ("\n" + text)[:m.start()].strip()
-    for _ in range(3):  # "Revision: Revised reply: ..." happens
-        stripped = _PREFIX.sub("", text, count=1).strip()
-        if stripped == text:
-            break
-        text = stripped
-    text = text.split("\n---", 1)[0].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
-        text = text[1:-1].strip()
-    if len(text) >= 2 and text[0] == "“" and text[-1] == "”":
-        text = text[1:-1].strip()
-    return text
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
-
-
-def _similar(a: str, b: str, threshold: float) -> bool:
-    """a merely repeats b: nearly the same characters (ratio >= threshold), or (for 4+ words) at
-    least `threshold` of a's words copied in order from b, so a fragment of b counts too."""
-    wa, wb = a.split(), b.split()
-    if not wa or not wb:
-        return False
-    if wa == wb:
-        return True
-    chars = SequenceMatcher(None, a, b, autojunk=False)
-    if chars.real_quick_ratio() >= threshold and chars.ratio() >= threshold:
-        return True
-    if len(wa) < 4:
-        return False
-    copied = sum(m.size for m in SequenceMatcher(None, wa, wb, autojunk=False).get_matching_blocks())
-    return copied / len(wa) >= threshold
-
-
-def template_lines(template: Template) -> list[str]:
-    """The fixed text of a template (placeholders cut out), line by line: what a model echoes
-    when it repeats the request instead of answering it."""
-    out = []
-    for m in template.messages:
-        for piece in re.split(r"\{[a-z_]+\}", m.content):
-            out += [ln.strip() for ln in piece.splitlines() if len(ln.split()) >= 2]
-    return out
-
-
-def revision_flags(revision: str, *, before: str, original: str, critique: str, principle: Principle,
-                   prompt: str, threshold: float = 0.8, template_text: Sequence[str] = ()) -> list[str]:
-    """Why a revision is unusable ([] when it is fine). `template_text`: the revision template's
-    fixed lines; echoing one of them counts as repeating the request."""
-    r = _norm(revision)
-    if not r:
-        return ["empty"]
-    flags = []
-    if r == _norm(original):
-        flags.append("identical_to_original")
-    elif r == _norm(before):
-        flags.append("unchanged")
-    requests = [principle.revision_request, principle.critique_request, *template_text]
-    if any(_similar(r, _norm(t), threshold) for t in requests):
-        flags.append("repeats_request")
-    if _similar(r, _norm(critique), threshold):
-        flags.append("repeats_critique")
-    if _similar(r, _norm(prompt), threshold):
-        flags.append("repeats_prompt")
-    return flags
-
-
-def critique_flags(critique: str, principle: Principle, threshold: float = 0.8) -> list[str]:
-    c = _norm(critique)
-    if not c:
-        return ["empty"]
-    if any(_similar(c, _norm(t), threshold) for t in (principle.critique_request, principle.revision_request)):
-        return ["repeats_request"]
-    return []
 
 
 # ------------------------------------------------------------------ the stage
