@@ -37,12 +37,11 @@ model when a pipeline has one.
 
 This module holds the maths and the config; rlaif/train/grpo_loop.py the loop (sampling, scoring,
 logging). Run: `rlaif grpo --prompts FILE --reward ... --out DIR`, or
-`accelerate launch -m rlaif.train.grpo CONFIG.yaml`.
+`accelerate launch -m rlaif.train.grpo_loop CONFIG.yaml`.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Literal
 
 import torch
@@ -190,14 +189,3 @@ def grpo_loss(logp, old_logp, advantages, mask, cfg: GRPOConfig, ref_logp=None, 
              "ratio": ((ratio * m).sum() / n).detach()}
     return loss, stats
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.grpo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-    from rlaif.train.grpo_loop import train_grpo
-
-    return run_main(GRPOConfig, train_grpo, argv, "grpo")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

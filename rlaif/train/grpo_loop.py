@@ -271,3 +271,14 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                    + (["kl"] if cfg.beta > 0 else []))
     accelerator.wait_for_everyone()
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlaif.train.grpo_loop CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
+    from rlaif.train.common import run_main
+
+    return run_main(GRPOConfig, train_grpo, argv, "grpo_loop")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
