@@ -1,0 +1,22 @@
+"""The package's layers, bottom to top. A module may import from its own layer or from a layer
+below it, never from one above, and the imports never go round in a circle; no module imports
+another module's private (`_name`) names. tests/test_layers.py reads this table (without
+importing the package) and checks every import in rlaif/ against it.
+
+An entry names a module (`rlaif.runner`) or a subpackage (`rlaif.backends`: every module in it).
+Each module of the package is in exactly one layer; a new module is added here."""
+
+LAYERS = (
+    ("foundation", ("rlaif", "rlaif.layers", "rlaif.errors", "rlaif.records", "rlaif.config", "rlaif.resources",
+                    "rlaif.tensors", "rlaif.manifest", "rlaif.plotting")),
+    ("domain data", ("rlaif.constitution", "rlaif.templates", "rlaif.prompts_io", "rlaif.metrics",
+                     "rlaif.hh_rlhf")),
+    ("engines", ("rlaif.backends",)),
+    ("execution", ("rlaif.runner", "rlaif.executors")),
+    ("stages", ("rlaif.stages",)),
+    ("training", ("rlaif.train",)),
+    ("run schema", ("rlaif.roles", "rlaif.pipeline_config")),
+    ("evaluation", ("rlaif.eval",)),
+    ("orchestration", ("rlaif.iterate", "rlaif.pipeline")),
+    ("interfaces", ("rlaif.cli_common", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate")),
+)
