@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -72,6 +73,23 @@ class Engine(Protocol):
     ) -> list[OptionLogprobs]: ...
 
     def close(self) -> None: ...
+
+
+def from_listed(hits: dict[str, list[float]], listed: Iterable[float]) -> OptionLogprobs:
+    """Option scores from the top log-probs an engine or server listed for the next token: each
+    option gets the log of the summed probabilities of its listed tokens (`hits`: option -> their
+    log-probs); an option with none listed gets a floor, log(the least listed probability) - log 2,
+    and is named in `floored`."""
+    floor = min(listed) - math.log(2)
+    values, floored = {}, []
+    for option, lps in hits.items():
+        if lps:
+            top = max(lps)
+            values[option] = top + math.log(sum(math.exp(lp - top) for lp in lps))
+        else:
+            values[option] = floor
+            floored.append(option)
+    return OptionLogprobs(values, floored)
 
 
 def option_spellings(option: str) -> list[str]:

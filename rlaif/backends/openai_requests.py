@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from rlaif.backends.base import GenerationRequest, OptionLogprobs
+from rlaif.backends.base import GenerationRequest, OptionLogprobs, from_listed
 from rlaif.backends.local_prompts import prompt_text
 from rlaif.config import EngineConfig
 from rlaif.errors import EngineError
@@ -89,17 +89,8 @@ class ChatTemplate:
 def score_options(listed: dict[str, float], options: Sequence[str]) -> OptionLogprobs:
     """Sum the probabilities of every listed token that strips to the option; floor the absent ones
     at log(min listed probability) - log 2."""
-    floor = min(listed.values()) - math.log(2)
-    values, floored = {}, []
-    for option in options:
-        hits = [lp for tok, lp in listed.items() if tok.strip() == option.strip()]
-        if hits:
-            top = max(hits)
-            values[option] = top + math.log(sum(math.exp(lp - top) for lp in hits))
-        else:
-            values[option] = floor
-            floored.append(option)
-    return OptionLogprobs(values, floored)
+    return from_listed({o: [lp for tok, lp in listed.items() if tok.strip() == o.strip()] for o in options},
+                       listed.values())
 
 
 def _finite(token, value) -> bool:

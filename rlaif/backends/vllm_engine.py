@@ -50,7 +50,7 @@ from contextlib import contextmanager
 from typing import Sequence
 
 from rlaif.backends.base import (
-    Completion, GenerationRequest, OptionLogprobs, OptionRequest,
+    Completion, GenerationRequest, OptionLogprobs, OptionRequest, from_listed,
 )
 from rlaif.backends.local_prompts import LocalPrompts
 from rlaif.config import EngineConfig
@@ -231,17 +231,8 @@ class VLLMEngine(LocalPrompts):
 
 def _score(listed: dict[int, float], option_ids: dict[str, list[int]]) -> OptionLogprobs:
     """logsumexp over an option's token ids found in the top-k; a floor below the list otherwise."""
-    floor = min(listed.values()) - math.log(2)
-    values, floored = {}, []
-    for option, ids in option_ids.items():
-        hits = [listed[i] for i in ids if i in listed and math.isfinite(listed[i])]
-        if hits:
-            top = max(hits)
-            values[option] = top + math.log(sum(math.exp(v - top) for v in hits))
-        else:
-            values[option] = floor
-            floored.append(option)
-    return OptionLogprobs(values, floored)
+    return from_listed({o: [listed[i] for i in ids if i in listed and math.isfinite(listed[i])]
+                        for o, ids in option_ids.items()}, listed.values())
 
 
 __all__ = ["VLLMEngine", "vllm_available", "visible_devices", "llm_kwargs"]
