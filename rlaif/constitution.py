@@ -104,6 +104,13 @@ class Constitution(Strict):
                 return p
         raise KeyError(pid)
 
+    def exemplars_for(self, principle: Principle, k: int) -> list[FewShot]:
+        """Up to k few-shot exemplars for `principle`: those written for it first, then the rest in
+        file order (the labeler and the critique stage show the same ones)."""
+        own = [ex for ex in self.few_shot if ex.principle == principle.id]
+        rest = [ex for ex in self.few_shot if ex.principle != principle.id]
+        return (own + rest)[:k]
+
     def sample_principles(self, rng: random.Random, k: int, repeat: bool = False) -> list[Principle]:
         """Draw k principles by weight; without `repeat`, no principle twice (weighted sampling
         without replacement; falls back to repeats once all principles are used)."""

@@ -18,6 +18,11 @@ def record_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+def request_seed(*parts: Any) -> int:
+    """A sampling seed for one engine request, derived from its parts as `record_id` is (fits in 31 bits)."""
+    return int(record_id(*parts), 16) % (2**31 - 1)
+
+
 def model_identity(model: str) -> str | None:
     """What tells apart the models trained one after another into the same folder, for the record
     ids of their samples: the hash of the pipeline's done key for a folder it trained (`done.json`:

@@ -33,8 +33,8 @@ from pydantic import Field
 
 from rlaif.backends.base import Engine, GenerationRequest
 from rlaif.config import Strict, config_hash
-from rlaif.constitution import Constitution, FewShot, Principle, load_constitution
-from rlaif.records import Reread, record_id, write_jsonl_atomic
+from rlaif.constitution import Constitution, Principle, load_constitution
+from rlaif.records import Reread, record_id, request_seed, write_jsonl_atomic
 from rlaif.manifest import read_manifest, update_manifest
 from rlaif.runner import OutputLock, independent_requests, run_stage
 from rlaif.stages.response_inputs import ResponsesFile, normalize_responses
@@ -73,10 +73,6 @@ def draw_principles(constitution: Constitution, seed: int, response_id: str, rou
     return constitution.sample_principles(rng, rounds, repeat=repeat)
 
 
-def _request_seed(seed: int, chain_id: str, round_no: int, kind: str) -> int:
-    return int(record_id(seed, chain_id, round_no, kind), 16) % (2**31 - 1)
-
-
 # ------------------------------------------------------------------ rendering
 
 
@@ -86,18 +82,11 @@ def conversation_text(messages: list[dict], response: str) -> str:
     return "\n\n".join(turns + [f"Assistant: {response.strip()}"])
 
 
-def pick_exemplars(constitution: Constitution, principle: Principle, k: int) -> list[FewShot]:
-    """Up to k exemplars: those written for this principle first, then the rest in file order."""
-    own = [ex for ex in constitution.few_shot if ex.principle == principle.id]
-    rest = [ex for ex in constitution.few_shot if ex.principle != principle.id]
-    return (own + rest)[:k]
-
-
 def format_examples(constitution: Constitution, principle: Principle, k: int, kind: str) -> str:
     """Worked exemplars as text: conversation, request, critique (and, for revisions, the revision).
     An exemplar tied to another principle is shown with that principle's own requests."""
     blocks = []
-    for i, ex in enumerate(pick_exemplars(constitution, principle, k), 1):
+    for i, ex in enumerate(constitution.exemplars_for(principle, k), 1):
         p = constitution.principle(ex.principle) if ex.principle else principle
         text = (f"Example {i}:\n\n{conversation_text([{'role': 'user', 'content': ex.prompt}], ex.response)}"
                 f"\n\nCritique request: {p.critique_request.strip()}\nCritique: {ex.critique.strip()}")
@@ -175,14 +164,14 @@ def make_process(constitution: Constitution, engine: Engine, cfg: CritiqueConfig
             crit_req = [GenerationRequest(
                 render_critique(critique_template, constitution, p, rec["prompt"], text, cfg.few_shot),
                 temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.critique_max_tokens,
-                stop=STOPS["critique"], seed=_request_seed(cfg.seed, rec["id"], k, "critique"))
+                stop=STOPS["critique"], seed=request_seed(cfg.seed, rec["id"], k, "critique"))
                 for rec, p, text in zip(batch, principles, current)]
             critiques_raw = [c.texts[0] for c in engine.generate(crit_req)]
             critiques = [clean_output(t, "critique") for t in critiques_raw]
             rev_req = [GenerationRequest(
                 render_revision(revision_template, constitution, p, rec["prompt"], text, crit, cfg.few_shot),
                 temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.revision_max_tokens,
-                stop=STOPS["revision"], seed=_request_seed(cfg.seed, rec["id"], k, "revision"))
+                stop=STOPS["revision"], seed=request_seed(cfg.seed, rec["id"], k, "revision"))
                 for rec, p, text, crit in zip(batch, principles, current, critiques)]
             revisions_raw = [c.texts[0] for c in engine.generate(rev_req)]
             for i, rec in enumerate(batch):
