@@ -264,7 +264,7 @@ def test_reward_spec_needs_its_fields():
 @pytest.mark.slow
 def test_grpo_runs_under_two_processes(tiny_dir, prompts, tmp_path):
     """Under `accelerate launch` (2 processes, gloo): each process samples its own groups, the loss
-    is normalised over both processes' replies, and the log has every step (`-m rlaif.train.grpo`)."""
+    is normalised over both processes' replies, and the log has every step (`-m rlaif.train.grpo_loop`)."""
     import yaml
     from conftest_train import accelerate_launch
 
@@ -273,7 +273,7 @@ def test_grpo_runs_under_two_processes(tiny_dir, prompts, tmp_path):
         "policy": str(tiny_dir), "prompts": str(prompts), "output_dir": str(tmp_path / "grpo"), "batch_size": 4,
         "num_generations": 2, "max_steps": 2, "max_new_tokens": 5, "beta": 0.04, "num_iterations": 2,
         "rewards": [{"kind": "rule", "function": "rlaif.train.rewards:brevity"}], "progress": False}))
-    proc = accelerate_launch(["-m", "rlaif.train.grpo", str(cfg_file)], 2, cwd=Path(__file__).resolve().parent.parent)
+    proc = accelerate_launch(["-m", "rlaif.train.grpo_loop", str(cfg_file)], 2, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
     rows = _log(tmp_path / "grpo")

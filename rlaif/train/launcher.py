@@ -25,7 +25,7 @@ from rlaif.errors import UserError
 
 SHIPPED = ("cpu_ddp", "ddp", "fsdp2", "zero2", "zero3")
 TRAINERS = {"rlaif.train.sft": "sft", "rlaif.train.reward_model": "reward_model", "rlaif.train.dpo": "dpo",
-            "rlaif.train.kto": "kto", "rlaif.train.ppo": "ppo"}
+            "rlaif.train.kto": "kto", "rlaif.train.ppo": "ppo", "rlaif.train.grpo_loop": "grpo"}
 
 
 def accelerate_config(spec: str) -> Path:
