@@ -10,9 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlaif.config import EngineConfig, ExecutorConfig, Strict, load_config
+from rlaif.config import EngineConfig, ExecutorConfig, Strict, load_config, validate
 from rlaif.errors import UserError
-from rlaif.iterate import RoundsConfig, check_rounds
 from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
 from rlaif.stages.critique_revision import CritiqueConfig
@@ -23,6 +22,68 @@ from rlaif.train.grpo import GRPOConfig
 from rlaif.train.ppo import PPOConfig
 from rlaif.train.reward_model import RewardConfig
 from rlaif.train.sft import SFTConfig
+
+# ---------------------------------------------------------------- rounds: (run by rlaif/iterate.py)
+
+PAIRINGS = ("best_worst", "all_pairs", "soft_pairs")
+
+
+class RoundsEval(Strict):
+    """How each round's policy is measured, on held-out prompts (never training prompts)."""
+
+    policy_prompts: int = Field(8, ge=1)  # held-out prompts
+    prompts: str | None = None  # their own prompt file; None: the training file after the training prompts
+    samples: int = Field(2, ge=1)  # samples per held-out prompt (temperature 1) for KL and the rewards
+    max_tokens: int = Field(48, ge=1)
+    independent_judge: EngineConfig | None = None  # a second judge's direct score, next to the proxy
+    rank: bool = True  # rank start and every round's policy (round robin, debiased, greedy replies)
+    bootstrap: int = Field(1000, ge=100)
+
+
+class RoundsConfig(Strict):
+    count: int = Field(ge=1)  # rounds
+    prompts_per_round: int = Field(8, ge=1)
+    fresh_prompts: bool = True  # False: the same prompts every round
+    samples: int = Field(4, ge=2)  # N per prompt
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.9, gt=0)
+    pairing: Literal["best_worst", "all_pairs", "soft_pairs"] = "best_worst"
+    trainer: Literal["dpo", "ipo", "kto"] = "dpo"
+    reference: Literal["previous", "start"] = "previous"
+    train: dict = {}  # DPOConfig / KTOConfig fields (output_dir, prefs/data, policy, reference are set here)
+    eval: RoundsEval = RoundsEval()
+
+
+def trainer(rounds: RoundsConfig):
+    """(config class, train function, config block) of the rounds' trainer: `rounds.train` with the
+    loss (DPO / IPO) or the data shape (KTO on the pairs' sides) the recipe implies."""
+    if rounds.trainer == "kto":
+        from rlaif.train.kto import KTOConfig, train_kto
+
+        return KTOConfig, train_kto, {**rounds.train, "data_format": "pairs"}
+    from rlaif.train.dpo import DPOConfig, train_dpo
+
+    return DPOConfig, train_dpo, {**rounds.train, "loss": "ipo" if rounds.trainer == "ipo" else "sigmoid"}
+
+
+def check_rounds(cfg, source: str) -> None:
+    """Before any work: the trainer block validates and there are prompts for every round."""
+    from rlaif.prompts_io import read_prompts
+
+    rounds = cfg.rounds
+    cls, _, block = trainer(rounds)
+    validate(cls, block, f"{source}: rounds.train")
+    pool = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
+    need = rounds.prompts_per_round * (rounds.count if rounds.fresh_prompts else 1)
+    if len(pool) < need:
+        raise UserError(f"{source}: rounds needs {need} training prompts ({rounds.count} rounds × "
+                        f"{rounds.prompts_per_round}{' fresh' if rounds.fresh_prompts else ''}), but "
+                        f"{cfg.prompts.file} gives {len(pool)} (prompts.limit {cfg.prompts.limit}); lower "
+                        "rounds.prompts_per_round or raise prompts.limit")
+
+
+# ---------------------------------------------------------------- the pipeline file
+
 
 class PromptSet(Strict):
     file: str = "red_team"
