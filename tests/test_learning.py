@@ -32,6 +32,11 @@ SEED = 0
 #   DPO           -10.5 / -13.3 / -15.5               +2.7 / +5.2 / -7.8
 #   KTO           -16.6 / -15.3 / -17.8               +9.6 / +9.8 / -10.8
 #   PPO           -13.8 / -14.3 / -13.5               -8.6 / -2.1 / -5.1
+#   GRPO          -13.2 / -16.1                       +7.5 / +0.0
+#   RLOO          -14.1 / -18.0                       +8.6 / +3.5
+# (GRPO / RLOO rows: seeds 0 and 1 only, `python -m benchmarks.learning --seeds 0,1 --trainers
+# grpo,rloo`; 4 prompts × G = 4 replies a step, 4 steps, μ = 2, the judge's direct score as the one
+# reward, through DirectJudge.)
 # (KTO's row: the same Experiment, arm by arm, .kto(rule, seed). Its control moves more than the
 # others': on seeds 0 and 1 nearly every held-out reply runs to the cap, +9.8 being the most it can
 # move up; on seed 2 it shortens them by 10.8, inside NOISE by 1.2.)
@@ -45,6 +50,8 @@ SEED = 0
 #   DPO loss with its sign flipped                        Δ +9.8  (every reply runs to the cap)
 #   KTO implied reward with its sign flipped              Δ +9.8  (every reply runs to the cap)
 #   PPO policy loss with the advantage's sign flipped     Δ +8.2
+#   GRPO loss with the advantage's sign flipped           Δ +8.0  (benchmarks/grpo_breaks.py --break sign)
+#   GRPO loss on prompt tokens instead of the reply's     Δ +1.2  (--break prompt)
 #   completion mask inverted (loss on the prompt tokens)  Δ  0.0  (chosen and rejected share the
 #                                                                  prompt: no gradient at all)
 NOISE = 12.0
