@@ -43,7 +43,8 @@ def run(engine, report: Report, sizes: dict, rates: dict) -> dict:
         return {}
     from benchmarks.labeling import label_once
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig, conversation_text
+    from rlaif.stages.judge_prompts import conversation_text
+    from rlaif.stages.labeler import LabelerConfig
 
     n = sizes["distilabel_pairs"]
     pairs = hh_pairs(n)

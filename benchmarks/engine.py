@@ -21,7 +21,7 @@ from rlaif.backends.base import GenerationRequest, OptionRequest
 
 def labeler_requests(pairs: list[dict]) -> list[OptionRequest]:
     """The labeler's own option requests for these pairs (both orders), rendered by its template."""
-    from rlaif.stages.labeler import _cut, conversation_text, sanitize
+    from rlaif.stages.judge_prompts import conversation_text, cut, sanitize
     from rlaif.templates import load_template
 
     t = load_template("label_pairwise")
@@ -29,7 +29,7 @@ def labeler_requests(pairs: list[dict]) -> list[OptionRequest]:
     reqs = []
     for p in pairs:
         conv = conversation_text(p["prompt"], 3000)
-        a, b = sanitize(_cut(p["a"].strip(), 1500)), sanitize(_cut(p["b"].strip(), 1500))
+        a, b = sanitize(cut(p["a"].strip(), 1500)), sanitize(cut(p["b"].strip(), 1500))
         for first, second in ((a, b), (b, a)):
             v = {"examples": "", "conversation": conv, "response_a": first, "response_b": second, "question": q}
             reqs.append(OptionRequest(t.render(**v), t.render_prefill(**v)))

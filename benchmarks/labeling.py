@@ -98,7 +98,8 @@ def run(engine, report: Report, sizes: dict, rates: dict, peak: dict | None = No
 
 def pipeline_overhead(engine, report: Report, sizes: dict, rates: dict) -> dict:
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig, soft_label
+    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.stages.soft_labels import soft_label
 
     n = sizes["label_pairs"]
     pairs = hh_pairs(n)

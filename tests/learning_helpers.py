@@ -207,7 +207,7 @@ def run_kto(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
 
 def direct_reward(rule: str, sizes: Sizes, seed: int):
     """Direct RLAIF: the judge's probability-weighted 1–9 score of each reply, in [0, 1]."""
-    from rlaif.stages.labeler import direct_scores
+    from rlaif.stages.direct_scoring import direct_scores
 
     j = judge(rule, sizes, seed)
     return lambda prompts, responses: direct_scores(j, prompts, responses, constitution=CONSTITUTION)

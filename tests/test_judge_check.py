@@ -16,6 +16,9 @@ from rlaif.eval.judge_check import (RESULT, check_pairs_as_label_inputs, judge_a
                                     require_accuracy, run_judge_check)
 from rlaif.records import read_jsonl
 from rlaif.stages import labeler as L
+from rlaif.stages import direct_scoring as D
+from rlaif.stages import judge_prompts as J
+from rlaif.stages import soft_labels as S
 
 from conftest import run_cli
 from rule_judge import RuleJudge, length_digit
@@ -37,13 +40,13 @@ TEST_CONSTITUTION = {
 
 def _pairwise_request(a: str, b: str, template: str = "label_pairwise", **extra) -> OptionRequest:
     t = L.load_template(template)
-    values = {"examples": "", "conversation": L.conversation_text(CONVERSATION, 3000), "response_a": a,
+    values = {"examples": "", "conversation": J.conversation_text(CONVERSATION, 3000), "response_a": a,
               "response_b": b, "question": "Which reply is better?", **extra}
     return OptionRequest(t.render(**values), t.render_prefill(**values))
 
 
 def _p_first(engine, request) -> float:
-    return L.soft_label(engine.option_logprobs([request], ["A", "B"])[0])
+    return S.soft_label(engine.option_logprobs([request], ["A", "B"])[0])
 
 
 # ------------------------------------------------------------------ the rule judge itself
@@ -65,7 +68,7 @@ def test_rule_judge_shorter_wins_with_p_accuracy_on_rendered_templates(template)
 def test_rule_judge_reads_the_judged_pair_not_the_few_shot_examples():
     constitution = Constitution.model_validate(TEST_CONSTITUTION)
     pr = constitution.principles[0]
-    examples = L.format_examples(constitution, pr, 1)
+    examples = J.format_examples(constitution, pr, 1)
     assert "<reply_a>" in examples  # the example carries fences of its own
     judge = RuleJudge("shorter", accuracy=0.9)
     assert _p_first(judge, _pairwise_request(LONG, SHORT, examples=examples)) == pytest.approx(0.1)
@@ -92,7 +95,7 @@ def test_rule_judge_direct_scores_fall_with_length():
     constitution = Constitution.model_validate(TEST_CONSTITUTION)
     texts = ["Yes.", " ".join(["word"] * 20), " ".join(["word"] * 60)]
     assert [length_digit(t) for t in texts] == [9, 6, 1]
-    scores = L.direct_scores(judge, [CONVERSATION] * 3, texts, constitution=constitution)
+    scores = D.direct_scores(judge, [CONVERSATION] * 3, texts, constitution=constitution)
     assert scores[0] > scores[1] > scores[2]
     # the favoured digit carries p = accuracy: E[score] for digit 9 with 0.1 spread over 1..8 (and
     # "10" at 1e-6 of the "1" mass)
@@ -100,7 +103,7 @@ def test_rule_judge_direct_scores_fall_with_length():
     e = 0.9 * 9 + p_rest * sum(range(1, 9)) + p_rest * 1e-6 * 9
     assert scores[0] == pytest.approx((e - 1) / 9, abs=1e-9)
     # asked for "10" as a first-token option as well (as a server is), the digits still carry the rule
-    lp = judge.option_logprobs(L.direct_score_requests(L.load_template("label_direct"), ["User: hi"], ["Yes."],
+    lp = judge.option_logprobs(J.direct_score_requests(L.load_template("label_direct"), ["User: hi"], ["Yes."],
                                                        ["Which is better?"]), [*map(str, range(1, 10)), "10"])[0]
     assert lp["9"] == pytest.approx(math.log(0.9)) and lp["10"] == pytest.approx(math.log(1e-6))
 

@@ -15,6 +15,8 @@ import pytest
 from rlaif.constitution import load_constitution
 from rlaif import metrics as M
 from rlaif.stages import labeler as L
+from rlaif.stages import direct_scoring as D
+from rlaif.stages import soft_labels as S
 
 from conftest import ROOT, build_tiny_llama
 
@@ -84,7 +86,7 @@ def test_direct_scores_ask_every_reply_to_a_prompt_the_same_question(tiny_engine
     eng = RecordingEngine(tiny_engine)
     prompts = [p for p in PROMPTS for _ in range(2)]
     replies = [f"{kind} reply number {i}" for i in range(len(PROMPTS)) for kind in ("a careful", "a reckless")]
-    scores = L.direct_scores(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
+    scores = D.direct_scores(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
                              max_conversation_chars=200, max_response_chars=100)
     assert len(scores) == len(replies) and all(0 <= s <= 1 for s in scores)
     asked: dict[str, list[str]] = {}
@@ -95,7 +97,7 @@ def test_direct_scores_ask_every_reply_to_a_prompt_the_same_question(tiny_engine
         assert len(first) == k and first == second, f"prompt {i}: {first} vs {second}"
     # the detailed form says which principles were used, and they are the ones asked
     eng.calls.clear()
-    detailed = L.direct_scores_detailed(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
+    detailed = D.direct_scores_detailed(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
                                         max_conversation_chars=200, max_response_chars=100)
     assert [d["score"] for d in detailed] == pytest.approx(scores)
     for d, reply in zip(detailed, replies):
@@ -104,7 +106,7 @@ def test_direct_scores_ask_every_reply_to_a_prompt_the_same_question(tiny_engine
             [q for r, q in eng.asked() if r == reply]
     assert all(detailed[2 * i]["principles"] == detailed[2 * i + 1]["principles"] for i in range(len(PROMPTS)))
     # a principle given by id is the one asked, and recorded
-    one = L.direct_scores_detailed(eng, PROMPTS[:1], ["x"], principle="privacy", constitution=harmless)
+    one = D.direct_scores_detailed(eng, PROMPTS[:1], ["x"], principle="privacy", constitution=harmless)
     assert one[0]["principles"] == ["privacy"]
 
 
@@ -218,11 +220,11 @@ def test_direct_score_reads_a_single_token_ten():
     want[0], want[6], want[9] = p1 * (1 - q), p7, p10 + p1 * q
     want_score = (sum(k * p for k, p in zip(range(1, 11), want)) - 1) / 9
     harmless = load_constitution("harmless")
-    score, = L.direct_scores(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
+    score, = D.direct_scores(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
     assert score == pytest.approx(want_score, abs=1e-6)
     # one call: the first-token options, then "0" read after "1" (the engine reuses the prompt's cache)
-    assert eng.is_single_token("10") is True and eng.calls[0][1] == list(L.DIGITS) + ["10", "0"]
-    detailed = L.direct_scores_detailed(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
+    assert eng.is_single_token("10") is True and eng.calls[0][1] == list(S.DIGITS) + ["10", "0"]
+    detailed = D.direct_scores_detailed(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
     assert detailed[0]["distributions"][0] == pytest.approx(want, abs=1e-6)
     assert detailed[0]["score"] == pytest.approx(want_score, abs=1e-6)
 
@@ -230,8 +232,8 @@ def test_direct_score_reads_a_single_token_ten():
 def test_split_ten_tokenizers_keep_the_two_step_reading(tiny_engine, harmless):
     eng = RecordingEngine(tiny_engine)  # SmolLM2's tokenizer spells "10" as "1", "0"
     assert eng.is_single_token("10") is False and eng.is_single_token("7") is True
-    L.direct_scores(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)
-    assert eng.calls[0][1] == list(L.DIGITS) + ["0"]
+    D.direct_scores(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)
+    assert eng.calls[0][1] == list(S.DIGITS) + ["0"]
 
 
 def test_a_server_is_asked_for_ten_and_an_unlisted_ten_reads_as_zero():
@@ -251,11 +253,11 @@ def test_a_server_is_asked_for_ten_and_an_unlisted_ten_reads_as_zero():
     with FakeOpenAIServer() as srv:
         eng = RecordingEngine(OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=srv.base_url,
                                                         top_logprobs=20)))
-        got = L.direct_scores_detailed(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)[0]
-        assert eng.calls[0][1] == list(L.DIGITS) + ["10"]
+        got = D.direct_scores_detailed(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)[0]
+        assert eng.calls[0][1] == list(S.DIGITS) + ["10"]
         request = eng.calls[0][0][0]
-        nine = eng.inner.option_logprobs([request], list(L.DIGITS))[0]
+        nine = eng.inner.option_logprobs([request], list(S.DIGITS))[0]
         zero = eng.inner.option_logprobs([OptionRequest(request.messages, request.prefill + "1")], ["0"])[0]
         eng.close()
-    assert got["distributions"][0] == pytest.approx(L.score_distribution(nine, zero["0"]), abs=1e-6)
+    assert got["distributions"][0] == pytest.approx(S.score_distribution(nine, zero["0"]), abs=1e-6)
     assert "10" not in got["floored"]

@@ -13,6 +13,9 @@ from rlaif.backends.base import Completion, OptionLogprobs
 from rlaif.constitution import Constitution
 from rlaif.errors import UserError
 from rlaif.stages import labeler as L
+from rlaif.stages import direct_scoring as D
+from rlaif.stages import judge_prompts as J
+from rlaif.stages import soft_labels as S
 from rlaif.stages.pair_inputs import normalize_pairs
 
 from conftest import run_cli
@@ -96,9 +99,9 @@ def run(engine, constitution, cfg, pairs):
 
 def test_soft_label_is_softmax_over_the_options_only():
     # log-probs that do not sum to 1 over the vocabulary: only their ratio matters
-    assert L.soft_label({"A": math.log(0.3), "B": math.log(0.1)}) == pytest.approx(0.75)
-    assert L.soft_label({"A": -1000.0, "B": -1000.0}) == 0.5
-    assert L.soft_label({"A": -math.inf, "B": -math.inf}) == 0.5
+    assert S.soft_label({"A": math.log(0.3), "B": math.log(0.1)}) == pytest.approx(0.75)
+    assert S.soft_label({"A": -1000.0, "B": -1000.0}) == 0.5
+    assert S.soft_label({"A": -math.inf, "B": -math.inf}) == 0.5
 
 
 def test_debiasing_averages_both_orders_and_keeps_each(constitution):
@@ -173,33 +176,33 @@ def test_principle_ensemble_averages_sampled_principles(constitution):
 
 
 def test_direct_score_expectation_and_the_ten():
-    lp = {d: -math.inf for d in L.DIGITS} | {"1": math.log(0.2), "9": math.log(0.2)}
+    lp = {d: -math.inf for d in S.DIGITS} | {"1": math.log(0.2), "9": math.log(0.2)}
     # first digit: "1" 0.5, "9" 0.5 ; q = p("0" | "1") = 0.25 -> p(1)=0.375, p(10)=0.125, p(9)=0.5
-    dist = L.score_distribution(lp, math.log(0.25))
+    dist = S.score_distribution(lp, math.log(0.25))
     assert dist[0] == pytest.approx(0.375) and dist[8] == pytest.approx(0.5) and dist[9] == pytest.approx(0.125)
     assert sum(dist) == pytest.approx(1.0)
     e = 1 * 0.375 + 9 * 0.5 + 10 * 0.125
-    assert L.expected_score(dist) == pytest.approx((e - 1) / 9)
+    assert S.expected_score(dist) == pytest.approx((e - 1) / 9)
     # all mass on "1" then certainly "0": the top of the scale
-    ten = L.score_distribution({d: (0.0 if d == "1" else -50.0) for d in L.DIGITS}, 0.0)
-    assert L.expected_score(ten) == pytest.approx(1.0, abs=1e-12)
-    assert L.expected_score(L.score_distribution({d: (0.0 if d == "1" else -50.0) for d in L.DIGITS}, -50.0)) \
+    ten = S.score_distribution({d: (0.0 if d == "1" else -50.0) for d in S.DIGITS}, 0.0)
+    assert S.expected_score(ten) == pytest.approx(1.0, abs=1e-12)
+    assert S.expected_score(S.score_distribution({d: (0.0 if d == "1" else -50.0) for d in S.DIGITS}, -50.0)) \
         == pytest.approx(0.0, abs=1e-12)
 
 
 def test_direct_scores_function_and_pair_labels(constitution):
     def digits(reply):
         peak = "8" if "good" in reply else "3"
-        return {d: (0.0 if d == peak else -60.0) for d in L.DIGITS}
+        return {d: (0.0 if d == peak else -60.0) for d in S.DIGITS}
     eng = FixedEngine(digit_logprobs=digits, zero_logprob=-60.0)
-    scores = L.direct_scores(eng, ["hi", [{"role": "user", "content": "hi"}]], ["good one", "bad one"],
+    scores = D.direct_scores(eng, ["hi", [{"role": "user", "content": "hi"}]], ["good one", "bad one"],
                              principle="kind", constitution=constitution)
     assert scores == [pytest.approx(7 / 9), pytest.approx(2 / 9)]
     assert all(r.prefill == "Score: " for r in eng.option_calls[0][0])
     assert len(eng.option_calls) == 1  # no mass on "1": the "10" pass is skipped
-    eng10 = FixedEngine(digit_logprobs=lambda reply: {d: (0.0 if d in "19" else -60.0) for d in L.DIGITS},
+    eng10 = FixedEngine(digit_logprobs=lambda reply: {d: (0.0 if d in "19" else -60.0) for d in S.DIGITS},
                         zero_logprob=math.log(0.5))
-    s10, = L.direct_scores(eng10, ["hi"], ["x"], principle="kind", constitution=constitution)
+    s10, = D.direct_scores(eng10, ["hi"], ["x"], principle="kind", constitution=constitution)
     assert s10 == pytest.approx((0.25 * 1 + 0.5 * 9 + 0.25 * 10 - 1) / 9)
     assert len(eng10.option_calls) == 2 and eng10.option_calls[1][1] == ["0"]
     rec, = run(FixedEngine(digit_logprobs=digits, zero_logprob=-60.0), constitution,
@@ -207,7 +210,7 @@ def test_direct_scores_function_and_pair_labels(constitution):
     assert rec["p_a"] == pytest.approx(0.5 * (1 + 7 / 9 - 2 / 9))
     assert rec["votes"][0]["score_a"] == pytest.approx(7 / 9)
     with pytest.raises(UserError):
-        L.direct_scores(eng, ["hi"], ["x"])
+        D.direct_scores(eng, ["hi"], ["x"])
 
 
 def test_margin_flag(constitution):
@@ -263,7 +266,7 @@ def test_responses_cannot_close_the_fence(constitution):
 
 
 def test_few_shot_examples_are_rendered(constitution):
-    text = L.format_examples(constitution, constitution.principle("kind"), 1)
+    text = J.format_examples(constitution, constitution.principle("kind"), 1)
     assert "Go away." in text and "Hi there!" in text and "The answer is (B)" in text
 
 
@@ -306,7 +309,7 @@ def test_embedded_labeling_run_on_20_pairs(embedded_engine, constitution, tmp_pa
     crecs = [json.loads(line) for line in (tmp_path / "cot" / "labels.jsonl").read_text().splitlines()]
     assert all(0.4 <= r["p_a"] <= 0.6 and r["rationale"] for r in crecs)
     # direct scores of two replies are proper numbers in [0, 1]
-    s = L.direct_scores(embedded_engine, [pairs[1]["prompt"]] * 2, [pairs[1]["response_a"], pairs[1]["response_b"]],
+    s = D.direct_scores(embedded_engine, [pairs[1]["prompt"]] * 2, [pairs[1]["response_a"], pairs[1]["response_b"]],
                         constitution=constitution, max_conversation_chars=200, max_response_chars=100)
     assert all(0 <= x <= 1 for x in s)
 

@@ -574,13 +574,14 @@ SAME_WEIGHT_PAIRS = [
 def _labels(engine, pairs, constitution):
     """P(first option) of every (pair, principle, order) vote, and each first reply's direct score."""
     from rlaif.stages import labeler as L
+    from rlaif.stages import direct_scoring as D
 
     cfg = L.LabelerConfig()
     templates = L.templates_for(cfg)
     inputs = L.label_inputs(pairs, constitution, cfg, {k: t.id for k, t in templates.items()})
     votes = {(r["id"], v["principle"], v["order"]): v["p_first"]
              for r in L.make_process(engine, constitution, cfg, templates)(inputs) for v in r["votes"]}
-    direct = L.direct_scores(engine, [p["prompt"] for p in pairs], [p["a"] for p in pairs],
+    direct = D.direct_scores(engine, [p["prompt"] for p in pairs], [p["a"] for p in pairs],
                              constitution=constitution, principles=1)
     return votes, direct
 

@@ -178,7 +178,9 @@ def test_embedded_model_labels_with_prefix_reuse_equal_labels_without(embedded_e
 def test_direct_scores_read_ten_on_top_of_the_first_pass_cache(request, model):
     """The direct score's second read ("0" after "1") goes in the first read's call: one call, the
     prompt computed once, and the scores equal the two-call path that always reads the "0"."""
-    from rlaif.stages.labeler import conversation_text, direct_score_requests, load_template, score_requests
+    from rlaif.stages.direct_scoring import score_requests
+    from rlaif.stages.judge_prompts import conversation_text, direct_score_requests
+    from rlaif.templates import load_template
 
     base = request.getfixturevalue(model)
     question = load_constitution("harmless").principles[0].comparison_question

@@ -14,7 +14,8 @@ from pathlib import Path
 from rlaif.config import EngineConfig
 from rlaif.records import record_id, write_jsonl_atomic
 from rlaif.runner import independent_requests, run_stage
-from rlaif.stages.labeler import LabelerConfig, direct_scores_detailed, label_pairs
+from rlaif.stages.direct_scoring import direct_scores_detailed
+from rlaif.stages.labeler import LabelerConfig, label_pairs
 from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
 

@@ -27,7 +27,7 @@ from rlaif.runner import StageResult, independent_requests, run_stage
 def direct_score_stage(samples: list[dict], judge, constitution, out: Path, stage: str, *, seed: int,
                        batch_size: int, overwrite: bool = False) -> StageResult:
     """The judge's direct score of each sample -> out/<stage>.jsonl {id, prompt_id, score, principles}."""
-    from rlaif.stages.labeler import direct_scores_detailed
+    from rlaif.stages.direct_scoring import direct_scores_detailed
 
     def process(batch: list[dict]) -> list[dict]:
         detailed = direct_scores_detailed(judge, [s["prompt"] for s in batch], [s["response"] for s in batch],

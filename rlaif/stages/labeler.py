@@ -51,35 +51,37 @@ scores give p(a ≻ b) = ½ · (1 + s_a − s_b).
 Records (TRL conversational preference format plus our fields): `prompt` (messages), `chosen` and
 `rejected` (one assistant message each), `p_chosen`, `p_a`, `labels_by_order`, `principle`,
 `principles`, `rationale`, `votes`, `within_margin`, `labeler` {engine, model, template, mode}.
+
+This module is the stage (its config, inputs, votes and records); reading the answers is in
+stages/soft_labels.py, what the judge is shown in stages/judge_prompts.py, direct scoring in
+stages/direct_scoring.py.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import re
 from array import array
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from rlaif.backends.base import Engine, GenerationRequest, OptionLogprobs, OptionRequest, option_is_single_token
+from rlaif.backends.base import Engine, GenerationRequest, OptionRequest
 from rlaif.config import Strict, config_hash, validate
-from rlaif.constitution import Constitution, Principle, load_constitution
+from rlaif.constitution import Constitution, load_constitution
 from rlaif.errors import UserError
-from rlaif.prompts_io import as_messages
-from rlaif.records import Reread, record_id, write_jsonl_atomic
-from rlaif.runner import OutputLock, StageResult, independent_requests, read_manifest, run_stage, update_manifest
+from rlaif.records import Reread, record_id, request_seed, write_jsonl_atomic
+from rlaif.manifest import read_manifest, update_manifest
+from rlaif.runner import OutputLock, StageResult, independent_requests, run_stage
+from rlaif.stages.direct_scoring import score_requests
+from rlaif.stages.judge_prompts import (conversation_text, cut, direct_score_requests, draw_principles, format_examples,
+                                        sanitize)
 from rlaif.stages.pair_inputs import PairsFile
+from rlaif.stages.soft_labels import OPTIONS, aggregate, clamp, p_a_from_vote, pair_label_from_scores, soft_label
 from rlaif.templates import Template, load_template
 
 STAGE = "label"
 LABELS = "labels.jsonl"
 PREFERENCES = "preferences.jsonl"
-OPTIONS = ("A", "B")
-DIGITS = tuple(str(d) for d in range(1, 10))
-TEN = "10"  # a first-token option only where the tokenizer has it as one token
 
 
 class LabelerConfig(Strict):
@@ -128,114 +130,6 @@ def make_config(source: str = "labeler options", **values) -> LabelerConfig:
         if not first["loc"] and first["type"] == "value_error":  # a rule across fields
             raise UserError(f"{source}: {str(first['ctx']['error'])}") from None
     return validate(LabelerConfig, data, source)
-
-
-# ------------------------------------------------------------------ the maths
-
-
-def soft_label(logprobs: dict[str, float], options: Sequence[str] = OPTIONS) -> float:
-    """P(first option) = softmax over the options' log-probabilities (normalised over options only)."""
-    la, lb = logprobs[options[0]], logprobs[options[1]]
-    m = max(la, lb)
-    if m == -math.inf:
-        return 0.5
-    ea, eb = math.exp(la - m), math.exp(lb - m)
-    return ea / (ea + eb)
-
-
-def clamp(p: float, band: tuple[float, float]) -> float:
-    return min(max(p, band[0]), band[1])
-
-
-def p_a_from_vote(p_option_a: float, order: str) -> float:
-    """p(a ≻ b) from P(option A) of one order: "ab" shows a as (A), "ba" shows b as (A)."""
-    return p_option_a if order == "ab" else 1.0 - p_option_a
-
-
-def aggregate(votes: Sequence[dict]) -> tuple[float, dict]:
-    """Mean p(a ≻ b) over all votes, and the per-order means (None where an order is absent)."""
-    p = sum(v["p_a"] for v in votes) / len(votes)
-    by_order = {}
-    for order in ("ab", "ba"):
-        vs = [v["p_a"] for v in votes if v["order"] == order]
-        by_order[order] = sum(vs) / len(vs) if vs else None
-    return p, by_order
-
-
-def score_distribution(first_digit: dict[str, float], zero_after_one: float) -> list[float]:
-    """p(score = k) for k = 1..10.
-
-    `first_digit`: log-probabilities of the next token being "1".."9", and "10" where the tokenizer
-    has that as one token (absent or −inf otherwise); `zero_after_one`: the log-probability of "0"
-    right after "1" (full-vocabulary, not normalised over options).
-        p̃ = softmax over the first-token options,  q = exp(zero_after_one) (≤ 1)
-        p(1) = p̃₁ (1 − q),   p(10) = p̃₁₀ + p̃₁ q,   p(k) = p̃_k for k = 2..9
-    """
-    logps = [first_digit[d] for d in DIGITS] + [first_digit.get(TEN, -math.inf)]
-    m = max(logps)
-    w = [math.exp(x - m) for x in logps]
-    z = sum(w)
-    p = [x / z for x in w]
-    q = min(max(math.exp(zero_after_one), 0.0), 1.0)
-    return [p[0] * (1 - q)] + p[1:9] + [p[9] + p[0] * q]
-
-
-def expected_score(dist: Sequence[float]) -> float:
-    """Probability-weighted mean score on 1..10, normalised to [0, 1]: (E[k] − 1) / 9."""
-    e = sum(k * pk for k, pk in zip(range(1, 11), dist))
-    return (e - 1) / 9
-
-
-def pair_label_from_scores(s_a: float, s_b: float) -> float:
-    """Direct scores (each in [0, 1]) -> p(a ≻ b) = ½ (1 + s_a − s_b)."""
-    return 0.5 * (1.0 + s_a - s_b)
-
-
-# ------------------------------------------------------------------ rendering
-
-
-_FENCE = re.compile(r"<\s*/?\s*(conversation|reply(_[ab])?)\s*>", re.IGNORECASE)
-
-
-def sanitize(text: str) -> str:
-    """Data shown to the judge cannot open or close the fences the template uses."""
-    return _FENCE.sub("[tag removed]", text)
-
-
-def _cut(text: str, limit: int, keep: str = "head") -> str:
-    if len(text) <= limit:
-        return text
-    return text[:limit] + " [...]" if keep == "head" else "[...] " + text[-limit:]
-
-
-def conversation_text(messages: list[dict], limit: int) -> str:
-    turns = [f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages if m["role"] != "system"]
-    return sanitize(_cut("\n\n".join(turns), limit, keep="tail"))
-
-
-def format_examples(constitution: Constitution, principle: Principle, k: int) -> str:
-    """Worked comparisons from the constitution's few-shot exemplars: the revision is the better
-    reply. The revision alternates between (A) and (B) so the examples teach no position."""
-    own = [ex for ex in constitution.few_shot if ex.principle == principle.id]
-    rest = [ex for ex in constitution.few_shot if ex.principle != principle.id]
-    blocks = []
-    for i, ex in enumerate((own + rest)[:k]):
-        q = constitution.principle(ex.principle).comparison_question if ex.principle else principle.comparison_question
-        first, second, answer = ((ex.revision, ex.response, "A") if i % 2 else (ex.response, ex.revision, "B"))
-        blocks.append(f"Example {i + 1}:\n<conversation>\nUser: {sanitize(ex.prompt.strip())}\n</conversation>\n\n"
-                      f"<reply_a>\n{sanitize(first.strip())}\n</reply_a>\n\n<reply_b>\n{sanitize(second.strip())}\n"
-                      f"</reply_b>\n\n{q.strip()}\nThe answer is ({answer})")
-    return "".join(b + "\n\n---\n\n" for b in blocks)
-
-
-def _seed(*parts) -> int:
-    return int(record_id(*parts), 16) % (2**31 - 1)
-
-
-def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> list[Principle]:
-    """The principles of one pair: reproducible from (seed, the pair's content) alone, so the same
-    pair gets the same principle under every labeler setting."""
-    return constitution.sample_principles(random.Random(_seed("principles", seed, key)), k)
 
 
 # ------------------------------------------------------------------ the stage
@@ -288,8 +182,8 @@ def _pair_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, 
     jobs = []  # (pair index, principle id, order, values)
     for i, rec in enumerate(batch):
         conv = conversation_text(rec["prompt"], cfg.max_conversation_chars)
-        a = sanitize(_cut(rec["a"].strip(), cfg.max_response_chars))
-        b = sanitize(_cut(rec["b"].strip(), cfg.max_response_chars))
+        a = sanitize(cut(rec["a"].strip(), cfg.max_response_chars))
+        b = sanitize(cut(rec["b"].strip(), cfg.max_response_chars))
         for pid in rec["principles"]:
             pr = constitution.principle(pid)
             examples = format_examples(constitution, pr, cfg.few_shot) if cfg.few_shot else ""
@@ -302,7 +196,7 @@ def _pair_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, 
         samples = cfg.self_consistency
         temp = cfg.sc_temperature if samples > 1 else cfg.cot_temperature
         gens = engine.generate([GenerationRequest(template.render(**v), temperature=temp, max_tokens=cfg.cot_max_tokens,
-                                                  n=samples, seed=_seed(cfg.seed, batch[i]["id"], pid, order))
+                                                  n=samples, seed=request_seed(cfg.seed, batch[i]["id"], pid, order))
                                 for i, pid, order, v in jobs])
         for (i, pid, order, v), gen in zip(jobs, gens):
             for text in gen.texts:
@@ -325,120 +219,6 @@ def _pair_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, 
                 "floored": list(getattr(lp, "floored", ()))}
         votes[i].append(vote)
     return votes
-
-
-def direct_score_requests(template: Template, conversations: Sequence[str], responses: Sequence[str],
-                          questions: Sequence[str], max_response_chars: int = 1500) -> list[OptionRequest]:
-    reqs = []
-    for conv, resp, q in zip(conversations, responses, questions):
-        v = {"conversation": conv, "response": sanitize(_cut(resp.strip(), max_response_chars)), "question": q.strip()}
-        reqs.append(OptionRequest(template.render(**v), template.render_prefill(**v)))
-    return reqs
-
-
-TEN_THRESHOLD = 1e-3
-
-
-def first_token_options(engine: Engine) -> list[str]:
-    """"1".."9", and "10" unless the engine knows its tokenizer has no single token for it."""
-    return list(DIGITS) + ([] if option_is_single_token(engine, TEN) is False else [TEN])
-
-
-def _read_ten(lp: OptionLogprobs) -> OptionLogprobs:
-    """A "10" the engine did not see (absent, or floored by a server) carries no mass."""
-    if TEN not in lp.floored and TEN in lp:
-        return lp
-    return OptionLogprobs({**lp, TEN: -math.inf}, [o for o in lp.floored if o != TEN])
-
-
-def score_requests(engine: Engine, requests: Sequence[OptionRequest], ten_threshold: float = TEN_THRESHOLD) -> list[dict]:
-    """Direct scores of prepared requests: the first token ("1".."9", and "10" where it is one token),
-    then "0" after "1".
-
-    An engine that reuses shared prompt prefixes (`engine.prefix_reuse`: the transformers and gguf
-    engines) gets both in one call: each request and its continuation by "1" share the whole prompt,
-    so the second read costs one token on top of the first one's cache. Other engines (servers,
-    where every request is paid for) get a second call only for the requests whose p̃₁ exceeds
-    `ten_threshold`; skipping it reads every "1" as 1 rather than 10, which moves the normalised
-    score by at most p̃₁ (≤ ten_threshold)."""
-    firsts = first_token_options(engine)
-    if getattr(engine, "prefix_reuse", False):
-        both = engine.option_logprobs([*requests, *(OptionRequest(r.messages, r.prefill + "1") for r in requests)],
-                                      [*firsts, "0"])
-        n = len(requests)
-        first = [_read_ten(OptionLogprobs({o: lp[o] for o in firsts}, [o for o in lp.floored if o in firsts]))
-                 for lp in both[:n]]
-        zero = dict(enumerate(OptionLogprobs({"0": lp["0"]}, [o for o in lp.floored if o == "0"]) for lp in both[n:]))
-    else:
-        first = [_read_ten(lp) for lp in engine.option_logprobs(list(requests), firsts)]
-        need = [i for i, lp in enumerate(first) if score_distribution(lp, -math.inf)[0] > ten_threshold]
-        tens = engine.option_logprobs([OptionRequest(requests[i].messages, requests[i].prefill + "1")
-                                       for i in need], ["0"]) if need else []
-        zero = {i: lp for i, lp in zip(need, tens)}
-    out = []
-    for i, lp1 in enumerate(first):
-        lp0 = zero.get(i, OptionLogprobs({"0": -math.inf}))
-        dist = score_distribution(lp1, lp0["0"])
-        out.append({"score": expected_score(dist), "distribution": [round(x, 6) for x in dist],
-                    "floored": sorted(set(getattr(lp1, "floored", ())) | set(getattr(lp0, "floored", ())))})
-    return out
-
-
-def direct_scores(engine: Engine, prompts_messages: Sequence[list[dict] | str], responses: Sequence[str],
-                  principle: Principle | str | None = None, constitution: Constitution | str | None = None, *,
-                  principles: int = 1, seed: int = 0, template: str = "label_direct",
-                  max_conversation_chars: int = 3000, max_response_chars: int = 1500) -> list[float]:
-    """Direct RLAIF reward: each response's probability-weighted 1–10 score, normalised to [0, 1]
-    (the `score` of `direct_scores_detailed`, which also says which principles were asked)."""
-    return [d["score"] for d in direct_scores_detailed(
-        engine, prompts_messages, responses, principle, constitution, principles=principles, seed=seed,
-        template=template, max_conversation_chars=max_conversation_chars, max_response_chars=max_response_chars)]
-
-
-def direct_scores_detailed(engine: Engine, prompts_messages: Sequence[list[dict] | str], responses: Sequence[str],
-                           principle: Principle | str | None = None, constitution: Constitution | str | None = None,
-                           *, principles: int = 1, seed: int = 0, template: str = "label_direct",
-                           max_conversation_chars: int = 3000, max_response_chars: int = 1500) -> list[dict]:
-    """Direct scores with what produced them: per response {"score": mean over its principles,
-    "principles": ids, "scores", "distributions": per principle, "floored": options given a floor}.
-
-    Give a `principle` (a Principle, or its id with a `constitution`), or a `constitution` alone:
-    then `principles` are drawn per prompt (seeded by the conversation, not the response), so every
-    response to one prompt is asked the same question(s)."""
-    if isinstance(constitution, (str, Path)):
-        constitution = load_constitution(constitution)
-    if isinstance(principle, str):
-        if constitution is None:
-            raise UserError(f"principle {principle!r}: give the constitution it belongs to")
-        principle = constitution.principle(principle)
-    if principle is None and constitution is None:
-        raise UserError("direct_scores: give a principle or a constitution")
-    tmpl = load_template(template)
-    convs, resps, qs, owner, asked = [], [], [], [], []
-    for j, (prompt, resp) in enumerate(zip(prompts_messages, responses)):
-        msgs = as_messages(prompt, f"prompt {j}")
-        chosen = [principle] if principle is not None else draw_principles(
-            constitution, seed, record_id(msgs), principles)
-        asked.append([pr.id for pr in chosen])
-        conv = conversation_text(msgs, max_conversation_chars)
-        for pr in chosen:
-            convs.append(conv)
-            resps.append(resp)
-            qs.append(pr.comparison_question)
-            owner.append(j)
-    scored = score_requests(engine, direct_score_requests(tmpl, convs, resps, qs, max_response_chars))
-    out = [{"principles": ids, "scores": [], "distributions": [], "floored": []} for ids in asked]
-    for j, s in zip(owner, scored):
-        out[j]["scores"].append(s["score"])
-        out[j]["distributions"].append(s["distribution"])
-        out[j]["floored"] = sorted(set(out[j]["floored"]) | set(s["floored"]))
-    for d in out:
-        d["score"] = sum(d["scores"]) / len(d["scores"])
-    return out
-
-
-# the direct-RLAIF reward functions over these scores (direct_reward, direct_reward_fn) live in
-# rlaif/train/rewards.py
 
 
 def _direct_votes(engine: Engine, constitution: Constitution, cfg: LabelerConfig, template: Template,

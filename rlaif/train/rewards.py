@@ -48,7 +48,7 @@ RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
 def direct_reward(engine, constitution, *, principles: int = 1, seed: int = 0):
     """`reward_fn(prompts, responses) -> [0, 1] scores` over a judge engine (direct RLAIF);
     `reward_fn.detailed(prompts, responses)` gives `direct_scores_detailed` (with the principles)."""
-    from rlaif.stages.labeler import direct_scores_detailed
+    from rlaif.stages.direct_scoring import direct_scores_detailed
 
     def detailed(prompts, responses):
         return direct_scores_detailed(engine, prompts, responses, constitution=constitution,
@@ -228,7 +228,7 @@ class DirectJudge(Component):
 
     def score(self, prompts, responses, groups):
         from rlaif.runner import independent_requests
-        from rlaif.stages.labeler import direct_scores
+        from rlaif.stages.direct_scoring import direct_scores
 
         def call(idx):
             return direct_scores(self.engine, [prompts[i] for i in idx], [responses[i] for i in idx],
@@ -254,7 +254,8 @@ class PairwiseJudge(Component):
     def _records(self, pairs: list[tuple]) -> list[dict]:
         from rlaif.prompts_io import as_messages
         from rlaif.records import record_id
-        from rlaif.stages.labeler import draw_principles, iter_label_inputs
+        from rlaif.stages.judge_prompts import draw_principles
+        from rlaif.stages.labeler import iter_label_inputs
 
         raw = []
         for prompt, a, b in pairs:
