@@ -1,6 +1,7 @@
-"""Shared pieces of the trainers: reading preference/prompt records, tokenising them with the chat
-template (prompt tokens masked), collation, seeding, the `Accelerator`, a JSONL train logger and
-model loading.
+"""Shared pieces of the trainers: the config every trainer extends, log-prob and masking maths,
+seeding, the `Accelerator`, the data order, the optimizer, and the module entry point. Examples,
+model loading and the run's log live in their own modules (examples.py, models.py, run_log.py);
+this module hands their names on, so a trainer imports its toolkit from one place.
 
 Every trainer runs unchanged under `accelerate launch` (CPU `--cpu` with gloo, one or more GPUs):
 batches are *global* (`split_batches=True`), so a config means the same optimisation whatever the
@@ -12,25 +13,23 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import sys
-import time
-from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
 
 import torch
 from pydantic import Field, model_validator
 
 from rlaif.config import Strict
 from rlaif.errors import UserError
-from rlaif.records import read_jsonl
-# tokenising examples (the prompt as the engines build it) lives in rlaif/train/encoding.py
+# the trainers take these from here: tokenising (rlaif/train/encoding.py), examples
+# (rlaif/train/examples.py), model loading (rlaif/train/models.py) and the run's log (rlaif/train/run_log.py)
 from rlaif.train.encoding import encode, encode_text, render_completion, render_prompt  # noqa: F401
+from rlaif.train.examples import (Messages, Pair, UnusablePair, field_messages, pad, pad_id,  # noqa: F401
+                                  parse_pair, read_pairs, read_prompts)
+from rlaif.train.models import (disable_dropout, load_tokenizer, reference_model, resolve,  # noqa: F401
+                                start_training, torch_dtype)
+from rlaif.train.run_log import (TrainLog, finish_run, gather_mean, peak_memory_mb, summary,  # noqa: F401
+                                 write_json)
 
-Messages = list[dict]
 
 # ---------------------------------------------------------------- configs
 
@@ -85,129 +84,6 @@ def check_batch(cfg: TrainConfig, accelerator) -> None:
         if getattr(cfg, name) % n:
             raise UserError(f"{name} {getattr(cfg, name)} is a global batch and must divide evenly "
                             f"over {n} processes")
-
-
-# ---------------------------------------------------------------- records
-
-
-def field_messages(value: Any, role: str, where: str, field: str) -> Messages:
-    """A record field as chat messages: a string becomes one `role` turn; messages are checked."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise UserError(f"{where}: field {field!r}: expected a string or a list of chat messages "
-                    "({role, content}), got " + type(value).__name__)
-
-
-@dataclass
-class Pair:
-    """One preference pair. `conversational` says whether to use the chat template."""
-
-    prompt: Messages | str
-    chosen: Messages | str
-    rejected: Messages | str
-    p: float  # probability that `chosen` is better
-    margin: float = 0.0
-    conversational: bool = True
-
-
-class UnusablePair(UserError):
-    """A well-formed record that must not be trained on; `read_pairs` skips it and counts `reason`."""
-
-    def __init__(self, where: str, reason: str, detail: str):
-        super().__init__(f"{where}: {detail}")
-        self.reason = reason
-
-
-def parse_pair(rec: dict, where: str) -> Pair:
-    """TRL preference shapes: conversational (`prompt` messages, `chosen`/`rejected` assistant
-    messages) or plain strings; also implicit-prompt pairs (`chosen`/`rejected` full conversations
-    sharing every turn but the last assistant reply, as HH-RLHF has them). `p_chosen` is the soft
-    label, 1.0 when absent.
-
-    A completion is assistant text only: a record whose transcripts differ before their last
-    assistant turn, or whose completion holds another role's turn, would train the model to write
-    that text. It raises `UnusablePair` (a UserError naming the record); `read_pairs` skips such
-    records and counts them by reason, as the HH-RLHF reader does with its prefix mismatches."""
-    for key in ("chosen", "rejected"):
-        if key not in rec:
-            raise UserError(f"{where}: missing field {key!r}; expected a preference record with "
-                            "prompt, chosen, rejected (and optionally p_chosen)")
-    p = rec.get("p_chosen", 1.0)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-        raise UserError(f"{where}: field 'p_chosen': expected a number in [0, 1], got {p!r}")
-    margin = rec.get("margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise UserError(f"{where}: field 'margin': expected a number, got {margin!r}")
-    prompt = rec.get("prompt")
-    strings = isinstance(rec["chosen"], str) and isinstance(rec["rejected"], str) and (
-        prompt is None or isinstance(prompt, str))
-    if strings:
-        return Pair(prompt or "", rec["chosen"], rec["rejected"], float(p), float(margin), False)
-    chosen = field_messages(rec["chosen"], "assistant", where, "chosen")
-    rejected = field_messages(rec["rejected"], "assistant", where, "rejected")
-    if prompt is None:  # implicit prompt: everything before the last assistant reply
-        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-            raise UnusablePair(where, "no_final_assistant_turn",
-                               "chosen and rejected must each end with an assistant turn")
-        if chosen[:-1] != rejected[:-1]:
-            raise UnusablePair(where, "differ_before_last_assistant_turn",
-                               "chosen and rejected differ before their last assistant turn")
-        prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
-        if not prompt:
-            raise UserError(f"{where}: no 'prompt' and chosen/rejected share no leading messages")
-    else:
-        prompt = field_messages(prompt, "user", where, "prompt")
-        for key, completion in (("chosen", chosen), ("rejected", rejected)):
-            if any(m["role"] != "assistant" for m in completion):
-                raise UnusablePair(where, "non_assistant_turn_in_completion",
-                                   f"field {key!r} holds a turn that is not the assistant's")
-    return Pair(prompt, chosen, rejected, float(p), float(margin), True)
-
-
-def read_pairs(path: str | Path) -> tuple[list[Pair], Counter]:
-    """-> (usable pairs, count of skipped records by reason). A malformed record is a UserError;
-    a file without one usable pair too."""
-    pairs: list[Pair] = []
-    skipped: Counter = Counter()
-    rows = read_jsonl(path)
-    for i, rec in enumerate(rows, 1):
-        try:
-            pairs.append(parse_pair(rec, f"{path}:{i}"))
-        except UnusablePair as e:
-            skipped[e.reason] += 1
-    if not pairs:
-        raise UserError(f"{path}: no usable preference pairs ({len(rows)} read; skipped: {dict(skipped) or 'none'})")
-    return pairs, skipped
-
-
-def read_prompts(path: str | Path) -> list[Messages]:
-    """A prompt set (JSONL or text, a path or a shipped name like `red_team`) as chat messages."""
-    from rlaif.prompts_io import read_prompts as read_prompt_set
-
-    return [r["prompt"] for r in read_prompt_set(path)]
-
-
-def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), n), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        else:
-            out[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
-def pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is not None:
-        return tokenizer.eos_token_id
-    return 0
 
 
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
@@ -321,81 +197,6 @@ def plan_steps(cfg: TrainConfig, n_examples: int, per_step: int | None = None) -
     return max(1, int(cfg.epochs * n_examples // per_step))
 
 
-def disable_dropout(model):
-    """Dropout off in every module, as TRL's trainers do by default (`disable_dropout=True`). With
-    it on, the training forward is a different function from the one that gave the reference and
-    old log-probs (computed in eval mode or by a frozen copy), so at step 0 DPO's implicit rewards
-    and PPO's ratio and KL are noise instead of 0. TRL zeroes `nn.Dropout` modules; the attention
-    dropout of most HF models is a float on the attention module read in train mode (Llama's
-    `attention_dropout`), so those go to 0 as well. The config is left as it was (the saved model
-    keeps its dropout settings for whoever fine-tunes it next)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        rates = [k for k, v in vars(module).items()
-                 if "dropout" in k and isinstance(v, float) and not isinstance(v, bool)]
-        for k in rates:
-            setattr(module, k, 0.0)
-    return model
-
-
-def start_training(model, cfg: TrainConfig):
-    """Train mode, with activation checkpointing when the config asks for it."""
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model.train()
-    return model
-
-
-@contextmanager
-def reference_model(accelerator, model, tokenizer, reference: str | None, policy: str, dtype: str):
-    """The model the reference log-probs come from, for the length of a `with`: the policy itself at
-    its starting weights when `reference` is None or names the policy, else that model loaded on
-    its own (dropout off), prepared for inference and dropped afterwards. Its tokenizer must be
-    the policy's (`tokenizer`): the log-probs are taken on the policy's token ids."""
-    if reference is None or resolve(reference) == resolve(policy):
-        yield model
-        return
-    from transformers import AutoModelForCausalLM
-
-    path = resolve(reference)
-    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"reference {reference}: its tokenizer differs from the policy's ({policy}); "
-                        "the reference must share the policy's vocabulary")
-    from rlaif.train.distributed import prepare_frozen
-
-    # placed and sharded like the policy (FSDP2 / ZeRO-3 partitioned, never a whole copy per GPU)
-    ref = prepare_frozen(accelerator, disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))))
-    try:
-        yield ref
-    finally:
-        del ref
-
-
-def torch_dtype(name: str):
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-    if name not in table:
-        raise UserError(f"dtype {name!r}: expected one of {', '.join(table)}")
-    return table[name]
-
-
-def resolve(spec: str) -> str:
-    """A model spec (`embedded:NAME`, a local dir, a hub id) -> what `from_pretrained` accepts."""
-    from rlaif.backends.embedded import resolve_model_dir
-
-    return resolve_model_dir(str(spec))
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def adamw(params, **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel (what TRL/Trainer use by default, `adamw_torch_fused`):
     one kernel over every parameter. Torch's CPU default is a Python loop over the tensors, which
@@ -418,66 +219,6 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def peak_memory_mb() -> dict:
-    """Peak resident memory of this process (and of CUDA, when used)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"peak_rss_mb": round(rss / 1024 if sys.platform != "darwin" else rss / 2**20, 1)}
-    if torch.cuda.is_available():
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-class TrainLog:
-    """`train_log.jsonl`: one JSON object per logged step, written by the main process only,
-    flushed each line so a killed run keeps its curve."""
-
-    def __init__(self, path: str | Path, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-        self.rows: list[dict] = []
-        self.started = time.time()
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8")
-
-    def log(self, row: dict) -> dict:
-        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
-        row.setdefault("elapsed_s", round(time.time() - self.started, 3))
-        self.rows.append(row)
-        if self.enabled:
-            self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
-        return row
-
-    def close(self) -> None:
-        if self.enabled and not self._f.closed:
-            self._f.close()
-
-
-def gather_mean(accelerator, value: torch.Tensor) -> float:
-    """Mean over processes of a per-process scalar (equal shares of a global batch)."""
-    v = value.detach().float().reshape(1)
-    return accelerator.gather(v).mean().item()
-
-
-def summary(log: TrainLog, steps: int, seconds: float, keys: Sequence[str]) -> dict:
-    """Start/end values of the logged curves plus time per step and peak memory."""
-    out: dict[str, Any] = {"steps": steps, "seconds": round(seconds, 3),
-                           "seconds_per_step": round(seconds / max(steps, 1), 4), **peak_memory_mb()}
-    for k in keys:
-        vals = [r[k] for r in log.rows if k in r and r[k] is not None]
-        if vals:
-            out[f"{k}_start"], out[f"{k}_end"] = vals[0], vals[-1]
-    return out
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    from rlaif.records import write_atomic
-
-    write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-
 def run_main(config_cls, train_fn, argv: list[str] | None, name: str) -> int:
     """Module entry point shared by the trainers: `python -m rlaif.train.X CONFIG.yaml [--set k=v]`,
     also under `accelerate launch -m rlaif.train.X ...`. A UserError is one line and exit 2."""
@@ -498,21 +239,6 @@ def run_main(config_cls, train_fn, argv: list[str] | None, name: str) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from the main process
         print(json.dumps(result, sort_keys=True, default=str))
     return 0
-
-
-def finish_run(out: Path, stage: str, cfg: TrainConfig, result: dict, log: TrainLog,
-               curve_keys: Sequence[str]) -> None:
-    """Main process, after training: summary.json, a curves plot, the manifest entry."""
-    from rlaif.manifest import update_manifest
-    from rlaif.train.plots import plot_curves
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", result)
-    if log.rows:
-        plot_curves(log.rows, curve_keys, out / "train_curves.png", title=stage)
-    update_manifest(out, stage, {"config": cfg.model_dump(mode="json"), "summary": result,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def build_config(config_cls, config_path: str | None, fields: dict, overrides: list[str] | None):

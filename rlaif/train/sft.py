@@ -33,12 +33,12 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
-from rlaif.records import read_jsonl
 from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, field_messages, encode,
                                 example_stream, finish_run, load_tokenizer, make_accelerator, make_optimizer,
                                 pad, pad_id, resolve, seed_everything, start_training, summary, torch_dtype)
 from rlaif.train.distributed import save_model
 from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
+from rlaif.train.examples import read_usable
 
 
 class SFTConfig(PairTrainConfig):
@@ -78,17 +78,7 @@ def parse_prompt_completion(rec: dict, where: str, kind: str = "SFT") -> PromptC
 
 def read_sft(path: str | Path) -> tuple[list[PromptCompletion], Counter]:
     """-> (usable examples, count of skipped records by reason); a malformed record is a UserError."""
-    examples: list[PromptCompletion] = []
-    skipped: Counter = Counter()
-    rows = read_jsonl(path)
-    for i, rec in enumerate(rows, 1):
-        try:
-            examples.append(parse_prompt_completion(rec, f"{path}:{i}"))
-        except UnusablePair as e:
-            skipped[e.reason] += 1
-    if not examples:
-        raise UserError(f"{path}: no usable prompt/completion records ({len(rows)} read; skipped: {dict(skipped)})")
-    return examples, skipped
+    return read_usable(path, parse_prompt_completion, "prompt/completion records")
 
 
 # ---------------------------------------------------------------- the loss

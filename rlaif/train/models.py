@@ -1,0 +1,93 @@
+"""Loading the models a trainer works on and putting them in training shape: model specs resolved,
+tokenizers with a pad token, dtypes, dropout off, activation checkpointing, and the frozen reference
+placed and sharded like the policy."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+
+from rlaif.errors import UserError
+
+if TYPE_CHECKING:
+    from rlaif.train.common import TrainConfig
+
+
+def disable_dropout(model):
+    """Dropout off in every module, as TRL's trainers do by default (`disable_dropout=True`). With
+    it on, the training forward is a different function from the one that gave the reference and
+    old log-probs (computed in eval mode or by a frozen copy), so at step 0 DPO's implicit rewards
+    and PPO's ratio and KL are noise instead of 0. TRL zeroes `nn.Dropout` modules; the attention
+    dropout of most HF models is a float on the attention module read in train mode (Llama's
+    `attention_dropout`), so those go to 0 as well. The config is left as it was (the saved model
+    keeps its dropout settings for whoever fine-tunes it next)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        rates = [k for k, v in vars(module).items()
+                 if "dropout" in k and isinstance(v, float) and not isinstance(v, bool)]
+        for k in rates:
+            setattr(module, k, 0.0)
+    return model
+
+
+def start_training(model, cfg: TrainConfig):
+    """Train mode, with activation checkpointing when the config asks for it."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model
+
+
+@contextmanager
+def reference_model(accelerator, model, tokenizer, reference: str | None, policy: str, dtype: str):
+    """The model the reference log-probs come from, for the length of a `with`: the policy itself at
+    its starting weights when `reference` is None or names the policy, else that model loaded on
+    its own (dropout off), prepared for inference and dropped afterwards. Its tokenizer must be
+    the policy's (`tokenizer`): the log-probs are taken on the policy's token ids."""
+    if reference is None or resolve(reference) == resolve(policy):
+        yield model
+        return
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(reference)
+    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"reference {reference}: its tokenizer differs from the policy's ({policy}); "
+                        "the reference must share the policy's vocabulary")
+    from rlaif.train.distributed import prepare_frozen
+
+    # placed and sharded like the policy (FSDP2 / ZeRO-3 partitioned, never a whole copy per GPU)
+    ref = prepare_frozen(accelerator, disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))))
+    try:
+        yield ref
+    finally:
+        del ref
+
+
+def torch_dtype(name: str):
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+    if name not in table:
+        raise UserError(f"dtype {name!r}: expected one of {', '.join(table)}")
+    return table[name]
+
+
+def resolve(spec: str) -> str:
+    """A model spec (`embedded:NAME`, a local dir, a hub id) -> what `from_pretrained` accepts."""
+    from rlaif.backends.embedded import resolve_model_dir
+
+    return resolve_model_dir(str(spec))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+__all__ = ["disable_dropout", "start_training", "reference_model", "torch_dtype", "resolve", "load_tokenizer"]
