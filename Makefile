@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d
 OUT    ?= runs/demo
 LATEST ?= .venv-latest
 
-.PHONY: demo test test-fast test-learning test-all test-latest install lock bench bench-quick clean
+.PHONY: demo test test-heavy test-fast test-learning test-all test-latest install lock bench bench-quick clean
 
 install: $(STAMP)
 
@@ -38,9 +38,13 @@ lock:
 demo: $(STAMP)
 	$(BIN)/rlaif run pipelines/cai_harmless.yaml --out $(OUT)
 
-# make test leaves out the embedded-policy learning test (about 6 more minutes here): make test-learning
+# make test leaves out the embedded-policy learning test (make test-learning) and the slowest
+# end-to-end cases (make test-heavy); make test-all runs all three, .ci/run test and test-heavy
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not learning"
+	$(BIN)/python -m pytest -q -m "not learning and not heavy"
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m "heavy and not learning"
 
 test-learning: $(STAMP)
 	$(BIN)/python -m pytest -q -rP -m learning
@@ -54,10 +58,10 @@ test-latest:
 	rm -rf $(LATEST)
 	$(call install_into,$(LATEST),)
 	$(LATEST)/bin/python .ci/lock_check.py $(LOCK) --report
-	$(LATEST)/bin/python -m pytest -q -m "not slow"
+	$(LATEST)/bin/python -m pytest -q -m "not slow and not heavy"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not heavy"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --full

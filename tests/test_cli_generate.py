@@ -77,6 +77,7 @@ def _records(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+@pytest.mark.heavy
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts, capsys):
     """The runs that get killed are real `rlaif generate` processes; the reference and the resumes
     go through `rlaif.cli.main` in this process (the console script's code path, without paying

@@ -192,6 +192,7 @@ def engine():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_real_run_and_resume(engine, tmp_path, capsys):
     # Token budgets: each decode step of the 5-row batch costs about 0.17 s on one thread here, so the

@@ -151,6 +151,7 @@ def test_option_logprobs_match_the_transformers_engine(gguf_engine, embedded_eng
     assert all((v["p_first"] > 0.5) == (w["p_first"] > 0.5) for v, w in clear)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_reused_prefixes_give_the_logits_of_a_fresh_evaluation(gguf_engine):
     requests, _, _ = labeler_votes(_NoScore())

@@ -314,6 +314,7 @@ def _short_start(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.heavy
 def test_two_rounds_move_the_rule_judges_quantity_further_than_one(tmp_path, one_thread, monkeypatch):
     """The rule judge's direct score favours fewer words. Checked quantity, exact (no sampling
     noise): the policy's log-odds of the short reply over the long one, mean over the held-out

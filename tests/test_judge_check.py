@@ -335,6 +335,7 @@ def test_require_accuracy_stops_a_weak_judge():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_embedded_model_is_at_chance_on_harmless(embedded_engine, tmp_path, capsys):
     result = run_judge_check(embedded_engine, load_constitution("harmless"), tmp_path / "jc", progress=False)

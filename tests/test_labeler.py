@@ -273,6 +273,7 @@ def test_few_shot_examples_are_rendered(constitution):
 # ------------------------------------------------------------------ real model
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_embedded_labeling_run_on_20_pairs(embedded_engine, constitution, tmp_path, hh_dev):
     from datasets import Dataset

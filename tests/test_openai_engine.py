@@ -586,6 +586,7 @@ def _labels(engine, pairs, constitution):
     return votes, direct
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_llama_cpp_labels_match_the_transformers_engine_on_the_same_weights(llama_server, embedded_engine):
     """The same labels through `openai:` as through a local engine: the prefill continues the
@@ -620,6 +621,7 @@ def test_llama_cpp_labels_match_the_transformers_engine_on_the_same_weights(llam
     assert max(abs(a - b) for a, b in zip(old_direct, local_direct)) > DIRECT_TOL
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_cli_label_through_llama_cpp_with_the_served_models_tokenizer(llama_server, tmp_path):
     """`--tokenizer` on the command line: option scoring renders the chat template here and prefills

@@ -163,7 +163,7 @@ def test_option_logprobs_equal_one_unpadded_forward_each(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("principles", [1, 3])
+@pytest.mark.parametrize("principles", [1, pytest.param(3, marks=pytest.mark.heavy)])
 def test_embedded_model_labels_with_prefix_reuse_equal_labels_without(embedded_engine, tmp_path, principles):
     def engine(reuse):
         return TransformersEngine(embedded_engine.cfg, model=embedded_engine.net, tokenizer=embedded_engine.tokenizer,

@@ -54,6 +54,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.mark.heavy
 def test_labels_and_generations_equal_the_local_runner(tmp_path, tiny_model_dir):
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
@@ -92,6 +93,7 @@ def test_labels_and_generations_equal_the_local_runner(tmp_path, tiny_model_dir)
     assert manifest["stages"]["label"]["counts"]["done"] == 24
 
 
+@pytest.mark.heavy
 def test_an_openai_fleet_spreads_the_actors_over_the_servers_with_local_labels(tmp_path):
     """`--ray-base-urls A,B`: each actor's openai engine talks to its own server (two real HTTP
     servers on 127.0.0.1, answers derived from the prompt), and the labels are those of one
@@ -319,6 +321,7 @@ def test_a_pipeline_executor_block_hands_the_stages_a_ray_engine(tmp_path, tiny_
         load_pipeline("cai_harmless", ["executor.kind=ray", "executor.base_urls=[http://127.0.0.1:8000/v1]"])
 
 
+@pytest.mark.heavy
 def test_a_pipeline_runs_its_stages_on_ray_with_the_bytes_of_a_local_run(tmp_path, tiny_model_dir):
     """`rlaif run` with `executor: {kind: ray}`: responses, critique (both rounds) and the debiased
     labels of revisions and samples come out byte-identical to the same pipeline run in process, and

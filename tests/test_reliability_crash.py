@@ -105,7 +105,9 @@ def _check_resumed(job, out):
 
 
 # (command, trials): 4 + 3 + 3 = 10 SIGKILL trials, each at a seeded random moment
-KILL_PLAN = [("generate", 4), ("label", 3), ("critique", 3)]
+# label and critique are killed under make test-heavy; generate under make test too
+KILL_PLAN = [("generate", 4), pytest.param("label", 3, marks=pytest.mark.heavy),
+             pytest.param("critique", 3, marks=pytest.mark.heavy)]
 
 
 @pytest.mark.parametrize("name,trials", KILL_PLAN)

@@ -493,6 +493,7 @@ def _length_pairs(topics: list[str], seed: int) -> list[dict]:
     return out
 
 
+@pytest.mark.heavy
 def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the_control_does_not(tiny_dir, tmp_path):
     """Labels from the rule judge (tests/rule_judge.py: the shorter reply wins with p = 0.9) through the
     real labeler train a 2-member bootstrap ensemble with the strength margin; the checked quantity is
@@ -532,6 +533,7 @@ def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the
     assert abs(deltas["random"]) < 0.6, deltas
 
 
+@pytest.mark.heavy
 def test_rejection_sampling_learns_the_rule_judges_preference_and_the_control_does_not(tmp_path):
     """A tiny policy first fine-tuned to answer "ok." about a third of the time and a long sentence
     otherwise; rejection sampling (best of 8 by the rule judge's direct score through the real

@@ -148,6 +148,7 @@ def test_judge_check_command_refuses_a_bad_threshold(tmp_path):
     assert "(0.5, 1]" in res.stderr and not (tmp_path / "jc").exists()
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_policy_on_transformers_with_a_judge_behind_a_real_openai_server(three_models, llama_server, tmp_path):
     """The RLAIF setup the roles exist for: the policy trains locally, the judge is a server

@@ -24,7 +24,7 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("trainer", ["reward_model", "dpo"])
+@pytest.mark.parametrize("trainer", [pytest.param("reward_model", marks=pytest.mark.heavy), "dpo"])
 def test_two_processes_match_one(trainer, tiny_dir, tmp_path):
     prefs = write_jsonl(tmp_path / "prefs.jsonl", [dict(r, p_chosen=0.6 + 0.4 * (i % 2))
                                                    for i, r in enumerate(toy_prefs(16))])

@@ -15,6 +15,7 @@ from conftest_train import toy_prefs, write_jsonl  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_embedded_reward_model_and_dpo_step(tmp_path):
     import importlib.util
 

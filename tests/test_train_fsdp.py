@@ -46,6 +46,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
+@pytest.mark.heavy
 def test_fsdp2_dpo_with_lora_matches_one_process(tiny_dir, tmp_path):
     """Two FSDP2 processes train DPO with LoRA, gather the full state dict on both ranks, merge the
     adapters in it and save: the folder loads with from_pretrained and equals the one-process model."""

@@ -376,6 +376,7 @@ def test_kto_moves_desirable_over_undesirable_on_held_out_prompts(tiny_dir, tmp_
     assert rows[-1]["eval_margin"] == pytest.approx(0.1 * abs(margin), rel=1e-3)  # eval == the saved model
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["sft", "kto"])
 def test_two_processes_match_one(trainer, tiny_dir, tmp_path):
