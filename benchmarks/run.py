@@ -192,12 +192,22 @@ def main(argv=None) -> int:
     la0, la1 = m["load_average_start"], report.machine["load_average_end"]
     print(f"\n{len(report.rows)} figures in {time.time() - started:.0f} s; load average {la0[0]} at start, "
           f"{la1[0]} at end; written to {out_dir}/results.json and results.md")
-    missed = [r for r in report.rows if r.met is False]
-    for r in missed:
-        print(f"  target missed: {r.bench}: {r.metric} = {r.value:.3g} {r.unit} (target {r.target})")
-    for k, v in report.skipped.items():
-        print(f"  not measured: {k}: {v}")
+    for line in summary_lines(report):
+        print(line)
     return 0
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The closing lines: every missed target, then every benchmark not measured. A value may be a
+    number or a text (a verdict, a version, "n/a"); a number prints with 3 significant digits."""
+    def shown(row) -> str:
+        v = row.value
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return " ".join(x for x in (f"{v:.3g}" if number else str(v), row.unit) if x)
+
+    lines = [f"  target missed: {r.bench}: {r.metric} = {shown(r)} (target {r.target})"
+             for r in report.rows if r.met is False]
+    return lines + [f"  not measured: {k}: {v}" for k, v in report.skipped.items()]
 
 
 if __name__ == "__main__":
