@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rlaif.annotate.cli import register as register_annotate
 
     register_annotate(sub)
+
+    from rlaif.integrations.cli import register as register_serve_reward
+
+    register_serve_reward(sub)
     return parser
 
 
