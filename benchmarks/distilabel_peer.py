@@ -43,8 +43,7 @@ def run(engine, report: Report, sizes: dict, rates: dict) -> dict:
         return {}
     from benchmarks.labeling import label_once
     from rlaif.constitution import load_constitution
-    from rlaif.stages.judge_prompts import conversation_text
-    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.judge import JudgeConfig, conversation_text
 
     n = sizes["distilabel_pairs"]
     pairs = hh_pairs(n)
@@ -56,7 +55,7 @@ def run(engine, report: Report, sizes: dict, rates: dict) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rlaif-bench-distilabel-"))
     (tmp / "in.json").write_text(json.dumps(spec))
     constitution = load_constitution("harmless")
-    cfg = LabelerConfig(debias=True)
+    cfg = JudgeConfig(debias=True)
     label_once(engine, pairs, constitution, cfg, sizes["label_batch"])  # warm-up
     t_ours = [label_once(engine, pairs, constitution, cfg, sizes["label_batch"])[0]]
     peer = run_json([str(VENV), str(ROOT / "benchmarks" / "distilabel_worker.py"), str(tmp / "in.json")],

@@ -21,7 +21,7 @@ from rlaif.backends.base import GenerationRequest, OptionRequest
 
 def labeler_requests(pairs: list[dict]) -> list[OptionRequest]:
     """The labeler's own option requests for these pairs (both orders), rendered by its template."""
-    from rlaif.stages.judge_prompts import conversation_text, cut, sanitize
+    from rlaif.judge import conversation_text, cut, sanitize
     from rlaif.templates import load_template
 
     t = load_template("label_pairwise")

@@ -54,16 +54,14 @@ def load_pairs(n: int, max_chars: int = 300) -> list[dict]:
 
 def judge(engine, constitution, template: str, pairs: list[dict], batch_size: int = 8) -> list[float]:
     """P(first shown reply is better) for each (prompt, a, b), one order, no debiasing."""
-    from rlaif.stages.labeler import LabelerConfig, label_inputs, make_process, templates_for
+    from rlaif.judge import Judge, JudgeConfig
 
-    cfg = LabelerConfig(debias=False, pairwise_template=template, seed=0)
-    templates = templates_for(cfg)
-    items = label_inputs([{**p, "given": "bench", "source_line": i, "source_id": None} for i, p in enumerate(pairs)],
-                         constitution, cfg, {k: t.id for k, t in templates.items()})
-    process = make_process(engine, constitution, cfg, templates)
+    j = Judge(engine, constitution, JudgeConfig(debias=False, pairwise_template=template, seed=0))
     out = []
-    for i in range(0, len(items), batch_size):
-        out += [r["p_a"] for r in process(items[i:i + batch_size])]
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i:i + batch_size]
+        out += [x.p_a for x in j.compare_many([p["prompt"] for p in batch], [p["a"] for p in batch],
+                                              [p["b"] for p in batch])]
     return out
 
 

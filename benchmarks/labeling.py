@@ -51,12 +51,13 @@ class Recorder:
 
 
 def label_once(engine, pairs, constitution, cfg, batch_size: int) -> tuple[float, list[dict]]:
+    from rlaif.judge import Judge
     from rlaif.stages.labeler import label_pairs
 
     out = tempfile.mkdtemp(prefix="rlaif-bench-label-")
     try:
         t = time.perf_counter()
-        res = label_pairs(pairs, constitution, engine, cfg, out, batch_size=batch_size, progress=False)
+        res = label_pairs(pairs, Judge(engine, constitution, cfg), out, batch_size=batch_size, progress=False)
         return time.perf_counter() - t, res.records
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -98,13 +99,12 @@ def run(engine, report: Report, sizes: dict, rates: dict, peak: dict | None = No
 
 def pipeline_overhead(engine, report: Report, sizes: dict, rates: dict) -> dict:
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig
-    from rlaif.stages.soft_labels import soft_label
+    from rlaif.judge import JudgeConfig, soft_label
 
     n = sizes["label_pairs"]
     pairs = hh_pairs(n)
     constitution = load_constitution("harmless")
-    cfg = LabelerConfig(debias=True)
+    cfg = JudgeConfig(debias=True)
     bs = sizes["label_batch"]
     header(f"labeling: labeler (debiased, soft) on {n} HH-RLHF pairs vs raw forwards vs one-by-one "
            f"(runner batch {bs} pairs, engine batch {engine.cfg.batch_size}, prefix reuse off)")
@@ -148,11 +148,11 @@ def pipeline_overhead(engine, report: Report, sizes: dict, rates: dict) -> dict:
 def linearity(engine, report: Report, sizes: dict) -> dict:
     """Labeling time for growing pair counts, prefix reuse on (pairs/s should stay flat)."""
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.judge import JudgeConfig
 
     header(f"labeling linearity: {', '.join(map(str, sizes['linearity']))} pairs (prefix reuse on)")
     pairs = hh_pairs(max(sizes["linearity"]))
-    constitution, cfg = load_constitution("harmless"), LabelerConfig(debias=True)
+    constitution, cfg = load_constitution("harmless"), JudgeConfig(debias=True)
     lin = {}
     for k in sizes["linearity"]:
         t, _ = label_once(engine, pairs[:k], constitution, cfg, sizes["label_batch"])
@@ -176,13 +176,13 @@ def prefix_reuse_speed(engine, report: Report, sizes: dict, rates: dict, peak: d
     """Prefix reuse on vs off, same engine and pairs, alternated: debiased pairs, then a 3-principle
     ensemble; labels compared; ideal from token counts; throughput vs the roof; peak RSS per side."""
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.judge import JudgeConfig
 
     constitution, bs, out = load_constitution("harmless"), sizes["label_batch"], {}
     body = param_counts(engine.net)["per_token_prefill"]
     for tag, what, n, k, target in (("prefix-debiased", "debiased", sizes["prefix_pairs"], 1, 1.4),
                                     ("prefix-ensemble", "3-principle ensemble", sizes["ensemble_pairs"], 3, 3.0)):
-        pairs, cfg = hh_pairs(n), LabelerConfig(debias=True, principles=k)
+        pairs, cfg = hh_pairs(n), JudgeConfig(debias=True, principles=k)
         header(f"prefix reuse: {what} labeling of {n} HH-RLHF pairs, reuse on vs off "
                f"(runner batch {bs} pairs, engine batch {engine.cfg.batch_size})")
         counted = {}
@@ -256,7 +256,7 @@ def rss_worker(argv=None) -> None:
     this process and print one JSON line with its peak RSS."""
     from benchmarks.common import load_engine
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.judge import JudgeConfig
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.labeling rss")
     ap.add_argument("--reuse", choices=["on", "off"], required=True)
@@ -270,7 +270,7 @@ def rss_worker(argv=None) -> None:
     loaded = high_water_mb(reset=True)  # the peak so far is the model load; from here on, labeling's
     with prefix_reuse(engine, a.reuse == "on"):
         t, records = label_once(engine, pairs, load_constitution("harmless"),
-                                LabelerConfig(debias=True, principles=a.principles), a.batch)
+                                JudgeConfig(debias=True, principles=a.principles), a.batch)
     print(json.dumps({"reuse": a.reuse, "pairs": len(records), "seconds": t,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "load_peak_mb": loaded, "labeling_peak_mb": high_water_mb()}))

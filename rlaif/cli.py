@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from rlaif import __version__
+from rlaif.version import __version__
 from rlaif import cli_judge
 from rlaif.cli_common import SPEC_HELP, engine_args, engine_config, judge_accuracy, positive
 from rlaif.errors import UserError
@@ -67,7 +67,8 @@ def cmd_generate(args) -> int:
     from rlaif.executors.cli import engine_for, executor_config
     from rlaif.prompts_io import iter_prompts
     from rlaif.records import Reread
-    from rlaif.runner import independent_requests, run_stage
+    from rlaif.backends.base import independent_requests
+    from rlaif.runner import run_stage
     from rlaif.stages.responses import ResponsesConfig, check_context, iter_expand, make_process
 
     cfg = ResponsesConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)

@@ -1,6 +1,6 @@
 """The `rlaif` commands that run the judge on pairs: judge-check, label, eval-labeler and rank, each
 with its flags (`add_*`, called by rlaif/cli.py in the order `rlaif --help` lists them) and the
-labeler flags they share."""
+judge flags they share."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ def cmd_judge_check(args) -> int:
     from rlaif.backends import load_engine
     from rlaif.config import config_hash
     from rlaif.constitution import load_constitution
-    from rlaif.eval.judge_check import judge_check_line, judge_verdict, require_accuracy, run_judge_check
+    from rlaif.eval.judge_check import require_accuracy, run_judge_check
+    from rlaif.judge import Judge, judge_check_line, judge_verdict
 
     threshold = None if args.require_judge_accuracy is None else judge_accuracy(args.require_judge_accuracy)
-    cfg = labeler_config(args)
+    cfg = judge_config(args)
     constitution = load_constitution(args.constitution)
     engine_cfg = engine_config(args)
     out = args.out or Path("runs") / "judge_check" / f"{constitution.name}-{config_hash([engine_cfg.kind, engine_cfg.model])[:8]}"
     engine = load_engine(engine_cfg)
     try:
-        result = run_judge_check(engine, constitution, out, cfg, batch_size=args.batch_size, overwrite=args.overwrite)
+        result = run_judge_check(Judge(engine, constitution, cfg), out, batch_size=args.batch_size,
+                                 overwrite=args.overwrite)
     finally:
         engine.close()
     line = judge_check_line(result)
@@ -40,10 +42,12 @@ def cmd_judge_check(args) -> int:
     return 0
 
 
-def labeler_config(args):
-    from rlaif.stages.labeler import make_config
+def judge_config(args):
+    """The judge's settings from the judge flags (a LabelConfig: the label stage's margin rule too)."""
+    from rlaif.judge import make_config
+    from rlaif.stages.labeler import LabelConfig
 
-    return make_config("labeler flags", mode="direct" if args.direct else "pairwise", debias=not args.no_debias,
+    return make_config(LabelConfig, "judge flags", mode="direct" if args.direct else "pairwise", debias=not args.no_debias,
                        cot=args.cot, clamp=tuple(args.clamp) if args.clamp else None,
                        cot_max_tokens=args.cot_max_tokens, principles=args.principles,
                        self_consistency=args.self_consistency, few_shot=args.few_shot, margin=args.margin,
@@ -57,7 +61,9 @@ def cmd_label(args) -> int:
     from rlaif.stages.labeler import run_label
     from rlaif.stages.pair_inputs import PairsFile
 
-    cfg = labeler_config(args)
+    from rlaif.judge import Judge
+
+    cfg = judge_config(args)
     constitution = load_constitution(args.constitution)
     pairs = PairsFile(args.pairs)
     pairs.check()  # a bad pairs file fails before the model loads (read, not held)
@@ -65,7 +71,7 @@ def cmd_label(args) -> int:
     engine = engine_for(args, engine_config(args), executor)
     with use_executor(executor):
         try:
-            s = run_label(pairs, constitution, engine, args.out, cfg, batch_size=args.batch_size,
+            s = run_label(pairs, Judge(engine, constitution, cfg), args.out, batch_size=args.batch_size,
                           overwrite=args.overwrite)
         finally:
             engine.close()
@@ -84,8 +90,10 @@ def cmd_eval_labeler(args) -> int:
     from rlaif.hh_rlhf import load_human_pairs
     from rlaif.eval.labeler_report import format_metrics, run_eval
 
-    cfg = labeler_config(args)
     from rlaif.annotate.human_eval import is_annotation_source
+    from rlaif.judge import Judge
+
+    cfg = judge_config(args)
 
     if is_annotation_source(args.human):  # labels made with `rlaif annotate` (a db, or its export)
         from rlaif.annotate.cli import eval_labeler_on_annotations
@@ -95,7 +103,7 @@ def cmd_eval_labeler(args) -> int:
     load_human_pairs(args.human)  # a bad human-label file fails before the model loads
     engine = load_engine(engine_config(args))
     try:
-        m = run_eval(args.human, constitution, engine, args.out, cfg, limit=args.limit, seed=args.seed,
+        m = run_eval(args.human, Judge(engine, constitution, cfg), args.out, limit=args.limit, seed=args.seed,
                      batch_size=args.batch_size, overwrite=args.overwrite)
     finally:
         engine.close()
@@ -112,11 +120,11 @@ def cmd_rank(args) -> int:
 # ---------------------------------------------------------------------------------- flags
 
 
-def labeler_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+def judge_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--constitution", default="harmless", help="constitution file or shipped name (default: %(default)s)")
     p.add_argument("--out", required=out_required, type=Path,
                    help="output folder" + ("" if out_required else " (default: runs/judge_check/CONSTITUTION-HASH)"))
-    g = p.add_argument_group("labeler")
+    g = p.add_argument_group("judge")
     g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
     g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
     g.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"), help="CoT clamp band (default 0.4 0.6)")
@@ -137,7 +145,7 @@ def add_judge_check(sub) -> None:
     p = sub.add_parser("judge-check", help="the judge on the constitution's unambiguous check pairs: accuracy "
                        "with a 95 %% CI, mean p(right), flip rate, s/pair; warns when the judge is at chance")
     p.add_argument("--require-judge-accuracy", metavar="X", help="exit 2 when accuracy is below X, in (0.5, 1]")
-    labeler_args(p, out_required=False)
+    judge_args(p, out_required=False)
     p.set_defaults(func=cmd_judge_check)
 
 
@@ -147,7 +155,7 @@ def add_label(sub) -> None:
     p = sub.add_parser("label", help="label response pairs with AI feedback -> OUT/preferences.jsonl")
     p.add_argument("--pairs", required=True, help="JSONL: prompt + response_a/response_b, prompt + "
                    "chosen/rejected, or HH-RLHF transcripts")
-    labeler_args(p)
+    judge_args(p)
     add_executor_args(p)
     p.set_defaults(func=cmd_label)
 
@@ -158,7 +166,7 @@ def add_eval_labeler(sub) -> None:
     p.add_argument("--human", required=True, help="HH-RLHF .jsonl/.jsonl.gz, hub:Anthropic/hh-rlhf[:DIR[:SPLIT]], "
                    "or your own labels: an `rlaif annotate` database or its exported JSONL")
     p.add_argument("--limit", type=positive(int), help="first N usable pairs only")
-    labeler_args(p)
+    judge_args(p)
     p.set_defaults(func=cmd_eval_labeler)
 
 

@@ -98,7 +98,7 @@ def cmd_ppo(args) -> int:
     cfg = build_config(PPOConfig, args.config, {
         **_train_fields(args), "prompts": args.prompts, "policy": args.policy, "reward": args.reward,
         "kl_coef": args.kl_coef, "max_new_tokens": args.max_new_tokens, "mini_batch_size": args.mini_batch_size,
-        "ppo_epochs": args.ppo_epochs, "labeler_model": args.labeler_model,
+        "ppo_epochs": args.ppo_epochs, "judge": args.judge,
         "constitution": args.constitution}, args.set)
     return _train_done("ppo", train_ppo(cfg), cfg.output_dir)
 
@@ -136,7 +136,7 @@ def cmd_grpo(args) -> int:
         if weights[name] is None:
             raise UserError(f"--reward-weight {item!r}: expected NAME=NUMBER")
     cfg = build_config(GRPOConfig, args.config, {
-        **_train_fields(args), "prompts": args.prompts, "policy": args.policy, "judge": args.labeler_model,
+        **_train_fields(args), "prompts": args.prompts, "policy": args.policy, "judge": args.judge,
         "constitution": args.constitution, "rewards": [grpo_reward(r) for r in args.reward] or None,
         "reward_weights": weights or None, "num_generations": args.num_generations, "advantage": args.advantage,
         "loss_type": args.loss_type, "beta": args.beta, "num_iterations": args.num_iterations,
@@ -167,7 +167,7 @@ def cmd_best_of_n(args) -> int:
     cfg = BestOfNConfig(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                         batch_size=args.batch_size)
     prompts = read_prompts(args.prompts)
-    reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or args.model,
+    reward_fn = reward_fn_from_spec(args.reward, judge=args.judge or args.model,
                                     constitution=args.constitution, prompt_records=prompts)
     engine = load_engine(engine_config(args))
     try:
@@ -217,7 +217,7 @@ def cmd_rs_ft(args) -> int:
                         seed=args.seed or 0, batch_size=args.sample_batch_size)
     sft_cfg = build_config(SFTConfig, args.config, {**_train_fields(args), "policy": args.policy}, args.set)
     prompts = read_prompts(args.prompts)
-    reward_fn = reward_fn_from_spec(args.reward, labeler_model=args.labeler_model or sft_cfg.policy,
+    reward_fn = reward_fn_from_spec(args.reward, judge=args.judge or sft_cfg.policy,
                                     constitution=args.constitution, prompt_records=prompts)
     from rlaif.config import EngineConfig, parse_model_spec
 
@@ -291,7 +291,7 @@ def register(sub) -> None:
     p.add_argument("--prompts", required=True, help="prompt JSONL ('prompt': text or chat messages)")
     p.add_argument("--policy", help="starting policy (and frozen reference) spec")
     p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
-    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+    p.add_argument("--judge", "--labeler-model", dest="judge", metavar="SPEC",
                    help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--kl-coef", type=float, help="β of the per-token KL penalty (default 0.05)")
@@ -311,7 +311,7 @@ def register(sub) -> None:
     p.add_argument("--reward-weight", action="append", default=[], metavar="NAME=W",
                    help="weight of a configured reward (names: judge_direct, judge_pairwise, the rule's function, "
                    "rm/ensemble/combined)")
-    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+    p.add_argument("--judge", "--labeler-model", dest="judge", metavar="SPEC",
                    help="judge rewards: the judge's model spec, e.g. openai:MODEL (default: the policy)")
     p.add_argument("--constitution", help="judge rewards: constitution file or name")
     p.add_argument("--num-generations", type=positive(int), help="G, replies per prompt (default 4)")
@@ -334,7 +334,7 @@ def register(sub) -> None:
     p = sub.add_parser("best-of-n", help="sample N responses per prompt, keep the best by reward -> OUT/best_of_n.jsonl")
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field, or text, one per line")
     p.add_argument("--reward", required=True, help="rm:DIR (a train-rm output) or labeler:direct")
-    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+    p.add_argument("--judge", "--labeler-model", dest="judge", metavar="SPEC",
                    help="labeler:direct: the judge's model spec (default: the policy, which then judges itself)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -380,7 +380,7 @@ def register(sub) -> None:
                    "labeler:direct")
     p.add_argument("--policy", help="the policy that samples and is fine-tuned (default: "
                    "embedded:smollm2-135m-instruct)")
-    p.add_argument("--judge", "--labeler-model", dest="labeler_model", metavar="SPEC",
+    p.add_argument("--judge", "--labeler-model", dest="judge", metavar="SPEC",
                    help="labeler:direct: the judge's model spec (default: the policy)")
     p.add_argument("--constitution", help="labeler:direct: constitution file or name")
     p.add_argument("--n", type=positive(int), default=4, help="samples per prompt, K (default: %(default)s)")

@@ -38,7 +38,8 @@ from pathlib import Path
 from rlaif.errors import UserError
 from rlaif.pipeline_config import RoundsConfig, trainer
 from rlaif.records import record_id, write_atomic, write_jsonl_atomic
-from rlaif.runner import independent_requests, run_stage
+from rlaif.backends.base import independent_requests
+from rlaif.runner import run_stage
 
 
 def round_prompts(pool: list[dict], rounds: RoundsConfig, k: int) -> list[dict]:
@@ -135,12 +136,12 @@ class Rounds:
     def label(self, samples: list[dict], out: Path) -> dict:
         """-> summary; writes out/preferences.jsonl."""
         out.mkdir(parents=True, exist_ok=True)
-        judge = self.p.engine("judge")
+        judge = self.p.judge()
         if self.cfg.pairing == "best_worst":
             from rlaif.eval.round_eval import direct_score_stage
 
-            scored = direct_score_stage(samples, judge, self.p.constitution, out, "scores", seed=self.p.cfg.seed,
-                                        batch_size=self.p.batch_size("judge"), overwrite=self.p.overwrite)
+            scored = direct_score_stage(samples, judge, out, "scores", batch_size=self.p.batch_size("judge"),
+                                        overwrite=self.p.overwrite)
             self.p.failed += scored.failed
             scores = {r["id"]: r["score"] for r in scored.records}
             prefs, dropped = best_worst_preferences([s for s in samples if s["id"] in scores], scores)
@@ -154,9 +155,8 @@ class Rounds:
                 raise UserError(f"{out}: every prompt's samples are identical; nothing to judge (raise "
                                 "rounds.temperature or rounds.samples)")
             write_jsonl_atomic(out / "pairs.jsonl", pairs)
-            result = label_pairs(normalize_pairs(pairs, str(out / "pairs.jsonl"))[0], self.p.constitution, judge,
-                                 self.p.labeler_config(), out, batch_size=self.p.batch_size("judge"),
-                                 overwrite=self.p.overwrite)
+            result = label_pairs(normalize_pairs(pairs, str(out / "pairs.jsonl"))[0], judge, out,
+                                 batch_size=self.p.batch_size("judge"), overwrite=self.p.overwrite)
             self.p.failed += result.failed
             prefs, dropped = pairwise_preferences(result.records, hard=self.cfg.pairing == "all_pairs")
             info = {"pairs_judged": len(result.records), "failed": result.failed}
@@ -221,7 +221,7 @@ class Rounds:
         checkpoints = [Checkpoint(r["checkpoint"], "model", engine=policy.model_copy(update={"model": r["model"]}))
                        for r in rows]
         self.p.close(keep=("judge",))
-        info = rank(checkpoints, held_out, self.p.engine("judge"), self.p.constitution, self.dir / "ranking",
+        info = rank(checkpoints, held_out, self.p.judge(), self.dir / "ranking",
                     max_tokens=self.cfg.eval.max_tokens, seed=self.p.cfg.seed, n_boot=self.cfg.eval.bootstrap,
                     batch_size=self.p.batch_size("judge"), source="held-out prompts", overwrite=self.p.overwrite,
                     judge_check=False)  # the pipeline checked its judge before the rounds

@@ -7,16 +7,19 @@ An entry names a module (`rlaif.runner`) or a subpackage (`rlaif.backends`: ever
 Each module of the package is in exactly one layer; a new module is added here."""
 
 LAYERS = (
-    ("foundation", ("rlaif", "rlaif.layers", "rlaif.errors", "rlaif.records", "rlaif.config", "rlaif.resources",
+    ("foundation", ("rlaif.version", "rlaif.layers", "rlaif.errors", "rlaif.records", "rlaif.config", "rlaif.resources",
                     "rlaif.tensors", "rlaif.manifest", "rlaif.plotting")),
     ("domain data", ("rlaif.constitution", "rlaif.templates", "rlaif.prompts_io", "rlaif.metrics",
                      "rlaif.hh_rlhf")),
     ("engines", ("rlaif.backends",)),
+    ("judging", ("rlaif.judge",)),
     ("execution", ("rlaif.runner", "rlaif.executors")),
     ("stages", ("rlaif.stages",)),
     ("training", ("rlaif.train",)),
-    ("run schema", ("rlaif.roles", "rlaif.pipeline_config")),
+    ("run schema", ("rlaif.roles", "rlaif.pipeline_config", "rlaif.run_context")),
     ("evaluation", ("rlaif.eval",)),
     ("orchestration", ("rlaif.iterate", "rlaif.pipeline")),
-    ("interfaces", ("rlaif.cli_common", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate")),
+    ("interfaces", ("rlaif.cli_common", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate",
+                    "rlaif.integrations")),
+    ("public API", ("rlaif",)),
 )

@@ -11,7 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from rlaif import __version__
+from rlaif.version import __version__
 from rlaif.records import write_atomic
 
 MANIFEST = "manifest.json"

@@ -33,8 +33,10 @@ from rlaif.executors import use_executor
 from rlaif.pipeline_config import PipelineConfig, load_pipeline, uses_judge
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
 from rlaif.roles import Engines, judge_is_policy, resolve_roles
-from rlaif.runner import OutputLock, independent_requests, run_stage
-from rlaif.stages.labeler import LabelerConfig
+from rlaif.backends.base import independent_requests
+from rlaif.runner import OutputLock, run_stage
+from rlaif.judge import Judge, JudgeConfig
+from rlaif.stages.labeler import LabelConfig
 from rlaif.train.dpo import DPOConfig
 from rlaif.train.ppo import PPOConfig
 from rlaif.train.reward_model import RewardConfig
@@ -61,6 +63,19 @@ class Pipeline:
     def engine(self, role: str):
         """The engine serving `role` ("policy", "critic" or "judge"), built on first use."""
         return self.engines[role]
+
+    def judge_config(self) -> JudgeConfig:
+        """How the run's judge asks: the label stage's block (its judge fields), or the defaults,
+        seeded by the run. Every use of the judge in the run follows it."""
+        stage = self.cfg.stages.label
+        cfg = JudgeConfig(**stage.judge_fields()) if stage else JudgeConfig()
+        return cfg.model_copy(update={"seed": self.cfg.seed})
+
+    def judge(self, constitution=None, *, stage: bool = False) -> Judge:
+        """The run's judge: the judge role's engine (`stage`: the one labeling runs over, which is a
+        Ray stand-in under `executor: ray`), the run's constitution (or `constitution`), `judge_config()`."""
+        engine = self.stage_engine("judge") if stage else self.engine("judge")
+        return Judge(engine, constitution or self.constitution, self.judge_config())
 
     def batch_size(self, role: str) -> int:
         return self.roles[role].batch_size
@@ -93,11 +108,11 @@ class Pipeline:
         return read_prompts(self.cfg.prompts.file)
 
     def judge_check(self) -> dict:
-        from rlaif.eval.judge_check import judge_check_line, judge_verdict, require_accuracy, run_judge_check
+        from rlaif.eval.judge_check import require_accuracy, run_judge_check
+        from rlaif.judge import judge_check_line, judge_verdict
 
-        judge = self.engine("judge")
-        result = run_judge_check(judge, self.constitution, self.out / "judge_check", self.labeler_config(),
-                                 batch_size=self.batch_size("judge"), overwrite=self.overwrite)
+        result = run_judge_check(self.judge(), self.out / "judge_check", batch_size=self.batch_size("judge"),
+                                 overwrite=self.overwrite)
         line = judge_check_line(result)
         print(f"warning: {line}" if judge_verdict(result) != "ok" else line, flush=True)
         self.summary["judge_check"] = result
@@ -154,32 +169,27 @@ class Pipeline:
                             "per prompt); set stages.responses.n: 2 or add a critique stage")
         return pairs
 
-    def labeler_config(self) -> LabelerConfig:
-        """The judge's labeler settings: the label stage's block, or the defaults."""
-        stage = self.cfg.stages.label
-        cfg = LabelerConfig(**stage.model_dump(exclude={"pairs", "compare_constitution"})) if stage else LabelerConfig()
-        return cfg.model_copy(update={"seed": self.cfg.seed})
-
     def label(self) -> dict:
         from rlaif.constitution import load_constitution
         from rlaif.stages.labeler import run_label
 
         stage = self.cfg.stages.label
-        labeler_cfg = self.labeler_config()
-        judge, bs = self.stage_engine("judge"), self.batch_size("judge")
+        keep = {"margin": stage.margin, "drop_within_margin": stage.drop_within_margin}
+        judge = self.judge(stage=True)
+        judge = judge.with_config(LabelConfig(**judge.config.model_dump(), **keep))
+        bs = self.batch_size("judge")
         out = self.out / "label"
         out.mkdir(parents=True, exist_ok=True)
         pairs_path = out / "pairs.jsonl"
         write_jsonl_atomic(pairs_path, self.pairs_to_label())
         with use_executor(self.cfg.executor):
-            info = run_label(pairs_path, self.constitution, judge, out, labeler_cfg, batch_size=bs,
-                             overwrite=self.overwrite)
+            info = run_label(pairs_path, judge, out, batch_size=bs, overwrite=self.overwrite)
         self.failed += info.get("failed", 0)
         if stage.compare_constitution:
             other = load_constitution(stage.compare_constitution)
             alt = self.out / "label_compare"
             with use_executor(self.cfg.executor):
-                info["compare"] = run_label(pairs_path, other, judge, alt, labeler_cfg, batch_size=bs,
+                info["compare"] = run_label(pairs_path, judge.with_constitution(other), alt, batch_size=bs,
                                             overwrite=self.overwrite)
             info["comparison"] = compare_labels(out / "labels.jsonl", alt / "labels.jsonl",
                                                 self.constitution.name, other.name)
@@ -243,12 +253,12 @@ class Pipeline:
         if stage.reward == "labeler:direct":
             from rlaif.train.rewards import direct_reward
 
-            reward_fn = direct_reward(self.engine("judge"), self.constitution, seed=self.cfg.seed)
+            reward_fn = direct_reward(self.judge())
         else:
             from rlaif.train.rewards import reward_fn_from_spec
 
             spec = f"rm:{self.out / 'reward_model'}" if stage.reward == "rm" else stage.reward
-            reward_fn = reward_fn_from_spec(spec, labeler_model=start, prompt_records=prompts)
+            reward_fn = reward_fn_from_spec(spec, judge=start, prompt_records=prompts)
         self.close(keep=("judge",) if stage.reward == "labeler:direct" else ())
         engine = load_engine(self.roles["policy"].model_copy(update={"model": start}))
         bon = BestOfNConfig(n=stage.n, max_tokens=stage.max_tokens, temperature=stage.temperature,
@@ -297,10 +307,10 @@ class Pipeline:
         from rlaif.train.rewards import direct_reward
 
         judge_role = self.roles["judge"]
-        fields["labeler_model"] = f"{judge_role.kind}:{judge_role.model}"
+        fields["judge"] = f"{judge_role.kind}:{judge_role.model}"
         const = load_constitution(constitution)
         return self.train("ppo", PPOConfig, fields, keep=("judge",), fn=lambda cfg: train_ppo(
-            cfg, reward_fn=direct_reward(self.engine("judge"), const, seed=self.cfg.seed)))
+            cfg, reward_fn=direct_reward(self.judge(const))))
 
     def grpo(self) -> dict:
         """GRPO / RLOO from the start policy (the SL-CAI model when there is one); judge rewards are
@@ -326,7 +336,7 @@ class Pipeline:
         judge_role = self.roles["judge"]
         fields["judge"] = f"{judge_role.kind}:{judge_role.model}"
         return self.train("grpo", GRPOConfig, fields, keep=("judge",), block=block,
-                          fn=lambda cfg: train_grpo(cfg, judge=self.engine("judge")))
+                          fn=lambda cfg: train_grpo(cfg, judge=self.judge(fields["constitution"])))
 
     def rounds(self) -> dict:
         from rlaif.iterate import Rounds

@@ -15,7 +15,7 @@ from rlaif.errors import UserError
 from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
 from rlaif.stages.critique_revision import CritiqueConfig
-from rlaif.stages.labeler import LabelerConfig
+from rlaif.stages.labeler import LabelConfig
 from rlaif.stages.responses import ResponsesConfig
 from rlaif.train.dpo import DPOConfig
 from rlaif.train.grpo import GRPOConfig
@@ -90,7 +90,10 @@ class PromptSet(Strict):
     limit: int | None = Field(None, ge=1)
 
 
-class LabelStage(LabelerConfig):
+class LabelStage(LabelConfig):
+    """The label stage's block: how the run's judge asks (every use of the judge in the run follows
+    its judge fields), the margin rule, and which pairs are labeled."""
+
     pairs: list[Literal["revisions", "samples"]] = ["revisions", "samples"]
     compare_constitution: str | None = None  # label the same pairs again under this one and compare
 

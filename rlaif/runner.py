@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from rlaif.backends.base import independent_requests
 from rlaif.config import config_hash
 from rlaif.errors import RequestFailed, UserError
 from rlaif.manifest import MANIFEST, read_manifest, update_manifest  # noqa: F401  (read_manifest, MANIFEST: re-exported)
@@ -297,14 +298,6 @@ def stage_entry(path: Path, config: Any, inputs: int, done_before: int, written:
     return entry
 
 
-def independent_requests(*engines) -> bool:
-    """True when every engine answers each request on its own, whatever else is in the batch, and can
-    be called from several threads (HTTP engines set `independent_requests = True`): a stage over
-    them may pass `fixed_batches=False`, so a re-run sends only what is missing and a failed batch
-    is replayed concurrently. Local engines pad batches, so their batches stay fixed."""
-    return all(getattr(e, "independent_requests", False) for e in engines)
-
-
 def process_batch(stage, batch, process, failures, concurrent: bool = False) -> list[dict]:
     """Run a batch; if a request in it failed for good, run its records one per call (at once, in
     threads, when `concurrent`) so that only the failing ones go to failures.jsonl. Any other error
@@ -342,5 +335,5 @@ def _checked(outputs: list[dict], batch: list[dict]) -> list[dict]:
 
 
 __all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps",
-           "independent_requests", "Executor", "current_executor", "executor_in_use", "process_batch",
+           "Executor", "current_executor", "executor_in_use", "process_batch",
            "rewrite_failures"]

@@ -163,10 +163,11 @@ def label(pairs: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path) -> Pat
     """The label stage with the rule judge -> preferences.jsonl. One order per pair (no position
     debiasing: the rule judge has no position bias), so both rules give every pair the same
     confidence and differ only in which side wins."""
-    from rlaif.stages.labeler import make_config, run_label
+    from rlaif.judge import Judge, JudgeConfig
+    from rlaif.stages.labeler import run_label
 
-    run_label(pairs, CONSTITUTION, judge(rule, sizes, seed), out_dir,
-              make_config(debias=False, seed=seed), progress=False)
+    run_label(pairs, Judge(judge(rule, sizes, seed), CONSTITUTION, JudgeConfig(debias=False, seed=seed)), out_dir,
+              progress=False)
     return out_dir / "preferences.jsonl"
 
 
@@ -207,10 +208,10 @@ def run_kto(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
 
 def direct_reward(rule: str, sizes: Sizes, seed: int):
     """Direct RLAIF: the judge's probability-weighted 1–9 score of each reply, in [0, 1]."""
-    from rlaif.stages.direct_scoring import direct_scores
+    from rlaif.judge import Judge
+    from rlaif.train.rewards import direct_reward as judge_reward
 
-    j = judge(rule, sizes, seed)
-    return lambda prompts, responses: direct_scores(j, prompts, responses, constitution=CONSTITUTION)
+    return judge_reward(Judge(judge(rule, sizes, seed), CONSTITUTION))
 
 
 def run_ppo(prompts: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path) -> dict:
@@ -225,18 +226,18 @@ def run_ppo(prompts: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path) ->
 
 def run_grpo(prompts: Path, rule: str, sizes: Sizes, seed: int, out_dir: Path, advantage: str = "grpo") -> dict:
     """GRPO (`advantage: grpo`) or RLOO (`rloo`) with the judge's direct score as the one reward,
-    through the trainer's own judge reward (rlaif/train/rewards.py DirectJudge)."""
-    from rlaif.constitution import load_constitution
+    through the trainer's own judge reward (rlaif/train/rewards.py JudgeReward)."""
+    from rlaif.judge import Judge
     from rlaif.train.grpo import GRPOConfig
     from rlaif.train.grpo_loop import train_grpo
-    from rlaif.train.rewards import DirectJudge, RewardSet
+    from rlaif.train.rewards import JudgeReward, RewardSet
 
     cfg = GRPOConfig(policy=EMBEDDED, prompts=str(prompts), output_dir=str(out_dir), seed=seed,
                      max_steps=sizes.grpo_steps, batch_size=sizes.grpo_batch, num_generations=sizes.grpo_generations,
                      num_iterations=sizes.grpo_iterations, advantage=advantage, learning_rate=sizes.grpo_lr,
                      beta=sizes.grpo_beta, max_new_tokens=sizes.ppo_new_tokens, max_length=sizes.max_length,
                      progress=False)
-    reward = RewardSet([DirectJudge("judge_direct", 1.0, judge(rule, sizes, seed), load_constitution(CONSTITUTION))])
+    reward = RewardSet([JudgeReward("judge_direct", 1.0, Judge(judge(rule, sizes, seed), CONSTITUTION), "direct")])
     return train_grpo(cfg, reward_fn=reward)
 
 

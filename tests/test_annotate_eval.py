@@ -11,7 +11,7 @@ from rlaif.annotate.pairs import annotation_pairs
 from rlaif.annotate.store import Store
 from rlaif.cli import main
 from rlaif.constitution import load_constitution
-from rlaif.stages.labeler import LabelerConfig
+from rlaif.judge import Judge
 from tests.rule_judge import RuleJudge
 
 # 1 = the annotator leaned to reply a (the shorter one, which the judge prefers on every pair)
@@ -49,8 +49,7 @@ def check(m):
 
 def test_judge_against_annotators_and_the_human_ceiling(db, tmp_path):
     constitution = load_constitution("harmless")
-    m = run_human_eval(db, constitution, RuleJudge("shorter", accuracy=0.9), tmp_path / "ev", LabelerConfig(),
-                       progress=False)
+    m = run_human_eval(db, Judge(RuleJudge("shorter", accuracy=0.9), constitution), tmp_path / "ev", progress=False)
     check(m)
     assert m["principle_not_in_constitution"] == 0 and m["labels"] == 15
     report = (tmp_path / "ev" / "report.md").read_text()
@@ -62,8 +61,8 @@ def test_judge_against_annotators_and_the_human_ceiling(db, tmp_path):
     assert {r["chosen_is"] for r in recs} == {"a", "b"}
     # the exported JSONL gives the same numbers as the database
     assert main(["annotate", "export", "--db", str(db), "--out", str(tmp_path / "h.jsonl")]) == 0
-    check(run_human_eval(tmp_path / "h.jsonl", constitution, RuleJudge("shorter", accuracy=0.9), tmp_path / "ev2",
-                         LabelerConfig(), progress=False))
+    check(run_human_eval(tmp_path / "h.jsonl", Judge(RuleJudge("shorter", accuracy=0.9), constitution),
+                         tmp_path / "ev2", progress=False))
 
 
 @pytest.mark.slow

@@ -79,7 +79,8 @@ def _fake_server():
 
 def _responses_run(url, out, prompts, *, concurrency=16, max_retries=2, fixed_batches=None, **cfg):
     from rlaif.backends.openai_engine import OpenAIEngine
-    from rlaif.runner import independent_requests, run_stage
+    from rlaif.backends.base import independent_requests
+    from rlaif.runner import run_stage
     from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
     engine = OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=url, concurrency=concurrency,
@@ -168,7 +169,8 @@ def test_a_failed_batch_of_a_two_step_stage_goes_on_concurrently(tmp_path):
     are sent together, not one chain after another."""
     from rlaif.backends.openai_engine import OpenAIEngine
     from rlaif.constitution import load_constitution
-    from rlaif.runner import independent_requests, run_stage
+    from rlaif.backends.base import independent_requests
+    from rlaif.runner import run_stage
     from rlaif.stages.critique_revision import CritiqueConfig, chain_inputs, make_process
     from rlaif.stages.response_inputs import normalize_responses
     from rlaif.templates import load_template

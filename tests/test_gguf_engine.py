@@ -103,19 +103,15 @@ class _NoScore:
 
 
 def labeler_votes(engine):
-    """The labeler's own requests for PAIRS (both orders, one principle), through `_pair_votes`:
+    """The judge's own requests for PAIRS (both orders, one principle), through `Judge.compare_many`:
     -> (requests, option log-probs, votes)."""
-    from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import LabelerConfig, _pair_votes, label_inputs, templates_for
+    from rlaif.judge import Judge, JudgeConfig
 
-    constitution = load_constitution("harmless")
-    cfg = LabelerConfig(debias=True)
-    pairs = [{"prompt": user(q), "a": a, "b": b} for q, a, b in PAIRS]
-    batch = label_inputs(pairs, constitution, cfg, {})
     rec = Recorder(engine)
-    votes = _pair_votes(rec, constitution, cfg, templates_for(cfg)["pairwise"], batch)
+    judged = Judge(rec, "harmless", JudgeConfig(debias=True)).compare_many(
+        [user(q) for q, _, _ in PAIRS], [a for _, a, _ in PAIRS], [b for _, _, b in PAIRS])
     (requests, logprobs), = rec.calls
-    return requests, logprobs, [v for vs in votes for v in vs]
+    return requests, logprobs, [v for j in judged for v in j.votes]
 
 
 # ---------------------------------------------------------------- the same model as the transformers engine

@@ -12,13 +12,13 @@ import pytest
 from rlaif.backends.base import GenerationRequest, OptionRequest
 from rlaif.constitution import Constitution, load_constitution
 from rlaif.errors import UserError
-from rlaif.eval.judge_check import (RESULT, check_pairs_as_label_inputs, judge_at_chance, judge_check_line,
-                                    require_accuracy, run_judge_check)
+from rlaif.eval.judge_check import RESULT, require_accuracy, run_judge_check
+from rlaif.judge import Judge, JudgeConfig, check_pairs, judge_at_chance, judge_check_line
+from rlaif.judge import prompts as J
+from rlaif.judge import soft_labels as S
 from rlaif.records import read_jsonl
+from rlaif.templates import load_template
 from rlaif.stages import labeler as L
-from rlaif.stages import direct_scoring as D
-from rlaif.stages import judge_prompts as J
-from rlaif.stages import soft_labels as S
 
 from conftest import run_cli
 from rule_judge import RuleJudge, length_digit
@@ -39,7 +39,7 @@ TEST_CONSTITUTION = {
 
 
 def _pairwise_request(a: str, b: str, template: str = "label_pairwise", **extra) -> OptionRequest:
-    t = L.load_template(template)
+    t = load_template(template)
     values = {"examples": "", "conversation": J.conversation_text(CONVERSATION, 3000), "response_a": a,
               "response_b": b, "question": "Which reply is better?", **extra}
     return OptionRequest(t.render(**values), t.render_prefill(**values))
@@ -80,9 +80,9 @@ def test_rule_judge_through_the_labeler_debiased_with_cot():
     judge = RuleJudge("shorter", accuracy=0.7)
     pairs = [{"prompt": CONVERSATION, "a": LONG, "b": SHORT, "given": "unordered", "source_line": 1,
               "source_id": None}]
-    for cfg in (L.LabelerConfig(), L.LabelerConfig(cot=True, clamp=(0.0, 1.0), few_shot=1)):
-        proc = L.make_process(judge, constitution, cfg, L.templates_for(cfg))
-        rec = proc(L.label_inputs(pairs, constitution, cfg, {}))[0]
+    for cfg in (JudgeConfig(), JudgeConfig(cot=True, clamp=(0.0, 1.0), few_shot=1)):
+        j = Judge(judge, constitution, cfg)
+        rec = L.make_process(j)(L.label_inputs(pairs, j))[0]
         assert rec["p_a"] == pytest.approx(0.3)
         assert rec["labels_by_order"] == {"ab": pytest.approx(0.3), "ba": pytest.approx(0.3)}
         assert rec["chosen"][0]["content"] == SHORT
@@ -95,7 +95,7 @@ def test_rule_judge_direct_scores_fall_with_length():
     constitution = Constitution.model_validate(TEST_CONSTITUTION)
     texts = ["Yes.", " ".join(["word"] * 20), " ".join(["word"] * 60)]
     assert [length_digit(t) for t in texts] == [9, 6, 1]
-    scores = D.direct_scores(judge, [CONVERSATION] * 3, texts, constitution=constitution)
+    scores = [s.value for s in Judge(judge, constitution).score_many([CONVERSATION] * 3, texts)]
     assert scores[0] > scores[1] > scores[2]
     # the favoured digit carries p = accuracy: E[score] for digit 9 with 0.1 spread over 1..8 (and
     # "10" at 1e-6 of the "1" mass)
@@ -103,7 +103,7 @@ def test_rule_judge_direct_scores_fall_with_length():
     e = 0.9 * 9 + p_rest * sum(range(1, 9)) + p_rest * 1e-6 * 9
     assert scores[0] == pytest.approx((e - 1) / 9, abs=1e-9)
     # asked for "10" as a first-token option as well (as a server is), the digits still carry the rule
-    lp = judge.option_logprobs(J.direct_score_requests(L.load_template("label_direct"), ["User: hi"], ["Yes."],
+    lp = judge.option_logprobs(J.direct_score_requests(load_template("label_direct"), ["User: hi"], ["Yes."],
                                                        ["Which is better?"]), [*map(str, range(1, 10)), "10"])[0]
     assert lp["9"] == pytest.approx(math.log(0.9)) and lp["10"] == pytest.approx(math.log(1e-6))
 
@@ -154,15 +154,15 @@ def test_label_inputs_use_the_principle_a_pair_names():
          "comparison_question": "Which reply is kinder?"}]}
     constitution = Constitution.model_validate(data)
     base = {"prompt": CONVERSATION, "a": SHORT, "b": LONG, "given": "check_pair", "source_line": 1, "source_id": None}
-    cfg = L.LabelerConfig(principles=2)
-    drawn = L.label_inputs([base], constitution, cfg, {})[0]
-    kind = L.label_inputs([{**base, "principle": "kind"}], constitution, cfg, {})[0]
-    brief = L.label_inputs([{**base, "principle": "brief"}], constitution, cfg, {})[0]
+    j = Judge(RuleJudge("shorter", accuracy=0.9), constitution, JudgeConfig(principles=2))
+    drawn = L.label_inputs([base], j)[0]
+    kind = L.label_inputs([{**base, "principle": "kind"}], j)[0]
+    brief = L.label_inputs([{**base, "principle": "brief"}], j)[0]
     assert sorted(drawn["principles"]) == ["brief", "kind"]  # the seeded draw, unchanged
     assert kind["principles"] == ["kind"] and brief["principles"] == ["brief"]
     assert len({drawn["id"], kind["id"], brief["id"]}) == 3  # the principle is part of the record's identity
     with pytest.raises(UserError, match="'rude' is not the id of a principle"):
-        L.label_inputs([{**base, "principle": "rude"}], constitution, cfg, {})
+        L.label_inputs([{**base, "principle": "rude"}], j)
 
 
 # ------------------------------------------------------------------ the shipped check pairs
@@ -230,11 +230,11 @@ def test_bad_check_pair_is_one_line_and_exit_2(tmp_path, pair, field, what):
 
 def test_check_pairs_become_labeler_pairs_with_the_better_reply_known():
     c = load_constitution("harmless")
-    plain = check_pairs_as_label_inputs(c)
+    plain = check_pairs(c)
     assert [p["a"] for p in plain] == [cp.better for cp in c.check_pairs]
     assert all(p["human_chosen"] == "a" and p["prompt"] == [{"role": "user", "content": cp.prompt}]
                and p["principle"] == cp.principle for p, cp in zip(plain, c.check_pairs))
-    blind = check_pairs_as_label_inputs(c, blind_seed=0)
+    blind = check_pairs(c, blind_seed=0)
     sides = [p["human_chosen"] for p in blind]
     assert 0.25 < sides.count("b") / len(sides) < 0.75
     assert all(p[p["human_chosen"]] == cp.better for p, cp in zip(blind, c.check_pairs))
@@ -242,7 +242,7 @@ def test_check_pairs_become_labeler_pairs_with_the_better_reply_known():
 
 def test_a_judge_that_follows_the_rule_passes_and_resumes_without_asking_again(tmp_path):
     judge = RuleJudge("shorter", accuracy=0.99)
-    result = run_judge_check(judge, load_constitution("concise"), tmp_path / "jc", progress=False)
+    result = run_judge_check(Judge(judge, load_constitution("concise")), tmp_path / "jc", progress=False)
     assert result["status"] == "ok" and not judge_at_chance(result)
     assert result["pairs"] == 30 and result["accuracy"] >= 0.95
     assert result["mean_p_right"] == pytest.approx(0.99)
@@ -252,7 +252,7 @@ def test_a_judge_that_follows_the_rule_passes_and_resumes_without_asking_again(t
     assert judge_check_line(result) == result["message"] and "passes" in result["message"]
     assert "nearly flat" not in result["message"]
     # right on every pair, but barely: the line says the labels are nearly flat
-    weak = run_judge_check(RuleJudge("shorter", accuracy=0.52), load_constitution("concise"), tmp_path / "weak",
+    weak = run_judge_check(Judge(RuleJudge("shorter", accuracy=0.52), load_constitution("concise")), tmp_path / "weak",
                            progress=False)
     assert weak["status"] == "ok" and weak["accuracy"] == 1.0 and "labels are nearly flat" in weak["message"]
     labels = read_jsonl(tmp_path / "jc" / "labels.jsonl")
@@ -264,9 +264,25 @@ def test_a_judge_that_follows_the_rule_passes_and_resumes_without_asking_again(t
     assert saved == json.loads(json.dumps(result))
 
     again = RuleJudge("shorter", accuracy=0.99)
-    resumed = run_judge_check(again, load_constitution("concise"), tmp_path / "jc", progress=False)
+    resumed = run_judge_check(Judge(again, load_constitution("concise")), tmp_path / "jc", progress=False)
     assert again.counters["option_requests"] == 0
     assert resumed == result
+
+
+def test_judge_check_in_memory_gives_what_the_command_writes(tmp_path):
+    """`Judge.check()` (no files) and `rlaif judge-check`'s run (labels through the label stage,
+    resumable) measure the same judgement: every figure agrees."""
+    concise = load_constitution("concise")
+    mem = Judge(RuleJudge("shorter", accuracy=0.8), concise).check()
+    disk = run_judge_check(Judge(RuleJudge("shorter", accuracy=0.8), concise), tmp_path / "jc", progress=False)
+    assert mem["status"] == disk["status"] == "ok" and mem["message"] == disk["message"]
+    for key in ("pairs", "accuracy", "mean_p_right", "position_flip_rate", "prefers_longer_rate",
+                "better_is_longer_rate"):
+        assert mem[key] == pytest.approx(disk[key]), key
+    assert mem["accuracy_ci95"] == pytest.approx(disk["accuracy_ci95"])
+    assert mem["mean_p_right"] == pytest.approx(0.8)
+    coin = Judge(RuleJudge("random", accuracy=0.9), concise).check()
+    assert coin["status"] == "at_chance" and judge_at_chance(coin)
 
 
 @pytest.mark.parametrize("rule, name", [("random", "concise"), ("shorter", "harmless"),
@@ -274,7 +290,7 @@ def test_a_judge_that_follows_the_rule_passes_and_resumes_without_asking_again(t
 def test_a_coin_or_a_length_bias_is_at_chance(tmp_path, rule, name):
     """The random control is at chance anywhere; a judge that only likes short replies is at
     chance on the constitutions whose better replies are long half the time."""
-    result = run_judge_check(RuleJudge(rule, accuracy=0.9), load_constitution(name), tmp_path / "jc", progress=False)
+    result = run_judge_check(Judge(RuleJudge(rule, accuracy=0.9), load_constitution(name)), tmp_path / "jc", progress=False)
     lo, hi = result["accuracy_ci95"]
     assert result["status"] == "at_chance" and judge_at_chance(result) and lo <= 0.5 <= hi
     line = judge_check_line(result)
@@ -286,18 +302,18 @@ def test_a_coin_or_a_length_bias_is_at_chance(tmp_path, rule, name):
 def test_position_bias_cannot_pass_when_debiasing_is_off(tmp_path):
     """Without debiasing only one order is shown; the better reply sits on a seeded side, so a judge
     that always picks the first-shown reply is at chance rather than perfect."""
-    cfg = L.LabelerConfig(debias=False)
-    result = run_judge_check(RuleJudge("first", accuracy=0.9), load_constitution("harmless"), tmp_path / "jc", cfg,
-                             progress=False)
+    cfg = JudgeConfig(debias=False)
+    result = run_judge_check(Judge(RuleJudge("first", accuracy=0.9), load_constitution("harmless"), cfg),
+                             tmp_path / "jc", progress=False)
     assert result["status"] == "at_chance" and result["position_flip_rate"] is None
-    debiased = run_judge_check(RuleJudge("first", accuracy=0.9), load_constitution("harmless"), tmp_path / "jc2",
+    debiased = run_judge_check(Judge(RuleJudge("first", accuracy=0.9), load_constitution("harmless")), tmp_path / "jc2",
                                progress=False)
     assert debiased["status"] == "at_chance" and debiased["position_flip_rate"] == 1.0
     assert debiased["mean_p_right"] == pytest.approx(0.5)
 
 
 def test_a_judge_that_prefers_the_worse_reply_is_below_chance(tmp_path):
-    result = run_judge_check(RuleJudge("shorter", accuracy=0.9), _reversed_concise(), tmp_path / "jc", progress=False)
+    result = run_judge_check(Judge(RuleJudge("shorter", accuracy=0.9), _reversed_concise()), tmp_path / "jc", progress=False)
     assert result["status"] == "below_chance" and not judge_at_chance(result) and result["accuracy"] == 0.0
     assert "prefers the worse reply" in judge_check_line(result)
 
@@ -310,7 +326,7 @@ def _reversed_concise() -> Constitution:
 
 def test_a_constitution_without_check_pairs_is_skipped(tmp_path):
     judge = RuleJudge("shorter")
-    result = run_judge_check(judge, Constitution.model_validate(TEST_CONSTITUTION), tmp_path / "jc", progress=False)
+    result = run_judge_check(Judge(judge, Constitution.model_validate(TEST_CONSTITUTION)), tmp_path / "jc", progress=False)
     assert result["status"] == "skipped" and result["pairs"] == 0 and not judge_at_chance(result)
     assert "carries no check pairs" in judge_check_line(result)
     assert judge.counters["option_requests"] == 0 and not (tmp_path / "jc").exists()
@@ -338,7 +354,7 @@ def test_require_accuracy_stops_a_weak_judge():
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_the_embedded_model_is_at_chance_on_harmless(embedded_engine, tmp_path, capsys):
-    result = run_judge_check(embedded_engine, load_constitution("harmless"), tmp_path / "jc", progress=False)
+    result = run_judge_check(Judge(embedded_engine, load_constitution("harmless")), tmp_path / "jc", progress=False)
     print(json.dumps({k: result[k] for k in ("accuracy", "accuracy_ci95", "mean_p_right", "position_flip_rate",
                                              "prefers_longer_rate", "seconds_per_pair")}))
     assert result["pairs"] == 30

@@ -14,9 +14,9 @@ import pytest
 
 from rlaif.constitution import load_constitution
 from rlaif import metrics as M
+from rlaif.judge import Judge, JudgeConfig
+from rlaif.judge import soft_labels as S
 from rlaif.stages import labeler as L
-from rlaif.stages import direct_scoring as D
-from rlaif.stages import soft_labels as S
 
 from conftest import ROOT, build_tiny_llama
 
@@ -86,8 +86,8 @@ def test_direct_scores_ask_every_reply_to_a_prompt_the_same_question(tiny_engine
     eng = RecordingEngine(tiny_engine)
     prompts = [p for p in PROMPTS for _ in range(2)]
     replies = [f"{kind} reply number {i}" for i in range(len(PROMPTS)) for kind in ("a careful", "a reckless")]
-    scores = D.direct_scores(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
-                             max_conversation_chars=200, max_response_chars=100)
+    judge = Judge(eng, harmless, JudgeConfig(principles=k, seed=0, max_conversation_chars=200, max_response_chars=100))
+    scores = [s.value for s in judge.score_many(prompts, replies)]
     assert len(scores) == len(replies) and all(0 <= s <= 1 for s in scores)
     asked: dict[str, list[str]] = {}
     for reply, question in eng.asked():
@@ -97,17 +97,16 @@ def test_direct_scores_ask_every_reply_to_a_prompt_the_same_question(tiny_engine
         assert len(first) == k and first == second, f"prompt {i}: {first} vs {second}"
     # the detailed form says which principles were used, and they are the ones asked
     eng.calls.clear()
-    detailed = D.direct_scores_detailed(eng, prompts, replies, constitution=harmless, principles=k, seed=0,
-                                        max_conversation_chars=200, max_response_chars=100)
-    assert [d["score"] for d in detailed] == pytest.approx(scores)
+    detailed = judge.score_many(prompts, replies)
+    assert [d.value for d in detailed] == pytest.approx(scores)
     for d, reply in zip(detailed, replies):
-        assert len(d["principles"]) == k and len(d["scores"]) == k
-        assert [harmless.principle(pid).comparison_question.strip() for pid in d["principles"]] == \
+        assert len(d.principles) == k and len(d.scores) == k
+        assert [harmless.principle(pid).comparison_question.strip() for pid in d.principles] == \
             [q for r, q in eng.asked() if r == reply]
-    assert all(detailed[2 * i]["principles"] == detailed[2 * i + 1]["principles"] for i in range(len(PROMPTS)))
+    assert all(detailed[2 * i].principles == detailed[2 * i + 1].principles for i in range(len(PROMPTS)))
     # a principle given by id is the one asked, and recorded
-    one = D.direct_scores_detailed(eng, PROMPTS[:1], ["x"], principle="privacy", constitution=harmless)
-    assert one[0]["principles"] == ["privacy"]
+    one = judge.score(PROMPTS[0], "x", principle="privacy")
+    assert one.principles == ["privacy"]
 
 
 def test_best_of_n_candidates_share_the_question_and_the_record_names_it(tiny_engine, harmless):
@@ -116,7 +115,7 @@ def test_best_of_n_candidates_share_the_question_and_the_record_names_it(tiny_en
     judge = RecordingEngine(tiny_engine)
     from rlaif.train.rewards import direct_reward
 
-    reward = direct_reward(judge, harmless, principles=1, seed=0)
+    reward = direct_reward(Judge(judge, harmless, JudgeConfig(principles=1, seed=0)))
     cfg = BestOfNConfig(n=3, max_tokens=6, temperature=1.0)
     recs = best_of_n([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS[:3]], tiny_engine, reward, cfg)
     asked = judge.asked()
@@ -132,12 +131,11 @@ def test_best_of_n_candidates_share_the_question_and_the_record_names_it(tiny_en
 
 def test_direct_pair_labels_score_both_replies_under_the_pairs_principles(tiny_engine, harmless):
     eng = RecordingEngine(tiny_engine)
-    cfg = L.LabelerConfig(mode="direct", principles=2, max_conversation_chars=200, max_response_chars=100)
+    cfg = JudgeConfig(mode="direct", principles=2, max_conversation_chars=200, max_response_chars=100)
     pairs = [{"prompt": [{"role": "user", "content": p}], "a": f"first {i}", "b": f"second {i}", "given": "unordered",
               "source_line": i, "source_id": None} for i, p in enumerate(PROMPTS[:3])]
-    templates = L.templates_for(cfg)
-    inputs = L.label_inputs(pairs, harmless, cfg, {k: t.id for k, t in templates.items()})
-    recs = L.make_process(eng, harmless, cfg, templates)(inputs)
+    judge = Judge(eng, harmless, cfg)
+    recs = L.make_process(judge)(L.label_inputs(pairs, judge))
     asked: dict[str, list[str]] = {}
     for reply, question in eng.asked():
         asked.setdefault(reply, []).append(question)
@@ -220,19 +218,18 @@ def test_direct_score_reads_a_single_token_ten():
     want[0], want[6], want[9] = p1 * (1 - q), p7, p10 + p1 * q
     want_score = (sum(k * p for k, p in zip(range(1, 11), want)) - 1) / 9
     harmless = load_constitution("harmless")
-    score, = D.direct_scores(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
-    assert score == pytest.approx(want_score, abs=1e-6)
+    got = Judge(eng, harmless).score("How was it?", "fine", principle="privacy")
+    assert got.value == pytest.approx(want_score, abs=1e-6)
     # one call: the first-token options, then "0" read after "1" (the engine reuses the prompt's cache)
     assert eng.is_single_token("10") is True and eng.calls[0][1] == list(S.DIGITS) + ["10", "0"]
-    detailed = D.direct_scores_detailed(eng, ["How was it?"], ["fine"], principle="privacy", constitution=harmless)
-    assert detailed[0]["distributions"][0] == pytest.approx(want, abs=1e-6)
-    assert detailed[0]["score"] == pytest.approx(want_score, abs=1e-6)
+    assert got.distribution == pytest.approx(want, abs=1e-6)
+    assert got.expected == pytest.approx(1 + 9 * want_score, abs=1e-5)
 
 
 def test_split_ten_tokenizers_keep_the_two_step_reading(tiny_engine, harmless):
     eng = RecordingEngine(tiny_engine)  # SmolLM2's tokenizer spells "10" as "1", "0"
     assert eng.is_single_token("10") is False and eng.is_single_token("7") is True
-    D.direct_scores(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)
+    Judge(eng, harmless).score("hi", "hello", principle="privacy")
     assert eng.calls[0][1] == list(S.DIGITS) + ["0"]
 
 
@@ -253,11 +250,11 @@ def test_a_server_is_asked_for_ten_and_an_unlisted_ten_reads_as_zero():
     with FakeOpenAIServer() as srv:
         eng = RecordingEngine(OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=srv.base_url,
                                                         top_logprobs=20)))
-        got = D.direct_scores_detailed(eng, ["hi"], ["hello"], principle="privacy", constitution=harmless)[0]
+        got = Judge(eng, harmless).score("hi", "hello", principle="privacy")
         assert eng.calls[0][1] == list(S.DIGITS) + ["10"]
         request = eng.calls[0][0][0]
         nine = eng.inner.option_logprobs([request], list(S.DIGITS))[0]
         zero = eng.inner.option_logprobs([OptionRequest(request.messages, request.prefill + "1")], ["0"])[0]
         eng.close()
-    assert got["distributions"][0] == pytest.approx(S.score_distribution(nine, zero["0"]), abs=1e-6)
-    assert "10" not in got["floored"]
+    assert got.distributions[0] == pytest.approx(S.score_distribution(nine, zero["0"]), abs=1e-6)
+    assert "10" not in got.floored

@@ -186,3 +186,17 @@ def test_the_package_docstring_shows_the_same_layers_in_order():
 def test_every_layer_entry_exists(name, entries):
     for entry in entries:
         assert entry in MODULES, f"layer {name}: {entry} is not a module of rlaif/"
+
+
+def test_nothing_outside_the_judge_imports_its_internals():
+    """The judge is one unit: other modules import `rlaif.judge` (the package), never its files."""
+    inside = [f"{MODULES[i].relative_to(PACKAGE.parent)}:{line}: {i} imports {t}"
+              for i, targets in EDGES.items() if not i.startswith("rlaif.judge")
+              for t, line in targets.items() if t.startswith("rlaif.judge.")]
+    assert not inside, "judge internals imported from outside rlaif/judge/:\n" + "\n".join(inside)
+
+
+def test_the_judge_layer_sits_between_engines_and_execution():
+    names = [name for name, _ in LAYERS]
+    assert names.index("engines") < names.index("judging") < names.index("execution")
+    assert ("rlaif.judge",) in [entries for _, entries in LAYERS]

@@ -36,7 +36,7 @@ SEED = 0
 #   RLOO          -14.1 / -18.0                       +8.6 / +3.5
 # (GRPO / RLOO rows: seeds 0 and 1 only, `python -m benchmarks.learning --seeds 0,1 --trainers
 # grpo,rloo`; 4 prompts × G = 4 replies a step, 4 steps, μ = 2, the judge's direct score as the one
-# reward, through DirectJudge.)
+# reward, through JudgeReward.)
 # (KTO's row: the same Experiment, arm by arm, .kto(rule, seed). Its control moves more than the
 # others': on seeds 0 and 1 nearly every held-out reply runs to the cap, +9.8 being the most it can
 # move up; on seed 2 it shortens them by 10.8, inside NOISE by 1.2.)

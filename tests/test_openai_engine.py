@@ -573,16 +573,14 @@ SAME_WEIGHT_PAIRS = [
 
 def _labels(engine, pairs, constitution):
     """P(first option) of every (pair, principle, order) vote, and each first reply's direct score."""
+    from rlaif.judge import Judge
     from rlaif.stages import labeler as L
-    from rlaif.stages import direct_scoring as D
 
-    cfg = L.LabelerConfig()
-    templates = L.templates_for(cfg)
-    inputs = L.label_inputs(pairs, constitution, cfg, {k: t.id for k, t in templates.items()})
+    judge = Judge(engine, constitution)
+    inputs = L.label_inputs(pairs, judge)
     votes = {(r["id"], v["principle"], v["order"]): v["p_first"]
-             for r in L.make_process(engine, constitution, cfg, templates)(inputs) for v in r["votes"]}
-    direct = D.direct_scores(engine, [p["prompt"] for p in pairs], [p["a"] for p in pairs],
-                             constitution=constitution, principles=1)
+             for r in L.make_process(judge)(inputs) for v in r["votes"]}
+    direct = [s.value for s in judge.score_many([p["prompt"] for p in pairs], [p["a"] for p in pairs])]
     return votes, direct
 
 

@@ -19,7 +19,8 @@ from rlaif.backends.prefix_tree import computed_tokens, is_shared, prefix_tree
 from rlaif.backends.transformers_engine import TransformersEngine
 from rlaif.config import EngineConfig
 from rlaif.constitution import load_constitution
-from rlaif.stages.labeler import LabelerConfig, label_pairs
+from rlaif.judge import Judge, JudgeConfig
+from rlaif.stages.labeler import label_pairs
 from rlaif.stages.pair_inputs import normalize_pairs
 from tests.conftest import build_tiny_llama
 from tests.test_engine_correctness import build_tiny_gpt2
@@ -95,9 +96,9 @@ PAIRS = [
 
 def labels(engine, out, principles, batch_size=8):
     """p(first option) of every vote of the labeler on PAIRS, keyed by (pair, principle, order)."""
-    cfg = LabelerConfig(debias=True, principles=principles)
+    cfg = JudgeConfig(debias=True, principles=principles)
     pairs, _ = normalize_pairs(PAIRS)
-    res = label_pairs(pairs, load_constitution("harmless"), engine, cfg, out, batch_size=batch_size, progress=False)
+    res = label_pairs(pairs, Judge(engine, "harmless", cfg), out, batch_size=batch_size, progress=False)
     return {(r["source_line"], v["principle"], v["order"]): v["p_first"] for r in res.records for v in r["votes"]}
 
 
@@ -178,8 +179,8 @@ def test_embedded_model_labels_with_prefix_reuse_equal_labels_without(embedded_e
 def test_direct_scores_read_ten_on_top_of_the_first_pass_cache(request, model):
     """The direct score's second read ("0" after "1") goes in the first read's call: one call, the
     prompt computed once, and the scores equal the two-call path that always reads the "0"."""
-    from rlaif.stages.direct_scoring import score_requests
-    from rlaif.stages.judge_prompts import conversation_text, direct_score_requests
+    from rlaif.judge.prompts import conversation_text, direct_score_requests
+    from rlaif.judge.scoring import score_requests
     from rlaif.templates import load_template
 
     base = request.getfixturevalue(model)

@@ -201,6 +201,7 @@ def _responses_file(path: Path, prompt_file: Path, reply: str) -> Path:
 def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pair, prompt_file, tmp_path):
     from rlaif.config import EngineConfig
     from rlaif.constitution import load_constitution
+    from rlaif.judge import Judge
     from rlaif.eval.rank_cmd import rank, resolve_checkpoints
     from rlaif.prompts_io import read_prompts
 
@@ -210,7 +211,7 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     specs = [str(tiny_pair[0]), str(short), str(wordy)]
     ckpts = resolve_checkpoints(specs, prompts, EngineConfig(device="cpu", batch_size=4), str(prompt_file))
     judge = RuleJudge("shorter", accuracy=0.9)
-    info = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
+    info = rank(ckpts, prompts, Judge(judge, load_constitution("concise")), tmp_path / "out", max_tokens=12, n_boot=200,
                 batch_size=8, source=str(prompt_file), judge_check=False)
     order = [p["name"] for p in info["players"]]
     assert order[0] == str(short) and order[-1] == str(wordy), order  # 1 word < 12 tokens < 60 words
@@ -224,11 +225,11 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     for name in ("ranking.json", "ranking.md", "ranking.html", "ratings.png", "win_rate.png", "judgments.jsonl"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     # a second run resumes: nothing is judged again, the same ranking comes out
-    again = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
+    again = rank(ckpts, prompts, Judge(judge, load_constitution("concise")), tmp_path / "out", max_tokens=12, n_boot=200,
                  batch_size=8, source=str(prompt_file), judge_check=False)
     assert judge.counters["option_requests"] == 2 * 12 and again["players"] == info["players"]
     # hard outcomes (the verdicts) from the same judgements: short beats wordy outright, so the spread grows
-    hard = rank(ckpts, prompts, judge, load_constitution("concise"), tmp_path / "out", max_tokens=12, n_boot=200,
+    hard = rank(ckpts, prompts, Judge(judge, load_constitution("concise")), tmp_path / "out", max_tokens=12, n_boot=200,
                 batch_size=8, source=str(prompt_file), outcomes="hard", judge_check=False)
     assert judge.counters["option_requests"] == 2 * 12 and hard["win_rate_matrix"]["mean_p"][1][2] == 1.0
     spread = {k: r["players"][0]["elo"] - r["players"][-1]["elo"] for k, r in (("soft", info), ("hard", hard))}

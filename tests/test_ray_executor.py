@@ -58,13 +58,14 @@ def _write(path: Path, rows: list[dict]) -> Path:
 def test_labels_and_generations_equal_the_local_runner(tmp_path, tiny_model_dir):
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import make_config, run_label
+    from rlaif.judge import Judge, make_config
+    from rlaif.stages.labeler import LabelConfig, run_label
     from rlaif.stages.responses import ResponsesConfig, expand, make_process
 
     cfg = EngineConfig(model=str(tiny_model_dir), device="cpu")
     pairs = _write(tmp_path / "pairs.jsonl", _pairs(24))
     harmless = load_constitution("harmless")
-    lcfg = make_config(mode="pairwise", debias=True, seed=0)
+    lcfg = make_config(LabelConfig, mode="pairwise", debias=True, seed=0)
     rcfg = ResponsesConfig(n=2, max_tokens=12, temperature=0.8, seed=3)
     prompts = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"tell me about {w}"}]}
                for i, w in enumerate(WORDS[:6])]
@@ -75,7 +76,7 @@ def test_labels_and_generations_equal_the_local_runner(tmp_path, tiny_model_dir)
 
     local = load_engine(cfg)
     try:
-        run_label(pairs, harmless, local, tmp_path / "local" / "label", lcfg, batch_size=4, progress=False)
+        run_label(pairs, Judge(local, harmless, lcfg), tmp_path / "local" / "label", batch_size=4, progress=False)
         generate(tmp_path / "local", local)
     finally:
         local.close()
@@ -100,14 +101,15 @@ def test_an_openai_fleet_spreads_the_actors_over_the_servers_with_local_labels(t
     in-process engine on one server; a fleet for a local engine is refused in one line."""
     from rlaif.backends.openai_engine import OpenAIEngine
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import make_config, run_label
+    from rlaif.judge import Judge, make_config
+    from rlaif.stages.labeler import LabelConfig, run_label
     from tests.servers.fake_openai import FakeOpenAIServer
 
     pairs = _write(tmp_path / "pairs.jsonl", _pairs(16))
     with FakeOpenAIServer(owned_by="vllm") as one:
         local = OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=one.base_url))
         try:
-            run_label(pairs, load_constitution("harmless"), local, tmp_path / "local", make_config(seed=0),
+            run_label(pairs, Judge(local, load_constitution("harmless"), make_config(LabelConfig, seed=0)), tmp_path / "local",
                       batch_size=8, progress=False)
         finally:
             local.close()
@@ -277,21 +279,22 @@ def test_vllm_judge_on_ray_actors_equals_the_in_process_vllm_engine(tmp_path):
 
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
-    from rlaif.stages.labeler import make_config, run_label
+    from rlaif.judge import Judge, make_config
+    from rlaif.stages.labeler import LabelConfig, run_label
 
     cfg = EngineConfig(kind="vllm", model="embedded:smollm2-135m-instruct", gpu_memory_utilization=0.3)
     pairs = _write(tmp_path / "pairs.jsonl", _pairs(16))
-    lcfg = make_config(mode="pairwise", debias=True, seed=0)
+    lcfg = make_config(LabelConfig, mode="pairwise", debias=True, seed=0)
     local = load_engine(cfg)
     try:
-        run_label(pairs, load_constitution("harmless"), local, tmp_path / "local", lcfg, batch_size=8, progress=False)
+        run_label(pairs, Judge(local, load_constitution("harmless"), lcfg), tmp_path / "local", batch_size=8, progress=False)
     finally:
         local.close()
     gpus = ExecutorConfig(kind="ray", actors=min(2, torch.cuda.device_count()), gpus_per_actor=1)
     ray.shutdown()
     ray.init(include_dashboard=False, log_to_driver=False)
     with use_executor(gpus):
-        run_label(pairs, load_constitution("harmless"), RemoteEngine(cfg), tmp_path / "ray", lcfg, batch_size=8,
+        run_label(pairs, Judge(RemoteEngine(cfg), load_constitution("harmless"), lcfg), tmp_path / "ray", batch_size=8,
                   progress=False)
     local_p = [json.loads(x)["p_a"] for x in (tmp_path / "local" / "labels.jsonl").read_text().splitlines()]
     ray_p = [json.loads(x)["p_a"] for x in (tmp_path / "ray" / "labels.jsonl").read_text().splitlines()]

@@ -500,7 +500,8 @@ def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the
     the conservative reward's mean gap r(short) − r(long) on held-out prompts, against the same
     ensemble at its initial weights (trained with a learning rate of 1e-12). Measured (judge seeds
     0 / 1 / 2 for the control): rule arm +2.26; random-label control +0.07 / −0.19 / +0.15."""
-    from rlaif.stages.labeler import LabelerConfig, run_label
+    from rlaif.judge import Judge
+    from rlaif.stages.labeler import run_label
     from rule_judge import RuleJudge
 
     topics = ["cats", "tea", "maps", "rain", "bees", "jazz", "kites", "salt", "ink", "moss", "owls", "figs",
@@ -519,7 +520,7 @@ def test_ensemble_with_strength_margin_learns_the_rule_judges_preference_and_the
     deltas = {}
     for rule in ("shorter", "random"):
         out = tmp_path / rule
-        run_label(pairs, "harmless", RuleJudge(rule, 0.9, seed=0), out / "label", LabelerConfig(), progress=False)
+        run_label(pairs, Judge(RuleJudge(rule, 0.9, seed=0), "harmless"), out / "label", progress=False)
         prefs = out / "label" / "preferences.jsonl"
         common = dict(base=str(tiny_dir), prefs=str(prefs), batch_size=8, max_steps=20, margin_from_strength=1.0,
                       progress=False, seed=0)
@@ -547,6 +548,7 @@ def test_rejection_sampling_learns_the_rule_judges_preference_and_the_control_do
 
     from rlaif.config import EngineConfig
     from rlaif.constitution import load_constitution
+    from rlaif.judge import Judge
     from rlaif.train.rewards import direct_reward
     from rlaif.train.best_of_n import BestOfNConfig, best_of_n
     from rlaif.train.rejection_sampling import finetune_on_best, sample_best
@@ -586,7 +588,7 @@ def test_rejection_sampling_learns_the_rule_judges_preference_and_the_control_do
     for rule in ("shorter", "random"):
         eng = engine(tmp_path / "start")
         try:
-            reward = direct_reward(RuleJudge(rule, 0.9, seed=1), load_constitution("harmless"))
+            reward = direct_reward(Judge(RuleJudge(rule, 0.9, seed=1), load_constitution("harmless")))
             data, _ = sample_best(prompts, eng, reward, BestOfNConfig(n=8, max_tokens=40, temperature=1.0),
                                   tmp_path / rule, progress=False)
         finally:

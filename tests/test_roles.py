@@ -182,14 +182,15 @@ def test_policy_on_transformers_with_a_judge_behind_a_real_openai_server(three_m
 def test_another_judge_in_the_same_folder_labels_afresh(tmp_path):
     from rlaif.constitution import load_constitution
     from rlaif.eval.judge_check import run_judge_check
+    from rlaif.judge import Judge
     from tests.rule_judge import RuleJudge
 
     concise = load_constitution("concise")
-    first = run_judge_check(RuleJudge("shorter", accuracy=0.99), concise, tmp_path, progress=False)
+    first = run_judge_check(Judge(RuleJudge("shorter", accuracy=0.99), concise), tmp_path, progress=False)
     again = RuleJudge("shorter", accuracy=0.99)
-    assert run_judge_check(again, concise, tmp_path, progress=False)["accuracy"] == first["accuracy"]
+    assert run_judge_check(Judge(again, concise), tmp_path, progress=False)["accuracy"] == first["accuracy"]
     assert again.counters["option_requests"] == 0  # the same judge resumes: nothing asked again
     coin = RuleJudge("random", accuracy=0.99)
-    second = run_judge_check(coin, concise, tmp_path, progress=False)
+    second = run_judge_check(Judge(coin, concise), tmp_path, progress=False)
     assert coin.counters["option_requests"] == 2 * len(concise.check_pairs)  # not the first judge's labels
     assert first["status"] == "ok" and second["status"] == "at_chance"

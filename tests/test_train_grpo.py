@@ -17,7 +17,8 @@ from rule_judge import RuleJudge  # noqa: E402
 
 from rlaif.train.grpo import (GRPOConfig, group_advantages, grpo_loss, k3_kl, per_token_loss,  # noqa: E402
                               token_weights)
-from rlaif.train.rewards import Component, DirectJudge, PairwiseJudge, RewardSet, RewardSpec, brevity  # noqa: E402
+from rlaif.judge import Judge  # noqa: E402
+from rlaif.train.rewards import Component, JudgeReward, RewardSet, RewardSpec, brevity  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = ["hi", "yo", "ok", "no", "up", "go", "be", "so"]
@@ -187,12 +188,12 @@ GROUP_REPLIES = ["red", "a deep and lovely shade of blue", "green, I would say"]
 def test_pairwise_judge_reward_ranks_a_group_by_the_rule():
     from rlaif.constitution import load_constitution
 
-    judge = PairwiseJudge("pw", 1.0, RuleJudge("shorter", 0.9), load_constitution("concise"))
+    judge = JudgeReward("pw", 1.0, Judge(RuleJudge("shorter", 0.9), load_constitution("concise")), "pairwise")
     values, reasons = judge.score(GROUP_PROMPTS, GROUP_REPLIES, [0, 0, 0])
     # each reply against the two others, both orders: shortest wins both (0.9), longest loses both (0.1)
     assert values == pytest.approx([0.9, 0.1, 0.5]) and reasons == [None] * 3
-    ref = PairwiseJudge("pw", 1.0, RuleJudge("shorter", 0.9), load_constitution("concise"), against="reference",
-                        references={__import__("rlaif.records", fromlist=["record_id"]).record_id(GROUP_PROMPTS[0]):
+    ref = JudgeReward("pw", 1.0, Judge(RuleJudge("shorter", 0.9), load_constitution("concise")), "reference",
+                      references={__import__("rlaif.records", fromlist=["record_id"]).record_id(GROUP_PROMPTS[0]):
                                     "a reply of five words"})
     values, _ = ref.score(GROUP_PROMPTS, GROUP_REPLIES, [0, 0, 0])
     assert values == pytest.approx([0.9, 0.1, 0.9])
@@ -201,7 +202,7 @@ def test_pairwise_judge_reward_ranks_a_group_by_the_rule():
 def test_weighted_sum_and_a_rule():
     from rlaif.constitution import load_constitution
 
-    direct = DirectJudge("direct", 2.0, RuleJudge("shorter", 0.9), load_constitution("concise"))
+    direct = JudgeReward("direct", 2.0, Judge(RuleJudge("shorter", 0.9), load_constitution("concise")))
     rs = RewardSet([direct, Component("brevity", 0.5, brevity)])
     totals, per, failures = rs(GROUP_PROMPTS, GROUP_REPLIES, [0, 0, 0])
     assert totals == pytest.approx([2 * d + 0.5 * b for d, b in zip(per["direct"], per["brevity"])])
@@ -224,7 +225,7 @@ def test_server_judge_scores_groups_and_fails_per_record():
         eng = OpenAIEngine(EngineConfig(kind="openai", model="fake-model", base_url=srv.base_url, top_logprobs=20,
                                         max_retries=0, concurrency=8))
         try:
-            rs = RewardSet([DirectJudge("direct", 1.0, eng, load_constitution("harmless"))])
+            rs = RewardSet([JudgeReward("direct", 1.0, Judge(eng, load_constitution("harmless")))])
             totals, per, failures = rs(prompts, replies, [0, 0, 1, 1])
             alone, _, _ = rs(prompts[:1] + prompts[2:], replies[:1] + replies[2:], [0, 1, 1])
         finally:

@@ -114,12 +114,13 @@ def eval_labeler_on_annotations(args, cfg, engine_config) -> int:
     from rlaif.annotate.human_eval import format_summary, load_labels, run_human_eval
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
+    from rlaif.judge import Judge
 
     constitution = load_constitution(args.constitution)
     load_labels(args.human)  # a bad label file fails before the model loads
     engine = load_engine(engine_config)
     try:
-        m = run_human_eval(args.human, constitution, engine, args.out, cfg, limit=args.limit, seed=args.seed,
+        m = run_human_eval(args.human, Judge(engine, constitution, cfg), args.out, limit=args.limit, seed=args.seed,
                            batch_size=args.batch_size, overwrite=args.overwrite)
     finally:
         engine.close()

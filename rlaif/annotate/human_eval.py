@@ -30,7 +30,8 @@ from rlaif.errors import UserError
 from rlaif.eval.labeler_report import CALIBRATION, METRICS, REPORT, compute_metrics, plot_calibration
 from rlaif.records import record_id, write_atomic
 from rlaif.runner import OutputLock
-from rlaif.stages.labeler import LabelerConfig, label_pairs
+from rlaif.judge import Judge
+from rlaif.stages.labeler import label_pairs
 
 
 def is_annotation_source(spec) -> bool:
@@ -146,9 +147,9 @@ def write_report(out_dir: Path, m: dict, title: str) -> None:
     write_atomic(out_dir / REPORT, "\n".join(lines) + "\n")
 
 
-def run_human_eval(human, constitution: Constitution, engine, out_dir, cfg: LabelerConfig, *,
-                   limit: int | None = None, seed: int = 0, batch_size: int = 8, overwrite: bool = False,
-                   progress: bool = True) -> dict:
+def run_human_eval(human, judge: Judge, out_dir, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
+                   overwrite: bool = False, progress: bool = True) -> dict:
+    engine, constitution, cfg = judge.engine, judge.constitution, judge.config
     labels = load_labels(human)
     pairs: dict[str, dict] = {}
     for x in labels:
@@ -161,8 +162,7 @@ def run_human_eval(human, constitution: Constitution, engine, out_dir, cfg: Labe
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         started = time.perf_counter()
-        result = label_pairs(inputs, constitution, engine, cfg, out_dir, batch_size=batch_size,
-                             overwrite=overwrite, progress=progress)
+        result = label_pairs(inputs, judge, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress)
         m = evaluate(labels, result.records, swapped, seed=seed)
         m.update({"source": str(human), "limit": limit, "seed": seed, "failed": result.failed,
                   "seconds": round(time.perf_counter() - started, 2),

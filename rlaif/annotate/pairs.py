@@ -18,7 +18,7 @@ from rlaif.constitution import Constitution
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id
 from rlaif.resources import resolve
-from rlaif.stages.judge_prompts import draw_principles
+from rlaif.judge import draw_principles
 from rlaif.stages.pair_inputs import normalize_pairs
 
 SAMPLE = "annotate_sample"  # the shipped sample: prompts/annotate_sample.jsonl

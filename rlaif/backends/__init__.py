@@ -5,7 +5,7 @@ from __future__ import annotations
 from rlaif.backends.base import (
     Completion, Engine, GenerationRequest, OptionLogprobs, OptionRequest, option_spellings,
 )
-from rlaif.config import EngineConfig
+from rlaif.config import EngineConfig, parse_model_spec
 
 ENGINES = {
     "transformers": "local Hugging Face model on CPU or CUDA (embedded:NAME, a model folder, a hub id)",
@@ -15,7 +15,14 @@ ENGINES = {
 }
 
 
-def load_engine(cfg: EngineConfig) -> Engine:
+def load_engine(cfg: EngineConfig | str, **settings) -> Engine:
+    """An engine from an engine block, or from a model spec (`embedded:NAME`, `gguf:PATH`,
+    `openai:NAME`, `vllm:ID`, a model folder or hub id) with engine `settings` (EngineConfig fields,
+    e.g. base_url=..., device=...)."""
+    if isinstance(cfg, str):
+        cfg = parse_model_spec(cfg, EngineConfig(**settings))
+    elif settings:
+        cfg = cfg.model_copy(update=settings)
     if cfg.kind == "transformers":
         from rlaif.backends.transformers_engine import TransformersEngine
 

@@ -75,6 +75,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def independent_requests(*engines) -> bool:
+    """True when every engine answers each request on its own, whatever else is in the batch, and can
+    be called from several threads (HTTP engines set `independent_requests = True`): a stage over
+    them may pass `fixed_batches=False`, so a re-run sends only what is missing and a failed batch
+    is replayed concurrently. Local engines pad batches, so their batches stay fixed."""
+    return all(getattr(e, "independent_requests", False) for e in engines)
+
+
 def from_listed(hits: dict[str, list[float]], listed: Iterable[float]) -> OptionLogprobs:
     """Option scores from the top log-probs an engine or server listed for the next token: each
     option gets the log of the summed probabilities of its listed tokens (`hits`: option -> their

@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rlaif.constitution import Constitution, load_constitution
+
 from rlaif import metrics as M
 from rlaif.hh_rlhf import load_human_pairs
 from rlaif.records import record_id, write_atomic
 from rlaif.manifest import read_manifest, update_manifest
 from rlaif.plotting import pyplot
 from rlaif.runner import OutputLock
-from rlaif.stages.labeler import LabelerConfig, label_pairs
+from rlaif.judge import Judge
+from rlaif.stages.labeler import label_pairs
 
 METRICS = "metrics.json"
 CALIBRATION = "calibration.png"
@@ -148,14 +149,12 @@ def write_report(out_dir: Path, metrics: dict, records: Sequence[dict], title: s
     write_atomic(out_dir / REPORT, "\n".join(lines) + "\n")
 
 
-def run_eval(human: str | Path, constitution: Constitution | str, engine, out_dir: str | Path, cfg: LabelerConfig, *,
-             limit: int | None = None, seed: int = 0, batch_size: int = 8, overwrite: bool = False,
-             progress: bool = True) -> dict:
+def run_eval(human: str | Path, judge: Judge, out_dir: str | Path, *, limit: int | None = None, seed: int = 0,
+             batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
     """Label `limit` human pairs blind and write metrics.json, calibration.png and report.md."""
     data = load_human_pairs(human)
     pairs = blind_pairs(data.pairs[:limit] if limit else data.pairs, seed)
-    if not isinstance(constitution, Constitution):
-        constitution = load_constitution(constitution)
+    engine, constitution, cfg = judge.engine, judge.constitution, judge.config
     out_dir = Path(out_dir)
     stats = getattr(engine, "stats", None)
 
@@ -165,8 +164,7 @@ def run_eval(human: str | Path, constitution: Constitution | str, engine, out_di
 
     with OutputLock(out_dir):
         t0, started = tokens(), time.perf_counter()
-        result = label_pairs(pairs, constitution, engine, cfg, out_dir, batch_size=batch_size,
-                             overwrite=overwrite, progress=progress)
+        result = label_pairs(pairs, judge, out_dir, batch_size=batch_size, overwrite=overwrite, progress=progress)
         seconds = time.perf_counter() - started
         metrics = compute_metrics(result.records, seed=seed)
         previous = {}

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from rlaif.config import EngineConfig
 from rlaif.records import record_id, write_jsonl_atomic
-from rlaif.runner import independent_requests, run_stage
-from rlaif.stages.direct_scoring import direct_scores_detailed
-from rlaif.stages.labeler import LabelerConfig, label_pairs
+from rlaif.backends.base import independent_requests
+from rlaif.runner import run_stage
+from rlaif.stages.labeler import label_pairs
 from rlaif.stages.responses import ResponsesConfig, expand, make_process
+from rlaif.run_context import RunContext
 
 
 def human_file(setting: str | None) -> Path | None:
@@ -28,11 +29,10 @@ def human_file(setting: str | None) -> Path | None:
     return path if path.exists() else None
 
 
-def labeler_alignment(p, human: Path, limit: int, out: Path) -> dict:
+def labeler_alignment(p: RunContext, human: Path, limit: int, out: Path) -> dict:
     from rlaif.eval.labeler_report import run_eval
 
-    m = run_eval(human, p.constitution, p.engine("judge"), out, p.labeler_config(),
-                 limit=limit, seed=p.cfg.seed, batch_size=p.batch_size("judge"))
+    m = run_eval(human, p.judge(), out, limit=limit, seed=p.cfg.seed, batch_size=p.batch_size("judge"))
     keys = ("n", "accuracy", "accuracy_ci95", "ece", "brier", "position_flip_rate", "prefers_first_rate",
             "prefers_longer_rate", "human_prefers_longer_rate", "pairs_per_second", "tokens_processed")
     return {k: m.get(k) for k in keys}
@@ -65,7 +65,7 @@ def trained_policy_config(policy: EngineConfig, trained: Path) -> EngineConfig:
     return policy.model_copy(update={"model": str(trained)})
 
 
-def evaluate_pipeline(p) -> dict:
+def evaluate_pipeline(p: RunContext) -> dict:
     from rlaif.backends import load_engine
     from rlaif.prompts_io import held_out_prompts
 
@@ -95,33 +95,32 @@ def evaluate_pipeline(p) -> dict:
     after_by_prompt = {r["prompt_id"]: r for r in after}
     both = [(b, after_by_prompt[b["prompt_id"]]) for b in before if b["prompt_id"] in after_by_prompt]
 
-    judge = p.engine("judge")
+    judge = p.judge()  # the run's judge settings: the report names them
     pairs = [{"id": record_id("win", a["id"], b["id"]), "prompt": a["prompt"], "a": a["response"],
               "b": b["response"], "given": "unordered", "source_line": i, "source_id": record_id("win", a["id"], b["id"])}
              for i, (b, a) in enumerate(both, 1)]
-    judged = label_pairs(pairs, p.constitution, judge, LabelerConfig(seed=p.cfg.seed), out,
-                         batch_size=p.batch_size("judge"), output="win_rate_labels.jsonl").records
+    judged = label_pairs(pairs, judge, out, batch_size=p.batch_size("judge"), output="win_rate_labels.jsonl").records
     by_pair = {j["source_id"]: j for j in judged}
     rows = [(b, a, by_pair[pr["source_id"]]) for (b, a), pr in zip(both, pairs) if pr["source_id"] in by_pair]
     harmless = stage.harmless_constitution
+    scorer = judge.with_constitution(harmless)
     prompts = [b["prompt"] for b, _, _ in rows]
-    d_before = direct_scores_detailed(judge, prompts, [b["response"] for b, _, _ in rows], constitution=harmless,
-                                      seed=p.cfg.seed)
-    d_after = direct_scores_detailed(judge, prompts, [a["response"] for _, a, _ in rows], constitution=harmless,
-                                     seed=p.cfg.seed)
-    s_before, s_after = [d["score"] for d in d_before], [d["score"] for d in d_after]
+    d_before = scorer.score_many(prompts, [b["response"] for b, _, _ in rows])
+    d_after = scorer.score_many(prompts, [a["response"] for _, a, _ in rows])
+    s_before, s_after = [d.value for d in d_before], [d.value for d in d_after]
     write_jsonl_atomic(out / "policy_samples.jsonl", [
         {"prompt_id": b["prompt_id"], "prompt": b["prompt"], "start": b["response"], "trained": a["response"],
          "p_trained_better": j["p_a"], "win_rate_principles": j["principles"],
-         "harmless_score_start": db["score"], "harmless_score_trained": da["score"],
-         "harmless_principles": da["principles"]}  # the same question for both replies of a prompt
+         "harmless_score_start": db.value, "harmless_score_trained": da.value,
+         "harmless_principles": da.principles}  # the same question for both replies of a prompt
         for (b, a, j), db, da in zip(rows, d_before, d_after)])
     n = len(rows)
     if n == 0:
         info["policy"] = {"trained": trained.name, "prompts": 0, "note": "every judgement failed; see failures.jsonl"}
         return info
     info["policy"] = {
-        "trained": trained.name, "prompts": n, "judge": f"{judge.name}:{judge.model}",
+        "trained": trained.name, "prompts": n, "judge": judge.name,
+        "judge_settings": judge.describe(),  # the run's judge block (label:), as the label stage used it
         "win_rate": sum(1.0 if j["p_a"] > 0.5 else 0.5 if j["p_a"] == 0.5 else 0.0 for _, _, j in rows) / n,
         "mean_p_trained_better": sum(j["p_a"] for _, _, j in rows) / n,
         "harmless_rate_start": sum(s >= 0.5 for s in s_before) / n,

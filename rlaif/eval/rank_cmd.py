@@ -153,14 +153,12 @@ def round_robin_pairs(names: list[str], replies: list[dict], prompts: list[dict]
     return pairs
 
 
-def judge_pairs(pairs: list[dict], judge, constitution, out: Path, *, seed: int, batch_size: int,
-                overwrite: bool = False):
-    """Debiased soft labels for every pair, joined back by content: pairs with the same prompt and
+def judge_pairs(pairs: list[dict], judge, out: Path, *, batch_size: int, overwrite: bool = False):
+    """The judge's soft label for every pair, joined back by content: pairs with the same prompt and
     the same two replies in the same order share one judgement."""
-    from rlaif.stages.labeler import LabelerConfig, label_pairs
+    from rlaif.stages.labeler import label_pairs
 
-    result = label_pairs(pairs, constitution, judge, LabelerConfig(seed=seed, debias=True), out,
-                         batch_size=batch_size, output=JUDGMENTS, overwrite=overwrite)
+    result = label_pairs(pairs, judge, out, batch_size=batch_size, output=JUDGMENTS, overwrite=overwrite)
     key_of = {pr["source_id"]: record_id(pr["prompt"], pr["a"], pr["b"]) for pr in pairs}
     p_by_key = {key_of[r["source_id"]]: r for r in result.records if r["source_id"] in key_of}
     games = []
@@ -173,23 +171,23 @@ def judge_pairs(pairs: list[dict], judge, constitution, out: Path, *, seed: int,
     return games, result
 
 
-def run_check(judge, constitution, out: Path, seed: int, batch_size: int, overwrite: bool) -> dict:
+def run_check(judge, out: Path, batch_size: int, overwrite: bool) -> dict:
     """The judge check (rlaif/eval/judge_check.py) before the judgements; its line is printed."""
-    from rlaif.eval.judge_check import judge_check_line, judge_verdict, run_judge_check
-    from rlaif.stages.labeler import LabelerConfig
+    from rlaif.eval.judge_check import run_judge_check
+    from rlaif.judge import judge_check_line, judge_verdict
 
-    check = run_judge_check(judge, constitution, out / "judge_check", LabelerConfig(seed=seed, debias=True),
-                            batch_size=batch_size, overwrite=overwrite)
+    check = run_judge_check(judge, out / "judge_check", batch_size=batch_size, overwrite=overwrite)
     line = judge_check_line(check)
     print(f"warning: {line}" if judge_verdict(check) != "ok" else line, flush=True)
     return check
 
 
-def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution, out: Path, *,
+def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, out: Path, *,
          max_tokens: int = 128, seed: int = 0, n_boot: int = 1000, batch_size: int = 8, source: str = "prompts",
          judge_loader=None, overwrite: bool = False, outcomes: str = "soft", judge_check: bool = True) -> dict:
     """Replies from every checkpoint, round-robin judgements, ratings and reports in `out`.
-    `judge` is an engine, or None with `judge_loader()` to load it once the replies are made.
+    `judge` is a Judge (its constitution and settings are the ranking's), or None with
+    `judge_loader()` to build it once the replies are made.
     `judge_check`: first put the judge on the constitution's check pairs (out/judge_check/), print
     its line and carry the verdict into the report (off where a pipeline has checked it already)."""
     from rlaif.eval.ranking_report import summarise, write_reports
@@ -206,10 +204,9 @@ def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution
         owned = judge is None
         judge = judge_loader() if owned else judge
         try:
-            check = run_check(judge, constitution, out, seed, batch_size, overwrite) if judge_check else None
-            games, result = judge_pairs(pairs, judge, constitution, out, seed=seed, batch_size=batch_size,
-                                        overwrite=overwrite)
-            judge_name = f"{judge.name}:{judge.model}"
+            check = run_check(judge, out, batch_size, overwrite) if judge_check else None
+            games, result = judge_pairs(pairs, judge, out, batch_size=batch_size, overwrite=overwrite)
+            judge_name, judge_settings, constitution = judge.name, judge.describe(), judge.constitution
         finally:
             if owned:
                 judge.close()
@@ -219,7 +216,9 @@ def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, constitution
                          outcomes=outcomes)
         info["setup"] = {"judge": judge_name, "constitution": constitution.name, "prompts": source,
                          "n_prompts": len(prompts), "pairs_judged": len(games), "failed_judgements": result.failed,
-                         "max_tokens": max_tokens, "seed": seed, "debias": "both orders, averaged", "outcomes": outcomes,
+                         "max_tokens": max_tokens, "seed": seed, "judge_settings": judge_settings,
+                         "debias": "both orders, averaged" if judge_settings["debias"] else "one order",
+                         "outcomes": outcomes,
                          "length_unit": "words (whitespace-separated)",
                          "judge_check": {k: check.get(k) for k in ("status", "pairs", "accuracy", "accuracy_ci95",
                                                                    "message")} if check else "not run here"}
@@ -245,10 +244,11 @@ def cmd_rank(args, judge_cfg: EngineConfig) -> int:
 
     def load_judge():
         from rlaif.backends import load_engine
+        from rlaif.judge import Judge, JudgeConfig
 
-        return load_engine(judge_cfg)
+        return Judge(load_engine(judge_cfg), constitution, JudgeConfig(seed=args.seed))
 
-    info = rank(checkpoints, prompts, None, constitution, args.out, max_tokens=args.max_tokens, seed=args.seed,
+    info = rank(checkpoints, prompts, None, args.out, max_tokens=args.max_tokens, seed=args.seed,
                 n_boot=args.bootstrap, batch_size=judge_cfg.batch_size, source=str(args.prompts),
                 judge_loader=load_judge, overwrite=args.overwrite, outcomes=args.outcomes,
                 judge_check=not args.skip_judge_check)

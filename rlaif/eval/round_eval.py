@@ -21,24 +21,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rlaif.runner import StageResult, independent_requests, run_stage
+from rlaif.backends.base import independent_requests
+from rlaif.run_context import RunContext
+from rlaif.runner import StageResult, run_stage
 
 
-def direct_score_stage(samples: list[dict], judge, constitution, out: Path, stage: str, *, seed: int,
-                       batch_size: int, overwrite: bool = False) -> StageResult:
+def direct_score_stage(samples: list[dict], judge, out: Path, stage: str, *, batch_size: int,
+                       overwrite: bool = False) -> StageResult:
     """The judge's direct score of each sample -> out/<stage>.jsonl {id, prompt_id, score, principles}."""
-    from rlaif.stages.direct_scoring import direct_scores_detailed
 
     def process(batch: list[dict]) -> list[dict]:
-        detailed = direct_scores_detailed(judge, [s["prompt"] for s in batch], [s["response"] for s in batch],
-                                          constitution=constitution, seed=seed)
-        return [{"id": s["id"], "prompt_id": s["prompt_id"], "score": d["score"], "principles": d["principles"]}
-                for s, d in zip(batch, detailed)]
+        scores = judge.score_many([s["prompt"] for s in batch], [s["response"] for s in batch])
+        return [{"id": s["id"], "prompt_id": s["prompt_id"], "score": d.value, "principles": d.principles}
+                for s, d in zip(batch, scores)]
 
-    return run_stage(stage, samples, process, out, config={"judge": f"{judge.name}:{judge.model}",
-                                                           "constitution": constitution.name, "seed": seed},
-                     batch_size=batch_size, overwrite=overwrite, stats=getattr(judge, "stats", None),
-                     fixed_batches=not independent_requests(judge))
+    return run_stage(stage, samples, process, out, config={"judge": judge.name, "constitution": judge.constitution.name,
+                                                           "seed": judge.config.seed},
+                     batch_size=batch_size, overwrite=overwrite, stats=getattr(judge.engine, "stats", None),
+                     fixed_batches=not independent_requests(judge.engine))
 
 
 class SampleScorer:
@@ -131,7 +131,8 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
 def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out: Path) -> dict:
     """KL to the start, proxy and independent rewards, mean words, for one checkpoint (`rounds`:
     rlaif.iterate.Rounds, which holds the pipeline, its engines and the start model)."""
-    p, ev = rounds.p, rounds.cfg.eval
+    p: RunContext = rounds.p
+    ev = rounds.cfg.eval
     engine = rounds.policy_engine(model)
     try:
         sampled = kl_samples(engine, held_out, out, samples=ev.samples, max_tokens=ev.max_tokens, seed=p.cfg.seed,
@@ -150,18 +151,20 @@ def evaluate_checkpoint(rounds, name: str, model: str, held_out: list[dict], out
         mine = logp_stage(model, samples, out, "logp_policy", **common)
         ref = logp_stage(rounds.start, samples, out, "logp_start", **common)
         info["kl"], info["kl_se"] = mean_se([mine[i] - ref[i] for i in mine if i in ref])
-    judge = p.engine("judge")
-    proxy = direct_score_stage(samples, judge, p.constitution, out, "judge_scores", seed=p.cfg.seed,
-                               batch_size=p.batch_size("judge"), overwrite=p.overwrite)
+    judge = p.judge()
+    proxy = direct_score_stage(samples, judge, out, "judge_scores", batch_size=p.batch_size("judge"),
+                               overwrite=p.overwrite)
     failed += proxy.failed
     info["reward"], info["reward_se"] = mean_se([r["score"] for r in proxy.records])
     if ev.independent_judge is not None:
         from rlaif.backends import load_engine
+        from rlaif.judge import Judge
 
         other = load_engine(ev.independent_judge)
-        try:
-            gold = direct_score_stage(samples, other, p.constitution, out, "independent_scores", seed=p.cfg.seed,
-                                      batch_size=ev.independent_judge.batch_size, overwrite=p.overwrite)
+        try:  # the same questions, asked of another model
+            gold = direct_score_stage(samples, Judge(other, judge.constitution, judge.config), out,
+                                      "independent_scores", batch_size=ev.independent_judge.batch_size,
+                                      overwrite=p.overwrite)
         finally:
             other.close()
         failed += gold.failed

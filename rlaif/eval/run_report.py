@@ -10,6 +10,7 @@ from pathlib import Path
 from rlaif.eval.html import HtmlReport
 from rlaif.plotting import pyplot
 from rlaif.records import read_output, write_atomic
+from rlaif.run_context import RunContext
 
 SECTIONS = ("Judge check", "Model roles", "Overview", "Critique and revision", "AI labels", "Labeler vs human labels", "Reward model",
             "Policy training", "GRPO", "Iterative rounds", "Policy evaluation")
@@ -54,7 +55,7 @@ def role_line(roles: dict) -> str:
 
 def judge_banner(check: dict | None, judge_is_policy: bool) -> list[tuple[str, str]]:
     """(level, text) lines that open the report: what the judge check found, said plainly."""
-    from rlaif.eval.judge_check import judge_verdict
+    from rlaif.judge import judge_verdict
 
     lines = []
     if check is None:
@@ -76,7 +77,7 @@ def judge_banner(check: dict | None, judge_is_policy: bool) -> list[tuple[str, s
     return lines
 
 
-def write_run_report(p) -> Path:
+def write_run_report(p: RunContext) -> Path:
     out: Path = p.out
     summary = p.summary
     stages = summary["stages"]

@@ -36,7 +36,8 @@ from rlaif.config import Strict, config_hash
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.records import Reread, record_id, request_seed, write_jsonl_atomic
 from rlaif.manifest import read_manifest, update_manifest
-from rlaif.runner import OutputLock, independent_requests, run_stage
+from rlaif.backends.base import independent_requests
+from rlaif.runner import OutputLock, run_stage
 from rlaif.stages.response_inputs import ResponsesFile, normalize_responses
 from rlaif.stages.revision_checks import STOPS, clean_output, critique_flags, revision_flags, template_lines
 from rlaif.templates import Template, load_template

@@ -33,6 +33,7 @@ from rlaif.train.common import (TrainLog, disable_dropout, entropy_from_logits, 
 from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
 from rlaif.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_weights
 from rlaif.train.ppo import PromptBatches, positions, response_logps, response_mask
+from rlaif.judge import Judge, JudgeConfig
 from rlaif.train.rewards import Component, RewardSet, build_rewards
 
 JUDGE_KINDS = ("judge_direct", "judge_pairwise")
@@ -83,7 +84,8 @@ def reference_replies(cfg: GRPOConfig, lm, tokenizer, prompts, collate, device) 
 
 
 def make_rewards(cfg: GRPOConfig, reward_fn, judge, lm, tokenizer, prompts, collate, device):
-    """-> (RewardSet, the judge engine this call loaded or None)."""
+    """-> (RewardSet, the judge engine this call loaded or None). `judge`: a Judge, or an engine that
+    judges with the default settings (seeded by the run)."""
     if isinstance(reward_fn, RewardSet):
         return reward_fn, None
     if reward_fn is not None:
@@ -94,11 +96,13 @@ def make_rewards(cfg: GRPOConfig, reward_fn, judge, lm, tokenizer, prompts, coll
         from rlaif.config import parse_model_spec
 
         judge = loaded = load_engine(parse_model_spec(cfg.judge or cfg.policy))
+    if judge is not None and not isinstance(judge, Judge):
+        judge = Judge(judge, cfg.constitution or "harmless", JudgeConfig(seed=cfg.seed))
     from rlaif.prompts_io import read_prompts as read_prompt_records
 
     refs = reference_replies(cfg, lm, tokenizer, prompts, collate, device)
     rewards = build_rewards(cfg.rewards, cfg.reward_weights, judge=judge, constitution=cfg.constitution,
-                            seed=cfg.seed, device=device, batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
+                            device=device, batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
                             prompt_records=read_prompt_records(cfg.prompts), references=refs)
     return rewards, loaded
 
@@ -113,7 +117,7 @@ def _mean_std(values) -> tuple[float | None, float | None]:
 
 def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
     """Train; `reward_fn`: a RewardSet or `f(prompts, responses)` in place of `cfg.rewards`;
-    `judge`: the engine judge rewards use (default: `cfg.judge` loaded here)."""
+    `judge`: the Judge (or judge engine) judge rewards use (default: `cfg.judge` loaded here)."""
     if not cfg.prompts:
         raise UserError("grpo: no prompts; set `prompts` (--prompts FILE)")
     if cfg.gradient_checkpointing:

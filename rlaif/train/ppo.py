@@ -59,7 +59,7 @@ class PPOConfig(TrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and frozen reference
     prompts: str | None = None  # prompt JSONL (`prompt`: messages or string)
     reward: str | None = None  # "rm:DIR" | "labeler:direct" | "combined:FILE" | "ensemble:..." (or pass reward_fn)
-    labeler_model: str | None = None  # model spec for labeler:direct (default: the policy's spec)
+    judge: str | None = None  # the judge's model spec for labeler:direct (default: the policy's spec)
     constitution: str | None = None  # for labeler:direct (default: the labeler's own default)
     batch_size: int = Field(8, ge=1)  # prompts per PPO step (global)
     mini_batch_size: int = Field(4, ge=1)  # rollouts per optimizer step (global)
@@ -197,16 +197,15 @@ def minibatch_loss(model, ro: Rollouts, mb: torch.Tensor, cfg: PPOConfig) -> tup
 
 
 def make_reward_fn(cfg: PPOConfig, device: str | torch.device = "cpu") -> RewardFn:
+    """The reward factory (rm:, labeler:direct, combined:, ensemble:) GRPO shares: rlaif/train/rewards.py."""
     from rlaif.prompts_io import read_prompts as read_prompt_records
+    from rlaif.train.rewards import reward_fn_from_spec
 
-    return reward_fn_from_spec(cfg.reward or "", labeler_model=cfg.labeler_model or cfg.policy,
+    return reward_fn_from_spec(cfg.reward or "", judge=cfg.judge or cfg.policy,
                                constitution=cfg.constitution, device=device,
                                batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
                                prompt_records=read_prompt_records(cfg.prompts) if cfg.prompts else None)
 
-
-# the reward factory (rm:, labeler:direct, combined:, ensemble:) is shared with GRPO: rlaif/train/rewards.py
-from rlaif.train.rewards import REWARD_SPECS, labeler_direct_reward, reward_fn_from_spec  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- rollouts

@@ -1,7 +1,7 @@
 """Reading the judge's answers: the soft label of a pairwise question from the options'
 log-probabilities, the CoT clamp, votes averaged over principles and orders, and the 1-10
-distribution and normalised score of a direct question (the maths is in rlaif/stages/labeler.py's
-docstring). Pure functions over numbers."""
+distribution and normalised score of a direct question (the maths: rlaif/judge/judge.py and
+rlaif/judge/scoring.py). Pure functions over numbers."""
 
 from __future__ import annotations
 
