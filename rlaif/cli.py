@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rlaif.integrations.cli import register as register_serve_reward
 
     register_serve_reward(sub)
+
+    from rlaif.gguf_server import register as register_gguf_server
+
+    register_gguf_server(sub)
     return parser
 
 

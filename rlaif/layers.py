@@ -20,6 +20,6 @@ LAYERS = (
     ("evaluation", ("rlaif.eval",)),
     ("orchestration", ("rlaif.iterate", "rlaif.pipeline")),
     ("interfaces", ("rlaif.cli_common", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate",
-                    "rlaif.integrations")),
+                    "rlaif.integrations", "rlaif.gguf_server")),
     ("public API", ("rlaif",)),
 )
