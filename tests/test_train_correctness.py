@@ -211,6 +211,57 @@ def test_ppo_steps_the_optimizer_once_per_grad_accum_micro_batches(tiny_dir, pro
     assert len(steps_taken) == 2 * 4
 
 
+def _lrs_of_each_optimizer_step(run) -> list[float]:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    lrs = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return lrs
+
+
+def test_ppo_warmup_counts_optimizer_steps(tiny_dir, prompts, tmp_path):
+    """warmup_steps 6 with 4 optimizer steps per PPO step (2 minibatches × 2 epochs): the rate rises
+    over the first 6 optimizer steps, as configured, not over 6 rollout batches (24 optimizer steps)."""
+    lr = 1e-3
+    lrs = _lrs_of_each_optimizer_step(lambda: train_ppo(PPOConfig(
+        policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path), batch_size=4, mini_batch_size=2,
+        ppo_epochs=2, max_steps=2, max_new_tokens=4, learning_rate=lr, warmup_steps=6, progress=False,
+        save=False), reward_fn=vowel_reward))
+    assert lrs == pytest.approx([lr * min(1.0, (k + 1) / 6) for k in range(8)])
+    assert _log(tmp_path)[-1]["lr"] == pytest.approx(lr)
+
+
+def test_ppo_rollouts_ignore_the_models_generation_config(tiny_dir, tmp_path):
+    """A checkpoint whose generation_config suppresses tokens, forbids repeats, penalises them and
+    sets min_p: PPO's rollouts are the tokens a clean config gives under the same seed (draws from
+    softmax(logits/T), which the ratio and KL assume)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from rlaif.train.common import load_tokenizer
+    from rlaif.train.ppo import PolicyWithValue, PromptBatches, rollout
+
+    junk_dir = tmp_path / "junk"
+    shutil.copytree(tiny_dir, junk_dir)
+    tok = load_tokenizer(str(tiny_dir))
+    keep = {tok.eos_token_id, tok.convert_tokens_to_ids("a")}
+    GenerationConfig(suppress_tokens=[i for i in range(len(tok)) if i not in keep], no_repeat_ngram_size=1,
+                     repetition_penalty=3.0, min_p=0.5, top_k=3, do_sample=True,
+                     eos_token_id=tok.eos_token_id).save_pretrained(junk_dir)
+    cfg = PPOConfig(max_new_tokens=12)
+    batch = PromptBatches(tok, [[_msg("user", f"say {w}")] for w in WORDS], 64)(list(range(4)))
+    out = [rollout(PolicyWithValue(AutoModelForCausalLM.from_pretrained(str(d))), batch, tok, cfg, seed=5)
+           for d in (tiny_dir, junk_dir)]
+    assert AutoModelForCausalLM.from_pretrained(str(junk_dir)).generation_config.no_repeat_ngram_size == 1
+    assert out[1].tolist() == out[0].tolist()
+    assert len(set(out[0].flatten().tolist())) > 2  # the clean draws use tokens the junk config suppresses
+
+
 # ---------------------------------------------------------------- 5. PPO precision
 
 

@@ -115,6 +115,121 @@ def test_the_gradient_raises_a_positive_advantage_reply_and_skips_masked_tokens(
     assert (g[1].gather(-1, tokens[1].unsqueeze(-1)) > 0).all()
 
 
+def test_batch_scaling_takes_the_std_of_every_process():
+    """`scale_rewards: batch` on a batch split over two workers whose sums are all-reduced (two
+    threads standing in for two processes) equals the whole batch's advantages; each part scaled by
+    its own std (what each process did alone) does not."""
+    import threading
+
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.5, 4.0, 4.5])
+    ok = torch.tensor([True, True, True, True, True, False, True, True])
+    whole, _, _ = group_advantages(r, ok, 2, "grpo", "batch")
+    parts = [(r[:4], ok[:4]), (r[4:], ok[4:])]
+    slots, got = [None, None], [None, None]
+    barrier = threading.Barrier(2)
+
+    def worker(k):
+        def all_reduce_sum(t):
+            slots[k] = t
+            barrier.wait()
+            out = slots[0] + slots[1]
+            barrier.wait()
+            return out
+        got[k] = group_advantages(*parts[k], 2, "grpo", "batch", batch_sum=all_reduce_sum)[0]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.cat(got).tolist() == pytest.approx(whole.tolist(), abs=1e-6)
+    alone = torch.cat([group_advantages(pr, pv, 2, "grpo", "batch")[0] for pr, pv in parts])
+    assert alone.tolist() != pytest.approx(whole.tolist(), abs=1e-3)
+
+
+def test_dr_grpo_advantage_takes_dr_grpo_loss_or_is_refused():
+    """Dr. GRPO is an advantage without the std *and* a constant normaliser: `advantage: dr_grpo`
+    alone gives both; with another loss_type it is refused, naming loss_type."""
+    assert GRPOConfig(advantage="dr_grpo").loss_type == "dr_grpo"
+    assert GRPOConfig(advantage="dr_grpo", loss_type="dr_grpo").loss_type == "dr_grpo"
+    assert GRPOConfig().loss_type == "grpo" and GRPOConfig(loss_type="dr_grpo").loss_type == "dr_grpo"
+    for other in ("grpo", "bnpo"):
+        with pytest.raises(ValueError, match="loss_type"):
+            GRPOConfig(advantage="dr_grpo", loss_type=other)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_row_sampler_draws_from_softmax_over_temperature():
+    """Gumbel-max over each row's own stream: the frequencies of 20 000 draws match softmax(z/T)
+    (a sign slip in the noise, or T applied the wrong way, gives other frequencies)."""
+    from rlaif.train.grpo_loop import RowSampler
+
+    z = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
+    for T in (1.0, 0.5, 2.0):
+        sampler = RowSampler(range(20_000), T, "cpu")
+        picks = sampler(None, z.expand(20_000, 5)).argmax(-1)
+        freq = torch.bincount(picks, minlength=5).double() / 20_000
+        assert freq.tolist() == pytest.approx(torch.softmax(z.double() / T, -1).tolist(), abs=0.012), T
+
+
+def test_a_reply_does_not_depend_on_the_rows_beside_it(tiny_dir):
+    """Same row seed, other batch companions (and another left padding): the same reply. This is what
+    makes a split batch sample what one process samples."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.common import load_tokenizer
+    from rlaif.train.grpo_loop import sample
+    from rlaif.train.ppo import PromptBatches
+
+    tok = load_tokenizer(str(tiny_dir))
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    prompts = [[{"role": "user", "content": t}] for t in ("say hi", "a much longer prompt than the other", "ok")]
+    batches = PromptBatches(tok, prompts, 64)
+    cfg = GRPOConfig(max_new_tokens=10, temperature=1.3)
+    together = batches([0, 1, 2])
+    a = sample(lm, together["input_ids"], together["attention_mask"], tok, cfg, row_seeds=[11, 12, 13])
+    alone = batches([2])
+    b = sample(lm, alone["input_ids"], alone["attention_mask"], tok, cfg, row_seeds=[13])
+    assert a[2].tolist() == b[0].tolist()
+    c = sample(lm, alone["input_ids"], alone["attention_mask"], tok, cfg, row_seeds=[14])
+    assert c[0].tolist() != b[0].tolist()  # another seed, another reply
+
+
+def _junk_generation_config(lm, tok):
+    """Settings a checkpoint's generation_config may carry that change the distribution sampled from."""
+    g = lm.generation_config
+    keep = {tok.eos_token_id, tok.convert_tokens_to_ids("a")}
+    g.suppress_tokens = [i for i in range(len(tok)) if i not in keep]
+    g.no_repeat_ngram_size = 1
+    g.repetition_penalty = 3.0
+    g.min_p = 0.5
+    g.top_k = 3
+    g.do_sample = True
+    return lm
+
+
+def test_grpo_rollouts_ignore_the_models_generation_config(tiny_dir):
+    """A generation_config with suppressed tokens, min_p, a repetition penalty, no-repeat n-grams: the
+    rollouts are still draws from softmax(logits/T), the very tokens a clean config gives."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.train.common import load_tokenizer
+    from rlaif.train.grpo_loop import sample
+    from rlaif.train.ppo import PromptBatches
+
+    tok = load_tokenizer(str(tiny_dir))
+    clean = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    junk = _junk_generation_config(AutoModelForCausalLM.from_pretrained(str(tiny_dir)), tok)
+    b = PromptBatches(tok, [[{"role": "user", "content": w}] for w in WORDS[:4]], 64)(list(range(4)))
+    cfg = GRPOConfig(max_new_tokens=12)
+    want = sample(clean, b["input_ids"], b["attention_mask"], tok, cfg, row_seeds=[1, 2, 3, 4])
+    got = sample(junk, b["input_ids"], b["attention_mask"], tok, cfg, row_seeds=[1, 2, 3, 4])
+    assert got.tolist() == want.tolist()
+    assert len(set(want.flatten().tolist())) > 2  # the clean draws use tokens the junk config suppresses
+
+
 # ---------------------------------------------------------------- the trainer
 
 
@@ -142,6 +257,25 @@ def test_grpo_raises_the_reward(grpo_run):
     assert any(r["clip_ratio"] > 0 for r in rows)  # μ = 2: the second pass is off-policy and clips
     assert rows[-1]["sampled_tokens"] > rows[0]["sampled_tokens"] > 0
     assert (out / "model.safetensors").exists() and result["steps"] == 14
+
+
+def test_grpo_warmup_counts_optimizer_steps(tiny_dir, prompts, tmp_path):
+    """warmup_steps 4 with μ = 2 optimizer steps per generation batch (each over 2 micro-batches): the
+    rate rises over the first 4 optimizer steps, not over 4 generation batches (8 optimizer steps)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from rlaif.train.grpo_loop import train_grpo
+
+    lr, lrs = 1e-3, []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        train_grpo(GRPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path), batch_size=2,
+                              num_generations=2, max_steps=3, max_new_tokens=4, num_iterations=2, grad_accum=2,
+                              learning_rate=lr, warmup_steps=4, save=False, progress=False), reward_fn=vowel_reward)
+    finally:
+        handle.remove()
+    assert lrs == pytest.approx([lr * min(1.0, (k + 1) / 4) for k in range(6)])
+    assert [r["lr"] for r in _log(tmp_path)] == pytest.approx([lr * 0.75, lr, lr])
 
 
 @pytest.mark.parametrize("advantage", ["rloo", "dr_grpo"])
@@ -263,19 +397,35 @@ def test_reward_spec_needs_its_fields():
 
 
 @pytest.mark.slow
-def test_grpo_runs_under_two_processes(tiny_dir, prompts, tmp_path):
-    """Under `accelerate launch` (2 processes, gloo): each process samples its own groups, the loss
-    is normalised over both processes' replies, and the log has every step (`-m rlaif.train.grpo_loop`)."""
+def test_grpo_under_two_processes_logs_what_one_process_does(tiny_dir, prompts, tmp_path):
+    """Under `accelerate launch` (2 processes, gloo) on the same global batch as one process: each
+    reply is drawn from its own seeded stream, so both runs sample the same replies; `scale_rewards:
+    batch` divides by the std of every process's rewards; the logged reward, its std, each component
+    and the loss are the global batch's (not rank 0's share, not divided by the processes), so the
+    two logs agree step by step — the updates too, since step 2 and 3 sample from the updated policy."""
     import yaml
     from conftest_train import accelerate_launch
 
+    base = {"policy": str(tiny_dir), "prompts": str(prompts), "batch_size": 4, "num_generations": 2,
+            "max_steps": 3, "max_new_tokens": 6, "beta": 0.04, "num_iterations": 2, "learning_rate": 3e-2,
+            "scale_rewards": "batch", "loss_type": "bnpo", "temperature": 1.5, "save": False, "progress": False,
+            "rewards": [{"kind": "rule", "function": "tests.grpo_rules:vowels", "name": "vowels"},
+                        {"kind": "rule", "function": "tests.grpo_rules:length", "name": "length", "weight": 0.5}]}
+    from rlaif.train.grpo_loop import train_grpo
+
+    train_grpo(GRPOConfig(**base, output_dir=str(tmp_path / "one")))
     cfg_file = tmp_path / "grpo.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "policy": str(tiny_dir), "prompts": str(prompts), "output_dir": str(tmp_path / "grpo"), "batch_size": 4,
-        "num_generations": 2, "max_steps": 2, "max_new_tokens": 5, "beta": 0.04, "num_iterations": 2,
-        "rewards": [{"kind": "rule", "function": "rlaif.train.rewards:brevity"}], "progress": False}))
+    cfg_file.write_text(yaml.safe_dump({**base, "output_dir": str(tmp_path / "two")}))
     proc = accelerate_launch(["-m", "rlaif.train.grpo_loop", str(cfg_file)], 2, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
-    rows = _log(tmp_path / "grpo")
-    assert [r["step"] for r in rows] == [1, 2] and all("kl" in r and "rewards/rule/mean" in r for r in rows)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    keys = ["reward", "reward_std", "loss", "kl", "completion_length", "reward_failed", "sampled_tokens"] + [
+        f"rewards/{n}/{s}" for n in ("vowels", "length") for s in ("mean", "std")]
+    for a, b in zip(one, two):
+        tol = dict(abs=1e-5, rel=1e-5) if a["step"] == 1 else dict(abs=1e-4, rel=1e-3)
+        for k in keys:
+            assert b[k] == pytest.approx(a[k], **tol), (a["step"], k, a[k], b[k])
+    assert one[0]["loss"] != pytest.approx(0.0, abs=1e-4)  # bnpo on batch-scaled advantages: a loss to compare
+    assert len({r["reward"] for r in one}) == 3  # the policy moved between steps

@@ -209,6 +209,10 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
 
 
 def make_optimizer(model, cfg: TrainConfig, steps: int):
+    """AdamW and a linear warmup over `cfg.warmup_steps` optimizer steps, then a constant rate. The
+    scheduler is to be stepped once per optimizer step (PPO and GRPO take several per rollout batch),
+    so the warmup lasts what it says whatever μ or the PPO epochs. `steps`: the run's optimizer steps
+    (the schedule is constant after warmup, so unused for now)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps

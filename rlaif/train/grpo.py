@@ -6,7 +6,8 @@ them, R_i = Σ_k w_k · R_k(x, y_i) (rlaif/train/rewards.py). The advantage of r
 each of its tokens:
 
     grpo     A_i = (R_i − mean_j R_j) / (std_j R_j + ε)      (`scale_rewards: group`; `batch`: the
-                                                               std over the whole batch; `none`: no scaling)
+                                                               std over the whole global batch, every
+                                                               process's replies; `none`: no scaling)
     dr_grpo  A_i =  R_i − mean_j R_j                          (never scaled)
     rloo     A_i =  R_i − 1/(G−1) · Σ_{j≠i} R_j  = G/(G−1) · (R_i − mean_j R_j)
 
@@ -29,6 +30,9 @@ of the N replies of the batch (`loss_type`):
     grpo     1/N · Σ_i (Σ_t m_it ℓ_it) / (Σ_t m_it)             per-sequence mean, then the mean
     bnpo     (Σ_it m_it ℓ_it) / (Σ_it m_it)                     token mean across the batch
     dr_grpo  (Σ_it m_it ℓ_it) / (N · max_new_tokens)            Dr. GRPO's constant normaliser
+
+`advantage: dr_grpo` takes `loss_type: dr_grpo` with it (the default then); another loss_type is
+refused, since the per-reply 1/|o_i| is the very bias Dr. GRPO removes.
 
 Each generation batch is optimised `num_iterations` (μ) times; π_old's log-probs then come from a
 no-grad pass before the first update (at μ = 1 they equal the current ones, ρ = 1, as in TRL).
@@ -68,7 +72,8 @@ class GRPOConfig(TrainConfig):
     num_generations: int = Field(4, ge=2)  # G
     advantage: Literal["grpo", "rloo", "dr_grpo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] | None = None  # default: group for grpo, none otherwise
-    loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"
+    # default: dr_grpo for `advantage: dr_grpo` (Dr. GRPO is both its advantage and its normaliser), else grpo
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] | None = None
     beta: float = Field(0.0, ge=0)  # KL coefficient; 0: no reference model
     epsilon: float = Field(0.2, gt=0)  # clip ε_low
     epsilon_high: float | None = Field(None, gt=0)  # clip ε_high (DAPO); default epsilon
@@ -98,6 +103,13 @@ class GRPOConfig(TrainConfig):
             raise ValueError("advantage rloo needs num_generations >= 2 (a leave-one-out baseline)")
         if self.advantage == "dr_grpo" and self.scale_rewards not in (None, "none"):
             raise ValueError("advantage dr_grpo does not scale by the std; leave scale_rewards unset or none")
+        if self.advantage == "dr_grpo" and self.loss_type not in (None, "dr_grpo"):
+            # a per-reply 1/|o_i| (grpo) or a token mean over the batch (bnpo) is the length bias
+            # Dr. GRPO removes: half of Dr. GRPO is not Dr. GRPO
+            raise ValueError(f"loss_type {self.loss_type!r} with advantage dr_grpo: Dr. GRPO normalises by the "
+                             "constant N·max_new_tokens; leave loss_type unset or set it to dr_grpo")
+        if self.loss_type is None:
+            self.loss_type = "dr_grpo" if self.advantage == "dr_grpo" else "grpo"
         return self
 
     @property
@@ -111,9 +123,11 @@ class GRPOConfig(TrainConfig):
 
 
 def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, G: int, advantage: str = "grpo",
-                     scale: str = "group") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     scale: str = "group", batch_sum=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rewards of B·G replies (groups contiguous) -> (advantages, usable, zero-std group flags).
-    `valid`: the reply has a reward. `usable`: valid and in a group with ≥ 2 valid replies."""
+    `valid`: the reply has a reward. `usable`: valid and in a group with ≥ 2 valid replies.
+    `batch_sum(t)`: the sum of a tensor over every process (`batch` scaling takes the std of the whole
+    global batch, as TRL does by gathering first; default: this process's replies are the batch)."""
     r = torch.where(valid, rewards, torch.zeros_like(rewards)).view(-1, G).double()
     v = valid.view(-1, G).double()
     n = v.sum(1, keepdim=True)
@@ -127,9 +141,11 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, G: int, advanta
     if scale == "group":
         adv = adv / (std + STD_EPS)
     elif scale == "batch":
+        batch_sum = batch_sum or (lambda t: t)
         flat, vf = r.flatten(), v.flatten()
-        m = (flat * vf).sum() / vf.sum().clamp(min=1)
-        s = (((flat - m) ** 2 * vf).sum() / (vf.sum() - 1).clamp(min=1)).sqrt()
+        s1, n_all = batch_sum(torch.stack([(flat * vf).sum(), vf.sum()]))
+        m = s1 / n_all.clamp(min=1)
+        s = (batch_sum(((flat - m) ** 2 * vf).sum().reshape(1))[0] / (n_all - 1).clamp(min=1)).sqrt()
         adv = adv / (s + STD_EPS)
     usable = (v > 0) & (n >= 2)
     zero_std = (n.squeeze(1) >= 2) & torch.isclose(std.squeeze(1), torch.zeros_like(std.squeeze(1)))

@@ -39,18 +39,68 @@ from rlaif.train.rewards import Component, RewardSet, build_rewards
 JUDGE_KINDS = ("judge_direct", "judge_pairwise")
 
 
+class RowSampler:
+    """Sampling from softmax(logits / T) with each row's own random stream, as a logits processor
+    under greedy decoding (Gumbel-max: argmax(logits/T + g), g = −log(−log u), u ~ U(0, 1), draws
+    a token with exactly the softmax's probabilities). Row i's draws come from a generator seeded
+    with `seeds[i]` alone, so a reply does not depend on which other rows share its batch: the same
+    global batch gives the same replies on one process or split over several (torch's batched
+    sampler consumes one stream across the rows, so there a row's draw depends on the rows before it)."""
+
+    def __init__(self, seeds, temperature: float, device):
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        V = scores.shape[-1]
+        u = torch.stack([torch.rand(V, generator=g, device=scores.device, dtype=torch.float32)
+                         for g in self.generators])
+        u = u.clamp(min=torch.finfo(torch.float32).tiny, max=1 - torch.finfo(torch.float32).eps)
+        return scores.float() / self.temperature - torch.log(-torch.log(u))
+
+
+def rollout_kwargs() -> dict:
+    """What `generate` gets besides the inputs: a model's generation_config is neutralised (its
+    repetition penalty, min_p, no_repeat_ngram_size, suppressed tokens… would make the replies other
+    than draws from softmax(logits/T), and ratios and KL biased), as the transformers engine does for
+    pure sampling; top-k and top-p off. Sampling itself is `RowSampler`'s, on top of greedy decoding."""
+    from rlaif.backends.transformers_engine import pure_sampling_kwargs
+
+    return dict(pure_sampling_kwargs(), do_sample=False, temperature=None, top_k=None, top_p=None)
+
+
 @torch.no_grad()
-def sample(lm, input_ids, attention_mask, tokenizer, cfg: GRPOConfig, seed: int, greedy: bool = False, **kw):
-    """Replies to left-padded prompts (token ids after the prompt)."""
-    torch.manual_seed(seed)
+def sample(lm, input_ids, attention_mask, tokenizer, cfg: GRPOConfig, seed: int | None = None,
+           greedy: bool = False, row_seeds=None, **kw):
+    """Replies to left-padded prompts (token ids after the prompt): greedy, or sampled at
+    `cfg.temperature` with row i's draws seeded by `row_seeds[i]` (default: from `seed` and i)."""
+    from transformers import LogitsProcessorList
+
     was = lm.training
     lm.eval()
-    args = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0)
+    args = rollout_kwargs()
+    if not greedy:
+        if row_seeds is None:
+            row_seeds = [(seed or 0) * 1_000_003 + i for i in range(len(input_ids))]
+        args["logits_processor"] = LogitsProcessorList([RowSampler(row_seeds, cfg.temperature, input_ids.device)])
     out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=cfg.max_new_tokens,
-                      pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0,
-                      **args, **kw)
+                      pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id, **args, **kw)
     lm.train(was)
     return out[:, input_ids.shape[1]:]
+
+
+def row_seeds(seed: int, step: int, first_prompt: int, n_prompts: int, G: int) -> list[int]:
+    """The seeds of a process's replies: from the run's seed, the step, and each reply's place in the
+    global batch (prompt position × G + j), never the process: the same on any number of processes."""
+    return [((seed * 1_000_003 + step) * 1_000_033 + (first_prompt + i) * G + j) & 0x7FFF_FFFF_FFFF_FFFF
+            for i in range(n_prompts) for j in range(G)]
+
+
+def gathered_values(accelerator, values) -> list:
+    """Per-reply values (None where missing) of every process, in global batch order."""
+    t = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float64,
+                     device=accelerator.device)
+    return [None if x != x else x for x in accelerator.gather(t).tolist()]
 
 
 def decode(tokenizer, responses, mask) -> list[str]:
@@ -76,7 +126,7 @@ def reference_replies(cfg: GRPOConfig, lm, tokenizer, prompts, collate, device) 
     for start in range(0, len(prompts), 16):
         b = collate(list(range(start, min(start + 16, len(prompts)))))
         ids, am = b["input_ids"].to(device), b["attention_mask"].to(device)
-        resp = sample(lm, ids, am, tokenizer, cfg, 0, greedy=True)
+        resp = sample(lm, ids, am, tokenizer, cfg, greedy=True)
         m, _ = response_mask(resp, tokenizer.eos_token_id)
         for i, text in zip(b["idx"].tolist(), decode(tokenizer, resp, m)):
             out[record_id(as_messages(prompts[i], "prompt"))] = text
@@ -162,12 +212,13 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
     try:
         for batch in loader:
             step_started = time.time()
-            seed = cfg.seed * 1_000_003 + step * 1009 + accelerator.process_index
+            n_local = len(batch["idx"])
+            seeds = row_seeds(cfg.seed, step, accelerator.process_index * n_local, n_local, G)
             ids = batch["input_ids"].repeat_interleave(G, 0)
             am = batch["attention_mask"].repeat_interleave(G, 0)
             idx = batch["idx"].repeat_interleave(G, 0).tolist()
             with accelerator.autocast(), gathered_for_generation(accelerator, model) as kw:
-                responses = sample(unwrapped, ids, am, tokenizer, cfg, seed, **kw)
+                responses = sample(unwrapped, ids, am, tokenizer, cfg, row_seeds=seeds, **kw)
             mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
             texts = decode(tokenizer, responses, mask)
             groups = [k // G for k in range(len(texts))]
@@ -179,7 +230,8 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
             scores = torch.tensor([t if t is not None else 0.0 for t in totals], device=dev, dtype=torch.float32)
             if cfg.missing_eos_penalty is not None:
                 scores = scores - cfg.missing_eos_penalty * (~has_eos).float().to(dev)
-            adv, usable, zero_std = group_advantages(scores, valid, G, cfg.advantage, cfg.scaling)
+            adv, usable, zero_std = group_advantages(scores, valid, G, cfg.advantage, cfg.scaling,
+                                                     batch_sum=lambda t: accelerator.reduce(t.clone(), "sum"))
 
             P = ids.shape[1]
             full = torch.cat([ids, responses], 1)
@@ -217,6 +269,7 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                         if accelerator.sync_gradients and cfg.max_grad_norm:
                             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                         optimizer.step()
+                        scheduler.step()  # warmup counts optimizer steps (μ · grad-accumulated passes)
                         optimizer.zero_grad()
                     with torch.no_grad():
                         s["entropy"] = masked_mean(entropy_from_logits(resp_logits), mask[c])
@@ -224,16 +277,19 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                     for k in stats:
                         if k != "kl" or it == 0:  # KL of the policy that sampled (before this batch's updates)
                             stats[k].append(s[k].float())
-            scheduler.step()
             step += 1
             bar.update(1)
             sampled_tokens += accelerator.gather(mask.float().sum().reshape(1)).sum().item()
             n_failed = int(accelerator.gather(torch.tensor([float((~valid).sum())], device=dev)).sum().item())
             failed_total += n_failed
-            mean, std = _mean_std(totals)
+            # every process's replies: the logged reward is the global batch's, as on one process
+            mean, std = _mean_std(gathered_values(accelerator, totals))
+            # each process's loss is its share of the global batch's (weights normalised over all of
+            # them): the batch's loss is their sum
+            loss_share = torch.stack(stats["loss"]).sum().reshape(1) / cfg.num_iterations
             row = {"step": step, "reward": mean, "reward_std": std, "reward_failed": n_failed,
                    "frac_reward_zero_std": gather_mean(accelerator, zero_std.float().mean()),
-                   "loss": gather_mean(accelerator, torch.stack(stats["loss"]).sum() / cfg.num_iterations),
+                   "loss": accelerator.gather(loss_share).sum().item(), "lr": scheduler.get_last_lr()[0],
                    **{k: gather_mean(accelerator, torch.stack(stats[k]).mean()) for k in ("clip_ratio", "entropy")},
                    "completion_length": gather_mean(accelerator, mask.float().sum(1).mean()),
                    "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
@@ -242,7 +298,7 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
             if cfg.beta > 0:
                 row["kl"] = gather_mean(accelerator, torch.stack(stats["kl"]).mean())
             for name, values in per.items():
-                row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = _mean_std(values)
+                row[f"rewards/{name}/mean"], row[f"rewards/{name}/std"] = _mean_std(gathered_values(accelerator, values))
             if step in (1, steps):
                 row["sample"] = texts[0][:200]
             if failures_file is not None:

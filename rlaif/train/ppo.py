@@ -243,14 +243,19 @@ def response_mask(responses: torch.Tensor, eos_id: int | None) -> tuple[torch.Te
 
 @torch.no_grad()
 def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, seed: int, **generate_kwargs):
-    """Sampled responses; `generate_kwargs` from `gathered_for_generation` (FSDP1: synced_gpus)."""
+    """Sampled responses; `generate_kwargs` from `gathered_for_generation` (FSDP1: synced_gpus).
+    Drawn from softmax(logits/T) itself: the options a model's generation_config may set that change
+    the distribution (min_p, no_repeat_ngram_size, suppress_tokens…) are turned off with the
+    transformers engine's own `pure_sampling_kwargs`, top-k and top-p too."""
+    from rlaif.backends.transformers_engine import pure_sampling_kwargs
+
     torch.manual_seed(seed)
     was_training = policy.training
     policy.eval()
     out = policy.lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id(tokenizer),
-                             eos_token_id=tokenizer.eos_token_id, repetition_penalty=1.0, **generate_kwargs)
+                             **pure_sampling_kwargs(), do_sample=True, temperature=cfg.temperature, top_k=0,
+                             top_p=1.0, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad_id(tokenizer),
+                             eos_token_id=tokenizer.eos_token_id, **generate_kwargs)
     policy.train(was_training)
     return out[:, batch["input_ids"].shape[1]:]
 
@@ -290,7 +295,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
     steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)  # one rollout batch a step
     collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens), cfg.system_prompt)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(policy, cfg, steps)
+    optimizer, scheduler = make_optimizer(policy, cfg, steps * cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size))
     model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
     ref = prepare_frozen(accelerator, ref)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
@@ -353,10 +358,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                     if accelerator.sync_gradients and cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
+                    scheduler.step()  # warmup counts optimizer steps (one per minibatch, every PPO epoch)
                     optimizer.zero_grad()
                 for k in stats:
                     stats[k].append(s[k])
-        scheduler.step()
         step += 1
         bar.update(1)
         seq_kl = kl.sum(1)
@@ -366,7 +371,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                "non_score_reward": gather_mean(accelerator, (-cfg.kl_coef * seq_kl).mean()),
                **{k: gather_mean(accelerator, torch.stack(v).mean()) for k, v in stats.items()},
                "response_length": gather_mean(accelerator, maskf.sum(1).mean()),
-               "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
+               "eos_rate": gather_mean(accelerator, has_eos.float().mean()), "lr": scheduler.get_last_lr()[0],
                "step_seconds": time.time() - step_started}
         if step in (1, steps):
             row["sample"] = texts[0][:200]
