@@ -226,3 +226,51 @@ def test_ppo_refuses_gradient_checkpointing(tiny_dir, tmp_path):
     with pytest.raises(UserError, match="gradient_checkpointing is not supported"):
         train_ppo(PPOConfig(policy=str(tiny_dir), prompts=str(prompts), reward="rm:/nowhere",
                             output_dir=str(tmp_path / "ppo"), gradient_checkpointing=True, progress=False))
+
+
+def test_reward_model_first_step_loss_equals_trl_reward_trainer(tiny_dir, tmp_path):
+    """Our trainer's logged first-step loss against TRL 1.16 `RewardTrainer.compute_loss` on the same
+    weights (same seed, same loader: same head), the same pairs and max_length: equal. The prompts
+    are longer than max_length // 2 and every pair fits max_length, the case where a prompt window
+    cut by default (ours, no TRL counterpart) gave another loss (0.64716 against TRL's 0.69858 in
+    `make bench-quick`)."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+
+    from rlaif.train.common import encode, load_tokenizer, seed_everything
+    from rlaif.train.reward_model import load_reward_model
+
+    topics = ["the tides", "the moon", "bees", "old maps"]
+    rows = [{"prompt": [{"role": "user", "content": f"please tell me, at some length and with care, all you know "
+                                                    f"about {t}, and why it matters to people today"}],
+             "chosen": [{"role": "assistant", "content": f"gladly: {t} matter."}],
+             "rejected": [{"role": "assistant", "content": "no."}]} for t in topics]
+    max_length = 160
+    tok = load_tokenizer(str(tiny_dir))
+    for r in rows:
+        ids, completion_mask = encode(tok, r["prompt"], r["chosen"], 1 << 30, 1 << 30)
+        assert max_length // 2 < completion_mask.count(0) and len(ids) <= max_length
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    train_reward_model(RewardConfig(base=str(tiny_dir), prefs=str(prefs), output_dir=str(tmp_path / "ours"),
+                                    batch_size=4, max_steps=1, max_length=max_length, seed=0, save=False,
+                                    progress=False))
+    ours = _log(tmp_path / "ours")[0]["loss"]
+
+    seed_everything(0)
+    model = load_reward_model(str(tiny_dir), tok)  # the head ours started from: same seed, same loader
+    args = TRLRewardConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, report_to=[],
+                           use_cpu=True, max_length=max_length, bf16=False, seed=0)
+    try:
+        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        batch = {k: v.cpu() for k, v in next(iter(trainer.get_train_dataloader())).items()}
+        assert batch["input_ids"].shape[0] == 8  # every pair kept: none over max_length
+        trainer.model.train()
+        theirs = trainer.compute_loss(trainer.model, dict(batch)).item()
+    finally:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert ours == pytest.approx(theirs, abs=1e-5), (ours, theirs)
+    assert abs(theirs - 0.693147) > 1e-3  # the head scores the pairs apart: a loss that can differ

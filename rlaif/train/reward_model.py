@@ -19,8 +19,11 @@ TRL's reward loss `-log σ(r_c − r_r − m)`; at `p = 0.5` its gradient on `r_
 `c · mean((r_c + r_r)²)` (Eisenstein et al. 2023, as in TRL) to keep rewards centred.
 
 Chosen and rejected go through one forward (concatenated on the batch axis), on the same prompt
-tokens (a long prompt keeps its last `max_prompt_length` tokens on both sides, so length cannot leak
-into the reward through the prompt window). Dropout is off while training, as TRL does. Implicit-prompt
+tokens. A pair whose two sides fit `max_length` is read whole, as TRL's `RewardTrainer` reads it
+(the first-step loss of both trainers is then the same on the same weights and pairs); a pair that
+does not fit keeps the last `max_prompt_length` prompt tokens (default max_length // 2) on both
+sides, so length cannot leak into the reward through the prompt window. An explicit
+`max_prompt_length` cuts every prompt. Dropout is off while training, as TRL does. Implicit-prompt
 records whose transcripts differ before the last assistant turn are skipped and counted
 (`skipped_pairs` in the summary); upstream HH-RLHF eval files go through the HH reader, which skips
 the same pairs (`prefix_mismatch`). The output folder is a
@@ -102,15 +105,26 @@ def load_reward_model(path: str, tokenizer, dtype: str = "float32"):
     return disable_dropout(model)
 
 
+def encode_sides(tokenizer, prompt, completions, max_length: int, max_prompt_length: int | None = None,
+                 system_prompt: str | None = None) -> list[list[int]]:
+    """The token ids of prompt + each completion, on the same prompt tokens: every side whole when
+    all fit `max_length` and no `max_prompt_length` is set (TRL's RewardTrainer reads pairs whole);
+    else the prompt window (its last `max_prompt_length` tokens, default max_length // 2) on every side."""
+    if max_prompt_length is None:
+        whole = [encode_text(tokenizer, prompt, c, 1 << 30, 1 << 30, system_prompt) for c in completions]
+        if max(len(w) for w in whole) <= max_length:
+            return whole
+    return [encode_text(tokenizer, prompt, c, max_length, max_prompt_length, system_prompt) for c in completions]
+
+
 class PairBatches:
     """Tokenised pairs -> batches of [chosen…, rejected…] right-padded, with labels and margins."""
 
     def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, max_prompt_length: int | None = None,
                  system_prompt: str | None = None):
         self.pad = pad_id(tokenizer)
-        self.items = [(encode_text(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length, system_prompt),
-                       encode_text(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length, system_prompt),
-                       q.p, q.margin) for q in pairs]
+        self.items = [(*encode_sides(tokenizer, q.prompt, (q.chosen, q.rejected), max_length, max_prompt_length,
+                                     system_prompt), q.p, q.margin) for q in pairs]
 
     def __call__(self, idx: list[int]) -> dict:
         items = [self.items[i] for i in idx]
@@ -315,8 +329,8 @@ class RewardScorer:
         seqs = []
         for prompt, text in zip(prompts, responses):
             completion = text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
-            seqs.append(encode_text(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length,
-                                    self.system_prompt))
+            seqs += encode_sides(self.tokenizer, prompt, [completion], self.max_length, self.max_prompt_length,
+                                 self.system_prompt)
         scores: list[float] = []
         for i in tqdm(range(0, len(seqs), self.batch_size), desc="reward model", unit="batch",
                       disable=not self.progress or len(seqs) <= self.batch_size):
