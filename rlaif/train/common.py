@@ -23,7 +23,7 @@ from rlaif.errors import UserError
 # the trainers take these from here: tokenising (rlaif/train/encoding.py), examples
 # (rlaif/train/examples.py), model loading (rlaif/train/models.py) and the run's log (rlaif/train/run_log.py)
 from rlaif.train.encoding import encode, encode_text, render_completion, render_prompt  # noqa: F401
-from rlaif.train.examples import (Messages, Pair, UnusablePair, field_messages, pad, pad_id,  # noqa: F401
+from rlaif.train.examples import (Messages, Pair, Skipped, UnusablePair, field_messages, pad, pad_id,  # noqa: F401
                                   parse_pair, read_pairs, read_prompts)
 from rlaif.train.models import (disable_dropout, load_tokenizer, reference_model, resolve,  # noqa: F401
                                 start_training, torch_dtype)

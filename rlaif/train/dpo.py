@@ -193,6 +193,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
     path = resolve(cfg.policy)
     tokenizer = load_tokenizer(path)
     pairs, skipped = read_pairs(cfg.prefs)
+    skipped.announce("dpo", accelerator.is_main_process)
     model = load_policy(path, cfg.dtype)
     if cfg.lora:
         model = apply_lora(model, cfg.lora)
@@ -210,6 +211,7 @@ def train_dpo(cfg: DPOConfig) -> dict:
         ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
         if cfg.eval_file:
             eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
+            eval_skipped.announce("dpo (eval)", accelerator.is_main_process)
             eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
                                       cfg.system_prompt)
             eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs), cfg.eval_batch_size,

@@ -1,9 +1,10 @@
 """The trainers' examples: preference pairs and prompts read from their records (TRL shapes,
-conversational or plain; records that must not be trained on are skipped and counted), and token
-lists padded into a batch."""
+conversational or plain; records that must not be trained on are skipped and counted, and the
+trainers say so in one console line), and token lists padded into a batch."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,24 +96,53 @@ def parse_pair(rec: dict, where: str) -> Pair:
     return Pair(prompt, chosen, rejected, float(p), float(margin), True)
 
 
-def read_usable(path: str | Path, parse, what: str) -> tuple[list, Counter]:
+class Skipped(Counter):
+    """Records of a file left out of training, counted by reason (a Counter, as the summaries write
+    it), with the number of records read and the line of the first one left out."""
+
+    def __init__(self, path: str | Path = "", read: int = 0):
+        super().__init__()
+        self.path, self.read, self.first = str(path), read, None
+
+    def add(self, reason: str, line: int) -> None:
+        self[reason] += 1
+        self.first = line if self.first is None else min(self.first, line)
+
+    def line(self, stage: str) -> str | None:
+        """One line for the console: how many records were left out, why, and where to look; None
+        when none were."""
+        n = sum(self.values())
+        if not n:
+            return None
+        why = "; ".join(f"{count} {reason}" for reason, count in self.most_common())
+        where = f", the first at line {self.first}" if self.first is not None else ""
+        return f"{stage}: left out {n} of {self.read} records of {self.path} ({why}){where}"
+
+    def announce(self, stage: str, main_process: bool = True) -> None:
+        """Print `line` on stderr (once: from the main process), when records were left out."""
+        text = self.line(stage)
+        if text and main_process:
+            print(text, file=sys.stderr, flush=True)
+
+
+def read_usable(path: str | Path, parse, what: str) -> tuple[list, Skipped]:
     """-> (the records `parse(rec, where)` makes, count of skipped records by reason). A record it
     finds unusable (`UnusablePair`) is skipped and counted; a malformed one is a UserError; a file
     without one usable record too (`what` names them: "preference pairs")."""
     examples: list = []
-    skipped: Counter = Counter()
     rows = read_jsonl(path)
+    skipped = Skipped(path, len(rows))
     for i, rec in enumerate(rows, 1):
         try:
             examples.append(parse(rec, f"{path}:{i}"))
         except UnusablePair as e:
-            skipped[e.reason] += 1
+            skipped.add(e.reason, i)
     if not examples:
         raise UserError(f"{path}: no usable {what} ({len(rows)} read; skipped: {dict(skipped) or 'none'})")
     return examples, skipped
 
 
-def read_pairs(path: str | Path) -> tuple[list[Pair], Counter]:
+def read_pairs(path: str | Path) -> tuple[list[Pair], Skipped]:
     """-> (usable pairs, count of skipped records by reason). A malformed record is a UserError;
     a file without one usable pair too."""
     return read_usable(path, parse_pair, "preference pairs")
@@ -144,5 +174,5 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-__all__ = ["Messages", "Pair", "UnusablePair", "field_messages", "parse_pair", "read_pairs", "read_prompts", "read_usable", "pad",
+__all__ = ["Messages", "Pair", "Skipped", "UnusablePair", "field_messages", "parse_pair", "read_pairs", "read_prompts", "read_usable", "pad",
            "pad_id"]

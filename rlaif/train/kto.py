@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
-from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, disable_dropout, encode,
+from rlaif.train.common import (Messages, PairTrainConfig, Skipped, TrainLog, UnusablePair, disable_dropout, encode,
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, pad, pad_id, parse_pair, render_completion, resolve,
                                 reference_model, seed_everything, sequence_logps, start_training, summary)
@@ -139,7 +139,7 @@ def read_kto(path: str | Path, data_format: str = "auto", threshold: float = 0.5
     rows = read_jsonl(path)
     fmt = detect_format(rows[0], f"{path}:1") if data_format == "auto" else data_format
     examples: list[Unpaired] = []
-    skipped: Counter = Counter()
+    skipped = Skipped(path, len(rows))
     for i, rec in enumerate(rows, 1):
         where = f"{path}:{i}"
         try:
@@ -150,7 +150,7 @@ def read_kto(path: str | Path, data_format: str = "auto", threshold: float = 0.5
             else:
                 examples += unpaired_from_pair(rec, where, margin)
         except UnusablePair as e:
-            skipped[e.reason] += 1
+            skipped.add(e.reason, i)
     if not examples:
         raise UserError(f"{path}: no usable KTO examples ({len(rows)} read; skipped: {dict(skipped)})")
     return examples, skipped, fmt
@@ -323,6 +323,9 @@ def train_kto(cfg: KTOConfig) -> dict:
     read = dict(data_format=cfg.data_format, threshold=cfg.score_threshold, margin=cfg.pair_margin)
     examples, skipped, fmt = read_kto(cfg.data, **read)
     eval_examples, eval_skipped, _ = read_kto(cfg.eval_file, **read) if cfg.eval_file else (None, Counter(), None)
+    skipped.announce("kto", accelerator.is_main_process)
+    if cfg.eval_file:
+        eval_skipped.announce("kto (eval)", accelerator.is_main_process)
     model = disable_dropout(load_policy(path, cfg.dtype))
     if cfg.lora:
         model = apply_lora(model, cfg.lora)

@@ -175,10 +175,10 @@ def read_eval_pairs(path: str) -> list[Pair]:
     return read_eval_file(path)[0]
 
 
-def read_eval_file(path: str) -> tuple[list[Pair], Counter]:
+def read_eval_file(path: str) -> tuple[list[Pair], Skipped]:
     """`read_eval_pairs` with the count of skipped records by reason."""
     from rlaif.records import read_jsonl
-    from rlaif.train.common import parse_pair
+    from rlaif.train.common import Skipped, parse_pair
 
     first = read_jsonl(path)[0]
     if "prompt" not in first and isinstance(first.get("chosen"), str) and "\n\nHuman:" in first["chosen"]:
@@ -186,7 +186,11 @@ def read_eval_file(path: str) -> tuple[list[Pair], Counter]:
 
         human = read_hh_rlhf(path)
         pairs = [parse_pair(p, f"{path}:{p.get('line', i)}") for i, p in enumerate(human.pairs, 1)]
-        return pairs, Counter(human.skipped)
+        skipped = Skipped(path, human.total)
+        skipped.update(human.skipped)
+        left_out = set(range(1, human.total + 1)) - {p.get("line") for p in human.pairs}
+        skipped.first = min(left_out, default=None)
+        return pairs, skipped
     return read_pairs(path)
 
 
@@ -214,6 +218,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     base = resolve(cfg.base)
     tokenizer = load_tokenizer(base)
     pairs, skipped = read_pairs(cfg.prefs)
+    skipped.announce("train-rm", accelerator.is_main_process)
     model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
@@ -225,6 +230,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     for name, path in (("eval", cfg.eval_file), ("human", cfg.human_eval_file)):
         if path:
             evals[name], eval_skipped[f"{name}_skipped_pairs"] = _eval_loader(accelerator, tokenizer, path, cfg)
+            eval_skipped[f"{name}_skipped_pairs"].announce(f"train-rm ({name})", accelerator.is_main_process)
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc="train-rm", disable=not (cfg.progress and accelerator.is_main_process),

@@ -173,6 +173,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     tokenizer = load_tokenizer(path)
     examples, skipped = read_sft(cfg.data)
     eval_examples, eval_skipped = read_sft(cfg.eval_file) if cfg.eval_file else (None, Counter())
+    skipped.announce("sft", accelerator.is_main_process)
+    if cfg.eval_file:
+        eval_skipped.announce("sft (eval)", accelerator.is_main_process)
     model = load_policy(path, cfg.dtype)
     if cfg.lora:
         model = apply_lora(model, cfg.lora)
