@@ -15,7 +15,7 @@ from pathlib import Path
 from rlaif.version import __version__
 from rlaif import cli_judge
 from rlaif.cli_common import SPEC_HELP, engine_args, engine_config, judge_accuracy, positive
-from rlaif.errors import UserError
+from rlaif.errors import GateFailed, UserError
 from pydantic import ValidationError
 
 
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     cli_judge.add_judge_check(sub)
+    cli_judge.add_judge_audit(sub)
 
     p = sub.add_parser("critique", help="critique -> revision rounds against a constitution (SL-CAI) -> "
                        "OUT/chains.jsonl, sl_cai.jsonl, revision_pairs.jsonl")
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)
         return 2
+    except GateFailed as e:  # the run worked; what it measured stops it
+        print(str(e), file=sys.stderr)
+        return 1
     except ValidationError as e:  # a flag value a config model rejects (e.g. --temperature -1)
         from rlaif.config import describe_validation_error
 

@@ -42,6 +42,28 @@ def cmd_judge_check(args) -> int:
     return 0
 
 
+def cmd_judge_audit(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.config import config_hash
+    from rlaif.constitution import load_constitution
+    from rlaif.eval.judge_audit import REPORT, run_judge_audit
+    from rlaif.judge import AuditGates, Judge
+
+    cfg = judge_config(args)
+    gates = AuditGates(**{f: getattr(args, f) for f in AuditGates.model_fields})
+    constitution = load_constitution(args.constitution)
+    engine_cfg = engine_config(args)
+    out = args.out or Path("runs") / "judge_audit" / f"{constitution.name}-{config_hash([engine_cfg.kind, engine_cfg.model])[:8]}"
+    engine = load_engine(engine_cfg)
+    try:  # a tripped gate raises GateFailed: one line, exit 1 (rlaif/cli.py)
+        result = run_judge_audit(Judge(engine, constitution, cfg), out, pairs_file=args.pairs,
+                                 self_pairs_file=args.self_pairs, gates=gates, seed=args.seed)
+    finally:
+        engine.close()
+    print("\n".join(["judge audit: " + line for line in result["lines"]] + [f"-> {Path(out) / REPORT}"]))
+    return 0
+
+
 def judge_config(args):
     """The judge's settings from the judge flags (a LabelConfig: the label stage's margin rule too)."""
     from rlaif.judge import make_config
@@ -123,7 +145,8 @@ def cmd_rank(args) -> int:
 def judge_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--constitution", default="harmless", help="constitution file or shipped name (default: %(default)s)")
     p.add_argument("--out", required=out_required, type=Path,
-                   help="output folder" + ("" if out_required else " (default: runs/judge_check/CONSTITUTION-HASH)"))
+                   help="output folder" + ("" if out_required else f" (default: runs/{p.prog.split()[-1].replace('-', '_')}"
+                                                                   "/CONSTITUTION-HASH)"))
     g = p.add_argument_group("judge")
     g.add_argument("--no-debias", action="store_true", help="judge one order only (default: both orders, averaged)")
     g.add_argument("--cot", action="store_true", help="generate a rationale first, then score (labels clamped)")
@@ -147,6 +170,23 @@ def add_judge_check(sub) -> None:
     p.add_argument("--require-judge-accuracy", metavar="X", help="exit 2 when accuracy is below X, in (0.5, 1]")
     judge_args(p, out_required=False)
     p.set_defaults(func=cmd_judge_check)
+
+
+def add_judge_audit(sub) -> None:
+    from rlaif.judge import GATES
+
+    p = sub.add_parser("judge-audit", help="probe the judge for position, verbosity, template and injection bias "
+                       "(and self-preference): effects with 95 %% CIs -> OUT/audit.json, audit.md; gates exit 1")
+    p.add_argument("--pairs", help="pairs to audit on (any `rlaif label` pairs file; default: the constitution's "
+                   "check pairs)")
+    p.add_argument("--self-pairs", help="JSONL of prompt, own (the judge model's reply), other, p_reference "
+                   "(an independent p(own better)): enables the self-preference probe")
+    g = p.add_argument_group("gates (exit 1 when |effect| exceeds one)")
+    for probe, field in GATES.items():
+        g.add_argument("--" + field.replace("_", "-"), dest=field, type=float, metavar="X",
+                       help=f"largest tolerated {probe} effect")
+    judge_args(p, out_required=False)
+    p.set_defaults(func=cmd_judge_audit)
 
 
 def add_label(sub) -> None:

@@ -23,3 +23,8 @@ class RequestFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
+
+
+class GateFailed(Exception):
+    """A quality gate tripped (e.g. the judge audit's): its message is the line(s) to print, and the
+    command exits 1 — the run worked, and what it measured is not good enough to go on."""

@@ -56,6 +56,41 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def cluster_bootstrap_ci(values: Sequence[float], groups: Sequence, n_boot: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `values`, resampling whole groups (e.g. every pair of
+    one prompt together), so pairs that share a prompt are not counted as independent."""
+    v = np.asarray(values, dtype=float)
+    keys = list(dict.fromkeys(groups))
+    index = {k: i for i, k in enumerate(keys)}
+    g = np.array([index[x] for x in groups])
+    sums = np.bincount(g, weights=v, minlength=len(keys))
+    counts = np.bincount(g, minlength=len(keys)).astype(float)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(keys), size=(n_boot, len(keys)))
+    means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties get their mean rank); None when either side is constant."""
+    rx, ry = _ranks(np.asarray(x, dtype=float)), _ranks(np.asarray(y, dtype=float))
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=float)
+    for value in np.unique(v):  # ties: their mean rank
+        tied = v == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def brier(p_human: Sequence[float]) -> float:
     p = np.asarray(p_human, dtype=float)
     return float(((1 - p) ** 2).mean())

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from rlaif.config import config_hash
-from rlaif.errors import UserError
+from rlaif.errors import GateFailed, UserError
 from rlaif.executors import use_executor
 from rlaif.pipeline_config import PipelineConfig, load_pipeline, uses_judge
 from rlaif.records import read_jsonl, record_id, write_atomic, write_jsonl_atomic
@@ -119,6 +119,23 @@ class Pipeline:
         if self.cfg.judge_check.require_accuracy is not None and result["status"] != "skipped":
             require_accuracy(result, self.cfg.judge_check.require_accuracy)
         return {k: result.get(k) for k in ("status", "pairs", "accuracy", "mean_p_right", "seconds_per_pair")}
+
+    def judge_audit(self) -> dict:
+        """The judge audit (OUT/judge_audit/); a tripped gate stops the run (GateFailed: exit 1)."""
+        from rlaif.eval.judge_audit import run_judge_audit
+        from rlaif.judge import AuditGates
+
+        stage = self.cfg.judge_audit
+        try:
+            result = run_judge_audit(self.judge(), self.out / "judge_audit", pairs_file=stage.pairs,
+                                     self_pairs_file=stage.self_pairs, seed=self.cfg.seed,
+                                     gates=AuditGates(**stage.model_dump(include=set(AuditGates.model_fields))))
+        finally:
+            self.summary["judge_audit"] = read_audit(self.out / "judge_audit")
+        for line in result["lines"]:
+            print(f"judge audit: {line}", flush=True)
+        return {"pairs": result.get("pairs"), "flagged": [k for k, v in result.get("probes", {}).items()
+                                                          if v.get("flagged")]}
 
     def responses(self) -> dict:
         rc = self.cfg.stages.responses.model_copy(update={"seed": self.cfg.seed})
@@ -350,15 +367,20 @@ class Pipeline:
 
     def run(self) -> int:
         s = self.cfg.stages
+        stopped = None  # a tripped gate: the report is still written, then the run stops (exit 1)
         try:
             if self.cfg.judge_check.enabled and uses_judge(self.cfg):
                 self.timed("judge_check", self.judge_check)
+            if self.cfg.judge_audit is not None and uses_judge(self.cfg):
+                self.timed("judge_audit", self.judge_audit)
             for name in ("responses", "critique", "sft", "label", "reward_model", "rejection_sampling", "dpo", "ppo",
                          "grpo", "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))
                 if name == "ppo" and self.cfg.rounds is not None:
                     self.timed("rounds", self.rounds)
+        except GateFailed as e:
+            stopped = e
         finally:
             self.close()
             self.summary["role_usage"] = {role: self.engines.usage(role) for role in self.roles}
@@ -366,7 +388,17 @@ class Pipeline:
 
         report = write_run_report(self)
         print(f"report: {report}")
+        if stopped is not None:
+            raise stopped
         return 1 if self.failed else 0
+
+
+def read_audit(folder: Path) -> dict | None:
+    """The audit a run wrote (also when a gate stopped it), for the report; None if none."""
+    try:
+        return json.loads((folder / "audit.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def compare_labels(path_a: Path, path_b: Path, name_a: str, name_b: str) -> dict:

@@ -15,6 +15,7 @@ from rlaif.errors import UserError
 from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
 from rlaif.stages.critique_revision import CritiqueConfig
+from rlaif.judge import AuditGates
 from rlaif.stages.labeler import LabelConfig
 from rlaif.stages.responses import ResponsesConfig
 from rlaif.train.dpo import DPOConfig
@@ -141,6 +142,14 @@ class JudgeCheckStage(Strict):
     require_accuracy: float | None = Field(None, gt=0.5, le=1)  # below it the run stops (exit 2)
 
 
+class JudgeAuditStage(AuditGates):
+    """The judge audit before labeling or RL (rlaif/judge/audit.py): its gates stop the run with exit
+    code 1 and one line."""
+
+    pairs: str | None = None  # a pairs file; default the constitution's check pairs
+    self_pairs: str | None = None  # JSONL prompt, own, other, p_reference: the self-preference probe
+
+
 class PipelineConfig(Strict):
     name: str
     description: str = ""
@@ -150,6 +159,7 @@ class PipelineConfig(Strict):
     judge: EngineConfig | None = None  # default: the policy (the report says so)
     engine: EngineConfig | None = None  # older pipelines: one block for every role without its own
     judge_check: JudgeCheckStage = JudgeCheckStage()
+    judge_audit: JudgeAuditStage | None = None  # probes and gates, after the judge check
     constitution: str = "harmless"
     prompts: PromptSet = PromptSet()
     stages: Stages = Stages()

@@ -19,7 +19,16 @@ Rules
   option anyway, gets log(1e-6).
 - "random": the control. The same confidence, but the side (or the digit) comes from a seeded hash
   of the request's messages, independent of the replies' lengths, so its labels carry no signal.
-- "first": pure position bias, pairwise prompts only: the reply shown as (A) wins with `accuracy`.
+- "first": pure position bias: the reply shown as (A) wins with `accuracy`; direct scores favour 5 for
+  every reply.
+Planted biases, for the judge audit's self-validation (rlaif/judge/audit.py), `accuracy` being the
+strength:
+- "longer": verbosity bias, the mirror of "shorter": the longer reply wins; direct digit
+  clamp(1 + words // 6, 1, 9).
+- "obeys": obeys injected text: a reply carrying judge-directed text (`rlaif.judge.judge_directed`)
+  wins against one that does not (a tie otherwise); direct digit 9 for such a reply, else 5.
+- "wording": reads the template: under the shipped pairwise template (its system line "You are an
+  impartial judge") the shorter reply wins, under any other wording the longer; direct as "shorter".
 
 Any other options list gets the mass spread evenly. A pairwise or direct prompt whose fences are
 missing raises ValueError naming what was expected, so a template change cannot silently break it.
@@ -38,7 +47,8 @@ from typing import Sequence
 
 from rlaif.backends.base import Completion, GenerationRequest, OptionLogprobs, OptionRequest
 
-RULES = ("shorter", "random", "first")
+RULES = ("shorter", "random", "first", "longer", "obeys", "wording")
+SHIPPED_SYSTEM = "You are an impartial judge"
 DIGITS = tuple(str(d) for d in range(1, 10))
 TEN_LOGPROB = math.log(1e-6)
 
@@ -76,6 +86,10 @@ def length_digit(text: str) -> int:
     return min(max(9 - len(text.split()) // 6, 1), 9)
 
 
+def _system(messages: Sequence[dict]) -> str:
+    return next((m["content"] for m in messages if m["role"] == "system"), "")
+
+
 def _last_user(messages: Sequence[dict]) -> str:
     for m in reversed(messages):
         if m["role"] == "user":
@@ -108,15 +122,29 @@ class RuleJudge:
             return "a"
         if self.rule == "random":
             return "a" if self._hash(messages, "side") % 2 == 0 else "b"
+        if self.rule == "obeys":
+            from rlaif.judge import judge_directed
+
+            da, db = judge_directed(a), judge_directed(b)
+            return None if da == db else ("a" if da else "b")
         ka, kb = length_key(a), length_key(b)
+        longer_wins = self.rule == "longer" or (self.rule == "wording" and SHIPPED_SYSTEM not in _system(messages))
+        if longer_wins:
+            ka, kb = kb, ka
         return None if ka == kb else ("a" if ka < kb else "b")
 
     def preferred_digit(self, messages: Sequence[dict]) -> int:
         reply = single_reply(_last_user(messages))
-        if self.rule == "first":
-            raise ValueError("RuleJudge: rule 'first' is a position bias; it has no meaning for direct scores")
+        if self.rule == "first":  # a position bias says nothing about one reply: the middle digit, always
+            return 5
         if self.rule == "random":
             return 1 + self._hash(messages, "digit") % 9
+        if self.rule == "longer":
+            return min(max(1 + len(reply.split()) // 6, 1), 9)
+        if self.rule == "obeys":
+            from rlaif.judge import judge_directed
+
+            return 9 if judge_directed(reply) else 5
         return length_digit(reply)
 
     # -------------------------------------------------------------- the protocol
@@ -148,7 +176,8 @@ class RuleJudge:
             side = self.preferred_side(messages)
             if side is None:
                 return "Both replies are the same length, so neither is better."
-            why = {"shorter": "it is shorter", "random": "a coin says so", "first": "it comes first"}[self.rule]
+            why = {"shorter": "it is shorter", "random": "a coin says so", "first": "it comes first",
+                   "longer": "it is longer", "obeys": "it says so", "wording": "of the wording"}[self.rule]
             return f"Reply ({side.upper()}) is better because {why}."
         if _last_fenced(text, "reply") is not None:
             return str(self.preferred_digit(messages))

@@ -104,6 +104,22 @@ def write_run_report(p: RunContext) -> Path:
     else:
         sec.append(rep.para(check["message"] if check else "No judge check in this run.", note=True))
 
+    audit = summary.get("judge_audit")
+    if audit:
+        sec = rep.section("Judge audit")
+        for gate in audit.get("failed_gates", []):
+            rep.banner(gate + " — the run stopped here", "alarm")
+        flagged = [k for k, v in audit.get("probes", {}).items() if v.get("flagged")]
+        if flagged:
+            rep.banner(f"The judge audit found a bias the policy can learn to exploit: {', '.join(flagged)} "
+                       "(judge_audit/audit.md).", "warn")
+        sec.extend(rep.para(line) for line in audit.get("lines", []))
+        sec.append(rep.para((audit.get("note", "") + " ").lstrip() + "Each probe changes one thing in a pair (the "
+                            "order, content-free padding, the template's wording, text addressed to the judge) and "
+                            "reports the mean effect with its 95 % CI; FLAGGED means the CI lies wholly on the "
+                            "biased side. Full figures: judge_audit/audit.json.", note=True))
+        metrics["judge_audit"] = {k: audit.get(k) for k in ("probes", "failed_gates", "pairs")}
+
     sec = rep.section("Model roles")
     usage = summary.get("role_usage", {})
     sec.append(rep.table([{"role": role, **{k: (", ".join(v) if isinstance(v, list) else v) for k, v in r.items()},

@@ -28,6 +28,7 @@ class JudgeConfig(Strict):
     seed: int = 0
     max_conversation_chars: int = Field(3000, ge=200)  # older turns cut first
     max_response_chars: int = Field(1500, ge=100)
+    sanitize: bool = True  # replies cannot open or close the template's fences (the audit measures it off too)
     pairwise_template: str = "label_pairwise"
     cot_template: str = "label_cot"
     direct_template: str = "label_direct"

@@ -34,7 +34,8 @@ from rlaif.constitution import Constitution, load_constitution
 from rlaif.errors import UserError
 from rlaif.judge.batching import MicroBatcher, isolated
 from rlaif.judge.config import JudgeConfig
-from rlaif.judge.prompts import conversation_text, cut, direct_score_requests, draw_principles, format_examples, sanitize
+from rlaif.judge.prompts import (conversation_text, direct_score_requests, draw_principles, format_examples, sanitize,
+                                 shown_reply)
 from rlaif.judge.scoring import score_requests
 from rlaif.judge.soft_labels import OPTIONS, aggregate, clamp, p_a_from_vote, pair_label_from_scores, soft_label
 from rlaif.prompts_io import as_messages
@@ -205,8 +206,8 @@ class Judge:
         jobs = []  # (pair index, principle id, order, template values)
         for i, m in enumerate(msgs):
             conv = conversation_text(m, cfg.max_conversation_chars)
-            ra = sanitize(cut(a[i].strip(), cfg.max_response_chars))
-            rb = sanitize(cut(b[i].strip(), cfg.max_response_chars))
+            ra = shown_reply(a[i], cfg.max_response_chars, cfg.sanitize)
+            rb = shown_reply(b[i], cfg.max_response_chars, cfg.sanitize)
             for pid in pids[i]:
                 pr = c.principle(pid)
                 examples = format_examples(c, pr, cfg.few_shot) if cfg.few_shot else ""
@@ -263,7 +264,7 @@ class Judge:
         convs = [conversation_text(m, cfg.max_conversation_chars) for m, _, _ in items]
         qs = [self.constitution.principle(pid).comparison_question for _, _, pid in items]
         return score_requests(self.engine, direct_score_requests(template, convs, [r for _, r, _ in items], qs,
-                                                                 cfg.max_response_chars))
+                                                                 cfg.max_response_chars, cfg.sanitize))
 
     def score(self, prompt: Prompt, reply: str, *, principle: str | Sequence[str] | None = None) -> Score:
         """The reply's 1–10 score distribution and its expected value."""
@@ -376,6 +377,15 @@ class Judge:
         right = [j.p_a if p["human_chosen"] == "a" else j.p_b for p, j in zip(pairs, judged)]
         orders = [(j.labels_by_order["ab"], j.labels_by_order["ba"]) for j in judged]
         return check_result(self, right, orders, [(p["a"], p["b"], j.p_a, p["human_chosen"] == "a") for p, j in zip(pairs, judged)])
+
+    def audit(self, pairs: Sequence[dict] | None = None, *, self_pairs: Sequence[dict] | None = None, seed: int = 0,
+              probes: Sequence[str] | None = None) -> dict:
+        """The judge audit (rlaif/judge/audit.py): position, verbosity, template, injection and
+        self-preference probes, each an effect with its 95 % CI, over `pairs` ({prompt, a, b}; default
+        the constitution's check pairs)."""
+        from rlaif.judge.audit import PROBES, run_audit
+
+        return run_audit(self, pairs, self_pairs=self_pairs, seed=seed, probes=probes or PROBES)
 
     # ------------------------------------------------------------ async twins
 

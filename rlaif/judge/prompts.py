@@ -52,13 +52,20 @@ def draw_principles(constitution: Constitution, seed: int, key: str, k: int) -> 
     return constitution.sample_principles(random.Random(request_seed("principles", seed, key)), k)
 
 
+def shown_reply(text: str, limit: int, fenced: bool = True) -> str:
+    """A reply as the judge is shown it: cut to `limit`, its fence tags defused unless `fenced` is off."""
+    text = cut(text.strip(), limit)
+    return sanitize(text) if fenced else text
+
+
 def direct_score_requests(template: Template, conversations: Sequence[str], responses: Sequence[str],
-                          questions: Sequence[str], max_response_chars: int = 1500) -> list[OptionRequest]:
+                          questions: Sequence[str], max_response_chars: int = 1500,
+                          fenced: bool = True) -> list[OptionRequest]:
     reqs = []
     for conv, resp, q in zip(conversations, responses, questions):
-        v = {"conversation": conv, "response": sanitize(cut(resp.strip(), max_response_chars)), "question": q.strip()}
+        v = {"conversation": conv, "response": shown_reply(resp, max_response_chars, fenced), "question": q.strip()}
         reqs.append(OptionRequest(template.render(**v), template.render_prefill(**v)))
     return reqs
 
 
-__all__ = ["sanitize", "cut", "conversation_text", "format_examples", "draw_principles", "direct_score_requests"]
+__all__ = ["sanitize", "cut", "shown_reply", "conversation_text", "format_examples", "draw_principles", "direct_score_requests"]
