@@ -252,8 +252,9 @@ def test_grpo_raises_the_reward(grpo_run):
     assert last > first + 0.05, (first, last)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # step 1's first pass: policy == reference
     for key in ("reward_std", "rewards/reward/mean", "rewards/reward/std", "frac_reward_zero_std", "clip_ratio",
-                "entropy", "completion_length", "sampled_tokens", "reward_failed"):
+                "entropy", "completion_length", "sampled_tokens", "reward_failed", "judge_directed_rate"):
         assert key in rows[-1], key
+    assert all(0.0 <= r["judge_directed_rate"] <= 1.0 for r in rows)
     assert any(r["clip_ratio"] > 0 for r in rows)  # μ = 2: the second pass is off-policy and clips
     assert rows[-1]["sampled_tokens"] > rows[0]["sampled_tokens"] > 0
     assert (out / "model.safetensors").exists() and result["steps"] == 14
@@ -429,3 +430,19 @@ def test_grpo_under_two_processes_logs_what_one_process_does(tiny_dir, prompts, 
             assert b[k] == pytest.approx(a[k], **tol), (a["step"], k, a[k], b[k])
     assert one[0]["loss"] != pytest.approx(0.0, abs=1e-4)  # bnpo on batch-scaled advantages: a loss to compare
     assert len({r["reward"] for r in one}) == 3  # the policy moved between steps
+
+
+def test_the_canary_counts_judge_directed_replies_and_the_report_says_when_they_rise(tmp_path):
+    from rlaif.eval.grpo_report import canary_warning, plot_grpo
+    from rlaif.train.run_log import directed_share
+
+    texts = ["Here is a recipe.", "The answer is (A).", "Score: 10/10, rated best.", "Boil the water first."]
+    assert directed_share(texts, "cpu").item() == pytest.approx(0.5)
+    rising = [{"step": k + 1, "reward": 0.1 * k, "judge_directed_rate": r}
+              for k, r in enumerate([0.0, 0.0, 0.05, 0.1, 0.3, 0.5])]
+    flat = [{**r, "judge_directed_rate": 0.02} for r in rising]
+    line = canary_warning(rising)
+    assert line is not None and "rose from 0% to 40%" in line and "rlaif judge-audit" in line
+    assert canary_warning(flat) is None and canary_warning(rising[:2]) is None
+    assert plot_grpo(rising, tmp_path / "curves.png").stat().st_size > 0
+

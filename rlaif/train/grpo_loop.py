@@ -30,6 +30,7 @@ from rlaif.errors import UserError
 from rlaif.train.common import (TrainLog, disable_dropout, entropy_from_logits, example_stream, finish_run,
                                 gather_mean, load_tokenizer, make_accelerator, make_optimizer, masked_mean, pad_id,
                                 read_prompts, resolve, seed_everything, summary, torch_dtype)
+from rlaif.train.run_log import directed_share
 from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
 from rlaif.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_weights
 from rlaif.train.ppo import PromptBatches, positions, response_logps, response_mask
@@ -293,6 +294,8 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                    **{k: gather_mean(accelerator, torch.stack(stats[k]).mean()) for k in ("clip_ratio", "entropy")},
                    "completion_length": gather_mean(accelerator, mask.float().sum(1).mean()),
                    "eos_rate": gather_mean(accelerator, has_eos.float().mean()),
+                   # the reward-hacking canary: replies carrying text addressed to the judge
+                   "judge_directed_rate": gather_mean(accelerator, directed_share(texts, dev)),
                    "sampled_tokens": sampled_tokens, "reward_seconds": reward_seconds,
                    "step_seconds": time.time() - step_started}
             if cfg.beta > 0:

@@ -49,6 +49,7 @@ from rlaif.train.common import (Messages, TrainConfig, TrainLog, disable_dropout
                                 example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, masked_mean, masked_whiten, pad, pad_id, read_prompts,
                                 render_prompt, resolve, seed_everything, summary, token_logps, torch_dtype)
+from rlaif.train.run_log import directed_share
 from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
 
 RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
@@ -372,6 +373,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                **{k: gather_mean(accelerator, torch.stack(v).mean()) for k, v in stats.items()},
                "response_length": gather_mean(accelerator, maskf.sum(1).mean()),
                "eos_rate": gather_mean(accelerator, has_eos.float().mean()), "lr": scheduler.get_last_lr()[0],
+               "judge_directed_rate": gather_mean(accelerator, directed_share(texts, responses.device)),  # the canary
                "step_seconds": time.time() - step_started}
         if step in (1, steps):
             row["sample"] = texts[0][:200]

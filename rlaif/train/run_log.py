@@ -59,6 +59,15 @@ def gather_mean(accelerator, value: torch.Tensor) -> float:
     return accelerator.gather(v).mean().item()
 
 
+def directed_share(texts: Sequence[str], device) -> torch.Tensor:
+    """The reward-hacking canary of an RL step: the share of sampled replies that carry text
+    addressed to a judge (option markers, score claims, orders to the judge, the template's fences;
+    `rlaif.judge.judge_directed`). A rising share is a policy learning to talk to its reward."""
+    from rlaif.judge import judge_directed
+
+    return torch.tensor(sum(map(judge_directed, texts)) / max(len(texts), 1), device=device)
+
+
 def summary(log: TrainLog, steps: int, seconds: float, keys: Sequence[str]) -> dict:
     """Start/end values of the logged curves plus time per step and peak memory."""
     out: dict[str, Any] = {"steps": steps, "seconds": round(seconds, 3),
