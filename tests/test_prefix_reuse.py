@@ -6,7 +6,10 @@ prefilled once per shared token prefix, and the scores equal those of every prom
 - the labeler's own prompts (debiased pairs, a 3-principle ensemble, conversations of very different
   lengths in one call) give the same soft labels within 1e-4 with and without reuse, on a tiny
   random Llama, on a tiny GPT-2 (absolute positions: the position ids after padding must be right),
-  with token budgets that split every level into several batches, and on the embedded model (slow).
+  with token budgets that split every level into several batches, and on the embedded model (slow);
+- the probe that turns reuse on goes through a left-padded parent batch, the copy path and three
+  levels, and turns it off when any of them is broken; a forward without position ids is never
+  left-padded.
 """
 
 from __future__ import annotations
@@ -245,9 +248,10 @@ def test_a_model_that_ignores_the_cache_says_so_and_still_scores_right(tiny, cap
     with caplog.at_level("WARNING", logger="rlaif.backends.transformers_engine"):
         assert blind.prefix_reuse is False
     (line,) = [r.getMessage() for r in caplog.records if "prefix reuse" in r.getMessage()]
-    assert "cache-blind" in line and "differ from the whole prompt's" in line
+    # caught by the numbers, or earlier: the copy path finds no cache to copy
+    assert "cache-blind" in line and ("differ from the whole prompt's" in line or "failed" in line)
     status = blind.stats()
-    assert status["prefix_reuse"] is False and "differ" in status["prefix_reuse_reason"]
+    assert status["prefix_reuse"] is False and status["prefix_reuse_reason"] in line
     # the scores are those of the real model run whole: the probe kept the broken path away
     assert_same_labels(labels(blind, tmp_path / "blind", 1), labels(with_reuse(tiny, False), tmp_path / "whole", 1))
     assert blind.counters["cached_prompt_tokens"] == 0
@@ -265,3 +269,106 @@ def test_the_label_manifest_records_prefix_reuse(tiny_model_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     engine = json.loads((out / "manifest.json").read_text())["stages"]["label"]["engine"]
     assert engine["prefix_reuse"] is True and engine["cached_prompt_tokens"] > 0, engine
+
+
+# ---------------------------------------------------------------------- what the probe covers
+
+
+def _probe_walk(engine, monkeypatch) -> dict:
+    """Run the probe of a fresh engine over `engine`'s model, recording (while calling the real code)
+    the depth of every level prefilled, whether a parent batch had padding columns, and whether
+    children continued a copy of their parents' cache or took it over."""
+    from rlaif.backends import transformers_engine as te
+
+    seen = {"depths": set(), "padded_parent": False, "copy": False, "take_over": False}
+    fresh = with_reuse(engine, True)
+    real_tree, real_rows = fresh._prefill_tree, te._Prefilled.rows
+
+    def tree(nodes, parent, read, max_rows=None, depth=[0]):
+        depth[0] += 1
+        seen["depths"].add(depth[0])
+        if parent is not None and (parent.mask == 0).any():
+            seen["padded_parent"] = True
+        try:
+            return real_tree(nodes, parent, read, max_rows)
+        finally:
+            depth[0] -= 1
+
+    def rows(self, r, last_use):
+        seen["take_over" if last_use else "copy"] = True
+        return real_rows(self, r, last_use)
+
+    monkeypatch.setattr(fresh, "_prefill_tree", tree)
+    monkeypatch.setattr(te._Prefilled, "rows", rows)
+    seen["on"], seen["reason"] = fresh._probe_prefix_reuse()
+    return seen
+
+
+def test_the_probe_covers_a_padded_parent_the_copy_path_and_three_levels(tiny, monkeypatch):
+    """The probe goes through every layout the cached path has: a left-padded parent batch, children
+    split over batches (the first continues a copy of the parents' cache, the last takes it over),
+    and a tree three levels deep — and on a model that supports reuse, all of it matches."""
+    seen = _probe_walk(tiny, monkeypatch)
+    assert seen["on"], seen["reason"]
+    assert seen["depths"] == {1, 2, 3}
+    assert seen["padded_parent"] and seen["copy"] and seen["take_over"]
+
+
+def _aliasing_copy(self, rows, last_use):
+    """A broken copy path: the first batches of children get the parents' cache itself, not a copy of
+    their rows, so their forward writes into the cache the next batch continues."""
+    if last_use:
+        self.cache.batch_select_indices(rows)
+    return self.cache
+
+
+def test_the_probe_turns_reuse_off_for_a_broken_copy_path(tiny, monkeypatch):
+    from rlaif.backends import transformers_engine as te
+
+    monkeypatch.setattr(te._Prefilled, "rows", _aliasing_copy)
+    fresh = with_reuse(tiny, True)
+    on, reason = fresh._probe_prefix_reuse()
+    assert not on and ("failed" in reason or "differ" in reason), reason
+    assert fresh.prefix_reuse_status() == {"prefix_reuse": False, "prefix_reuse_reason": reason}
+
+
+def test_the_probe_turns_reuse_off_when_a_parents_padding_is_attended(tiny, monkeypatch):
+    """A broken layout where the parent's padding columns are unmasked for its children: only a
+    parent batch with padding of its own shows it, and the probe has one."""
+    from rlaif.backends import transformers_engine as te
+
+    real_init = te._Prefilled.__init__
+
+    def unmasked(self, cache, mask, row_of):
+        real_init(self, cache, torch.ones_like(mask), row_of)
+
+    monkeypatch.setattr(te._Prefilled, "__init__", unmasked)
+    on, reason = with_reuse(tiny, True)._probe_prefix_reuse()
+    assert not on and "differ" in reason, reason
+
+
+class _NoPositionsGPT2(torch.nn.Module):
+    """GPT-2 (absolute positions) behind a forward that takes neither position_ids nor **kwargs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner, self.config = net, net.config
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+
+
+def test_a_forward_without_position_ids_is_never_left_padded(gpt2):
+    """Such a forward cannot be told where a left-padded row starts: its prompts are batched by
+    length (no padding), so a batch scores each prompt as it scores alone; prefix reuse is off and
+    the status says why."""
+    eng = TransformersEngine(EngineConfig(model="gpt2-no-positions", device="cpu"), model=_NoPositionsGPT2(gpt2.net),
+                             tokenizer=gpt2.tokenizer)
+    reqs = [OptionRequest([{"role": "user", "content": t}], "The answer is (")
+            for t in ("Say hi.", "Tell me a much longer story about the sea and the moon.", "Why?")]
+    together = eng.option_logprobs(reqs, ["A", "B"])
+    alone = [eng.option_logprobs([r], ["A", "B"])[0] for r in reqs]
+    for a, b in zip(together, alone):
+        assert dict(a) == pytest.approx(dict(b), abs=1e-5)
+    status = eng.prefix_reuse_status()
+    assert status["prefix_reuse"] is False and "position_ids" in status["prefix_reuse_reason"]

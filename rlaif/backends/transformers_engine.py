@@ -62,9 +62,28 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 log = logging.getLogger(__name__)
 
-# the prefix-reuse probe's prompts: a prefix, then two continuations of different lengths
-PROBE_TEXTS = ("A short note about the weather in the hills this week:",
-               " rain on Monday.", " clear skies from Tuesday until the weekend, then wind.")
+# the prefix-reuse probe's pieces (`probe_sequences` puts them together): two roots of different lengths,
+# continuations, and a continuation of a continuation
+PROBE_ROOTS = ("A short note about the weather in the hills this week:", "Notes:")
+PROBE_TAILS = (" rain on Monday.", " clear skies", " from Tuesday until the weekend, then wind.", " all week.")
+# rows per forward in the probe: small enough that a level's children go in several batches
+PROBE_ROWS = 2
+
+
+def probe_sequences(tokenizer) -> list[list[int]]:
+    """The probe's prompts, as token lists put together piece by piece (so the tree has the same
+    shape under any tokenizer): two roots of different lengths (the top-level batch is left-padded),
+    continuations of each, and, under `long + " clear skies"` (itself a prompt), two more: a
+    three-level tree whose middle batch carries its parents' padding. In batches of `PROBE_ROWS`, the
+    second level splits in two, so one batch continues a copy of its parents' cache (the copy path)
+    and the last takes that cache over."""
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    long, short = (ids(t) for t in PROBE_ROOTS)
+    rain, clear, tuesday, week = (ids(t) for t in PROBE_TAILS)
+    return [long, long + rain, long + clear, long + clear + tuesday, long + clear + week,
+            short + rain, short + tuesday]
 
 # a shared run shorter than this is recomputed: below it, the extra forward pass and the cache copies
 # cost about what the run's own prefill would
@@ -131,23 +150,22 @@ class TransformersEngine(LocalPrompts):
     @torch.inference_mode()
     def _probe_prefix_reuse(self) -> tuple[bool, str]:
         """Find out, by doing it once, whether this model gives a prompt's logits when the prompt is
-        prefilled on top of a shared prefix's cache: three short prompts that share a prefix (one is the
-        prefix itself; the other two continue it by different lengths, so the padded layout of the
-        docstring above is exercised) are scored through the prefix tree and each whole, and the
-        next-token log-probabilities compared over the whole vocabulary. A model's signature says
-        too little: transformers 5 takes the cache through **kwargs on some models."""
+        prefilled on top of a shared prefix's cache: the prompts of `probe_sequences` (a left-padded
+        parent batch, the copy path of children split over batches, a three-level tree) are scored
+        through the prefix tree in batches of `PROBE_ROWS` and each whole, and the next-token
+        log-probabilities compared over the whole vocabulary. A model's signature says too little:
+        transformers 5 takes the cache through **kwargs on some models."""
         if not self._takes_positions:
             return False, "its forward takes no position_ids (padding sits between a prefix and its continuation)"
         if not _plain_dynamic_cache(self.net.config):
             return False, ("its cache is not plain full-attention DynamicLayers (a sliding window or hybrid "
                            "cache would count the padding as distance)")
-        tok = self.tokenizer
-        prefix = tok(PROBE_TEXTS[0], add_special_tokens=False)["input_ids"]
-        seqs = [prefix] + [prefix + tok(t, add_special_tokens=False)["input_ids"] for t in PROBE_TEXTS[1:]]
+        seqs = probe_sequences(self.tokenizer)
         counters = dict(self.counters)
         got: dict[int, torch.Tensor] = {}
         try:
-            self._prefill_tree(prefix_tree(seqs, 1), None, lambda logp, row, i: got.__setitem__(i, logp[row]))
+            self._prefill_tree(prefix_tree(seqs, 1), None, lambda logp, row, i: got.__setitem__(i, logp[row]),
+                               max_rows=PROBE_ROWS)
             want = self._whole_logps(seqs)
         except Exception as e:  # a model that rejects the cache or the positions: say which way it failed
             return False, f"a forward on top of a cached prefix failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
@@ -278,18 +296,19 @@ class TransformersEngine(LocalPrompts):
 
     # ------------------------------------------------------------------ option scoring
 
-    def prefill_batches(self, lengths: Sequence[int], past: int = 0) -> list[list[int]]:
+    def prefill_batches(self, lengths: Sequence[int], past: int = 0, max_rows: int | None = None) -> list[list[int]]:
         """Indices of the prompts, longest first, cut into forward batches of at most `batch_size`
         rows and at most `prefill_tokens` padded tokens (rows × the batch's longest prompt); a
         prompt longer than the budget goes alone. Rows that continue `past` cached columns (prefix
         reuse) count those too, rows × (past + longest): each row holds its own copy of the prefix's
-        keys and values, and a wider budget bought no speed here (finding 10 in BENCHMARKS.md)."""
+        keys and values, and a wider budget bought no speed here (finding 10 in BENCHMARKS.md).
+        `max_rows`: fewer rows than `batch_size` (the prefix-reuse probe)."""
         budget = self.cfg.prefill_tokens or (1024 if self.device.type == "cpu" else None)
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
-            if (last is None or len(last) == self.cfg.batch_size
+            if (last is None or len(last) == (max_rows or self.cfg.batch_size)
                     or (budget is not None and (len(last) + 1) * (past + lengths[last[0]]) > budget)):
                 batches.append([i])
             else:
@@ -319,8 +338,14 @@ class TransformersEngine(LocalPrompts):
 
     def _prefill_whole(self, encoded: Sequence[Sequence[int]], read) -> None:
         """Prefill every prompt whole, in the batches `prefill_batches` cuts; `read(logp, row, i)` gets
-        each prompt's next-token log-probabilities."""
-        for chunk in self.prefill_batches([len(e) for e in encoded]):
+        each prompt's next-token log-probabilities. A forward that takes no position ids (neither by
+        name nor through **kwargs) cannot be told where a left-padded row starts: its batches then
+        hold prompts of one length only, so no row is padded and none needs them."""
+        chunks = self.prefill_batches([len(e) for e in encoded])
+        if not self._takes_positions:
+            chunks = [[i for i in chunk if len(encoded[i]) == n]
+                      for chunk in chunks for n in sorted({len(encoded[i]) for i in chunk}, reverse=True)]
+        for chunk in chunks:
             ids, mask = self._pad_left([list(encoded[i]) for i in chunk])
             extra = {"position_ids": positions(mask)} if self._takes_positions else {}
             logits = self.net(input_ids=ids, attention_mask=mask, logits_to_keep=1, **extra).logits[:, -1, :]
@@ -336,11 +361,12 @@ class TransformersEngine(LocalPrompts):
             self._prefill_whole([seq], lambda logp, row, i: out.append(logp[row]))
         return out
 
-    def _prefill_tree(self, nodes: list[Node], parent: "_Prefilled | None", read) -> None:
+    def _prefill_tree(self, nodes: list[Node], parent: "_Prefilled | None", read, max_rows: int | None = None) -> None:
         """Prefill `nodes` (one level of the prefix tree, all children of rows of `parent`, or the top
         level when `parent` is None) in batches cut by `prefill_batches` over their own tokens; read the
         option scores of the prompts ending on them, then go down into their children, batch by batch."""
-        batches = self.prefill_batches([len(n.tokens) for n in nodes], 0 if parent is None else parent.mask.shape[1])
+        batches = self.prefill_batches([len(n.tokens) for n in nodes], 0 if parent is None else parent.mask.shape[1],
+                                       max_rows)
         for b, chunk in enumerate(batches):
             batch = [nodes[i] for i in chunk]
             ids, own_mask = self._pad_left([n.tokens for n in batch])
@@ -362,7 +388,7 @@ class TransformersEngine(LocalPrompts):
             children = [c for n in batch for c in n.children]
             if children:
                 row_of = {id(c): row for row, n in enumerate(batch) for c in n.children}
-                self._prefill_tree(children, _Prefilled(cache, mask, row_of), read)
+                self._prefill_tree(children, _Prefilled(cache, mask, row_of), read, max_rows)
 
     def stats(self) -> dict:
         return {"engine": self.name, "model": self.model, "device": str(self.device), **self.prefix_reuse_status(),
