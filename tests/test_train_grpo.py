@@ -380,6 +380,7 @@ def test_server_judge_scores_groups_and_fails_per_record():
     (["--reward", "rule:no_such_module_xyz:f"], "rewards.0.function"),
     (["--reward", "rule:rlaif.train.rewards:no_such_function"], "rewards.0.function"),
     (["--advantage", "rloo", "--set", "num_generations=1"], "num_generations"),
+    (["--advantage", "dr_grpo", "--loss-type", "grpo"], "loss_type"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, field, tiny_dir, prompts, tmp_path, capsys):
     from rlaif.cli import main
