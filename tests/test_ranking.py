@@ -1,5 +1,5 @@
-"""Ranking checkpoints: Bradley–Terry ratings with bootstrap CIs, win rates, the length-controlled
-win rate (rlaif/eval/ranking.py), and `rlaif rank` end to end on tiny random-weight models with the
+"""Ranking checkpoints: Bradley–Terry ratings with bootstrap CIs, win rates (rlaif/eval/ranking.py; the
+length-controlled win rate has its own tests/test_lc_win_rate.py), and `rlaif rank` end to end on tiny random-weight models with the
 rule judge (tests/rule_judge.py) and with a tiny model as the judge; bad input exits 2."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlaif.eval.ranking import (ELO_SCALE, fit_bradley_terry, lc_win_rate, lc_win_rate_ci, rank_players,
-                                win_rate_matrix)
+from rlaif.eval.ranking import ELO_SCALE, fit_bradley_terry, rank_players, win_rate_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import build_tiny_llama, run_cli  # noqa: E402
@@ -90,84 +89,6 @@ def test_win_rate_matrix_counts_ties_as_half_and_reads_both_orientations():
     assert m["win_rate"][0][2] == 1.0 and m["games"][1][2] == 0 and m["win_rate"][1][2] is None
 
 
-# ------------------------------------------------------------------ length-controlled win rate
-
-
-def test_lc_win_rate_equals_the_raw_win_rate_when_lengths_are_equal():
-    rng = np.random.default_rng(0)
-    y = rng.random(300)
-    fit = lc_win_rate(y, np.full(300, 50), np.full(300, 50))
-    assert fit["lc"] == pytest.approx(fit["raw"], abs=1e-9) and fit["raw"] == pytest.approx(y.mean())
-    hard = (y > 0.3).astype(float)
-    assert lc_win_rate(hard, np.full(300, 7), np.full(300, 7))["lc"] == pytest.approx(hard.mean(), abs=1e-9)
-    # a side that wins every game: the MLE runs off to α = ∞; the fit stays defined and says 1
-    sweep = lc_win_rate_ci(np.ones(20), rng.integers(5, 50, 20), rng.integers(5, 50, 20), n_boot=50)
-    assert sweep["lc"] == pytest.approx(1.0) and sweep["lc_ci95"][0] == pytest.approx(1.0)
-
-
-def _length_judge(seed, n=3000, quality=0.0, length_coef=2.0, linear=False):
-    """Two players; a's replies are longer on average. The judge's logit is a quality gap plus a pure
-    length term: tanh(Δ/std Δ) (the model's own form), or, with `linear`, a straight line in Δ."""
-    rng = np.random.default_rng(seed)
-    len_a, len_b = rng.normal(220, 60, n).clip(5), rng.normal(140, 60, n).clip(5)
-    d = len_a - len_b
-    term = d / d.std() if linear else np.tanh(d / d.std())
-    p = 1 / (1 + np.exp(-(quality + length_coef * term)))
-    return (rng.random(n) < p).astype(float), len_a, len_b, np.arange(n)
-
-
-def test_lc_removes_a_pure_length_effect():
-    lcs, covered = [], 0
-    for seed in range(5):
-        y, la, lb, groups = _length_judge(seed=seed, length_coef=3.0)
-        fit = lc_win_rate_ci(y, la, lb, n_boot=300, seed=seed, groups=groups)
-        assert fit["raw"] > 0.72 and fit["raw_ci95"][0] > 0.69  # the judge rewards length alone...
-        assert abs(fit["lc"] - 0.5) < 0.05, fit  # ...and at equal length there is no gap
-        assert fit["length_coef"] == pytest.approx(3.0, abs=0.5)
-        lcs.append(fit["lc"])
-        covered += fit["lc_ci95"][0] < 0.5 < fit["lc_ci95"][1]
-    assert abs(np.mean(lcs) - 0.5) < 0.02 and covered >= 4, (lcs, covered)
-    # a length effect of another shape (linear in Δ) is removed too, if less exactly
-    y, la, lb, _ = _length_judge(seed=2, length_coef=1.0, linear=True)
-    fit = lc_win_rate(y, la, lb)
-    assert fit["raw"] > 0.68 and abs(fit["lc"] - 0.5) < 0.06
-
-
-def test_lc_keeps_a_real_quality_gap():
-    y, la, lb, _ = _length_judge(seed=3, quality=-0.8)  # a is worse but longer
-    fit = lc_win_rate(y, la, lb)
-    assert fit["lc"] == pytest.approx(1 / (1 + np.exp(0.8)), abs=0.04)  # σ(−0.8) = 0.31
-    assert fit["raw"] > fit["lc"] + 0.2
-
-
-def test_lc_is_stable_when_one_side_is_always_longer():
-    """64 prompts; a judge that ignores length and prefers a with probability 0.6; a is longer by
-    N(60, 30) words. The near-unpenalised fit extrapolated to Δ = 0 from data that sit around
-    tanh(2): LC sd 0.23 against the raw rate's 0.064, off by > 0.2 in 42 % of runs."""
-    lc, raw = [], []
-    for seed in range(400):
-        rng = np.random.default_rng(seed)
-        len_b = rng.normal(150, 40, 64).clip(5)
-        len_a = len_b + rng.normal(60, 30, 64)
-        y = (rng.random(64) < 0.6).astype(float)
-        fit = lc_win_rate(y, len_a, len_b)
-        lc.append(fit["lc"])
-        raw.append(fit["raw"])
-    lc, raw = np.array(lc), np.array(raw)
-    assert lc.std() <= 1.5 * raw.std(), (lc.std(), raw.std())
-    assert abs(lc.mean() - 0.6) < 0.02 and np.mean(np.abs(lc - 0.6) > 0.2) < 0.05
-    widths, covered = [], 0
-    for seed in range(40):
-        rng = np.random.default_rng(1000 + seed)
-        len_b = rng.normal(150, 40, 64).clip(5)
-        len_a = len_b + rng.normal(60, 30, 64)
-        y = (rng.random(64) < 0.6).astype(float)
-        fit = lc_win_rate_ci(y, len_a, len_b, n_boot=200, seed=seed)
-        widths.append(fit["lc_ci95"][1] - fit["lc_ci95"][0])
-        covered += fit["lc_ci95"][0] < 0.6 < fit["lc_ci95"][1]
-    assert np.mean(widths) < 0.4 and covered >= 34, (np.mean(widths), covered)  # was 0.74 wide
-
-
 # ------------------------------------------------------------------ rlaif rank
 
 
@@ -216,7 +137,16 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     order = [p["name"] for p in info["players"]]
     assert order[0] == str(short) and order[-1] == str(wordy), order  # 1 word < 12 tokens < 60 words
     n = 3
-    assert info["setup"]["pairs_judged"] == 4 * n * (n - 1) // 2 and judge.counters["option_requests"] == 2 * 12
+    # 12 round-robin pairs, and the baseline (a model) against its verbose and concise replies on 4 prompts
+    assert info["setup"]["pairs_judged"] == 4 * n * (n - 1) // 2 and info["setup"]["gamed_pairs_judged"] == 8
+    assert judge.counters["option_requests"] == 2 * 20
+    assert len(list((tmp_path / "out" / "responses").glob("*-lc-verbose.jsonl"))) == 1
+    assert info["lc"]["gamed_baseline"] == {"verbose": 4, "concise": 4}
+    assert info["lc"]["difficulty"].startswith("fitted jointly over the 2 checkpoints")
+    for row in [r for r in info["players"] if r["name"] != info["baseline"]]:
+        assert row["lc_variant"] == info["lc"]["variant"] and "length_controlled_v1" in row["lc_variant"]
+        lo, hi = row["lc_vs_baseline_ci95"]
+        assert lo <= row["lc_vs_baseline"] <= hi and row["lc_fit"]["gamed_games"] == 8
     wr = info["win_rate_matrix"]["win_rate"]
     assert wr[1][2] == 1.0 and wr[2][1] == 0.0  # short beats wordy on every prompt
     assert info["win_rate_matrix"]["mean_p"][1][2] == pytest.approx(0.9)  # debiased p of the rule judge
@@ -227,11 +157,11 @@ def test_rank_with_the_rule_judge_orders_checkpoints_by_what_it_rewards(tiny_pai
     # a second run resumes: nothing is judged again, the same ranking comes out
     again = rank(ckpts, prompts, Judge(judge, load_constitution("concise")), tmp_path / "out", max_tokens=12, n_boot=200,
                  batch_size=8, source=str(prompt_file), judge_check=False)
-    assert judge.counters["option_requests"] == 2 * 12 and again["players"] == info["players"]
+    assert judge.counters["option_requests"] == 2 * 20 and again["players"] == info["players"]
     # hard outcomes (the verdicts) from the same judgements: short beats wordy outright, so the spread grows
     hard = rank(ckpts, prompts, Judge(judge, load_constitution("concise")), tmp_path / "out", max_tokens=12, n_boot=200,
                 batch_size=8, source=str(prompt_file), outcomes="hard", judge_check=False)
-    assert judge.counters["option_requests"] == 2 * 12 and hard["win_rate_matrix"]["mean_p"][1][2] == 1.0
+    assert judge.counters["option_requests"] == 2 * 20 and hard["win_rate_matrix"]["mean_p"][1][2] == 1.0
     spread = {k: r["players"][0]["elo"] - r["players"][-1]["elo"] for k, r in (("soft", info), ("hard", hard))}
     assert spread["hard"] > spread["soft"] + 100, spread
 
@@ -253,7 +183,10 @@ def test_rank_cli_end_to_end_with_tiny_models(tiny_pair, prompt_file, tmp_path):
     html = (out / "ranking.html").read_text()
     assert html.count("<img src=\"data:image/png;base64,") == 2 and "Elo" in html
     assert "| rank | checkpoint | Elo |" in (out / "ranking.md").read_text()
-    assert len(list((out / "responses").glob("*.jsonl"))) == 2
+    assert len(list((out / "responses").glob("*.jsonl"))) == 4  # two checkpoints, the baseline's two gamed sets
+    assert info["setup"]["gamed_pairs_judged"] == 6 and "length_controlled_v1" in info["lc"]["variant"]
+    assert info["lc"]["difficulty"].startswith("left out")  # one checkpoint against the baseline
+    assert "gamed-baseline judgements" in (out / "ranking.md").read_text()
     assert "Elo" in r.stdout and "ranking.json" in r.stdout
     # the judge was checked first: a random-weight judge fails the check, and the page says so at the top
     check = info["setup"]["judge_check"]

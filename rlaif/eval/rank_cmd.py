@@ -11,7 +11,13 @@
 4. Bradley–Terry ratings with bootstrap CIs (prompts redrawn), the win-rate matrix and the
    length-controlled win rates (rlaif/eval/ranking.py), written by rlaif/eval/ranking_report.py.
 
-Outputs in DIR: responses/*.jsonl, judgments.jsonl (the labeler's records), ranking.json,
+For the LC win rate's regulariser, a baseline (first checkpoint) that is a model also answers every
+prompt told to be verbose and told to be concise (prompts/lc_verbose.yaml, prompts/lc_concise.yaml:
+the instructions AlpacaEval 2 gave its GPT-4 Turbo baseline, added to the system turn), with the
+same greedy decoding and token budget, and the judge compares each such reply with the baseline's
+own (`lc_gamed=False` leaves this out; a responses-file baseline has no gamed replies).
+
+Outputs in DIR: responses/*.jsonl (the gamed replies in responses-*-lc-verbose.jsonl and -lc-concise.jsonl), judgments.jsonl (the labeler's records), ranking.json,
 ranking.md, ranking.html, ratings.png, win_rate.png. Steps 2 and 3 resume like every stage.
 """
 
@@ -27,6 +33,7 @@ from rlaif.errors import UserError
 from rlaif.records import read_jsonl, record_id
 
 JUDGMENTS = "judgments.jsonl"
+GAMED_TEMPLATES = {"verbose": "lc_verbose.yaml", "concise": "lc_concise.yaml"}
 _MODEL_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
 
@@ -124,20 +131,62 @@ def check_spec(cfg: EngineConfig, spec: str, field: str) -> None:
         raise UserError(f"{field} {spec}: GGUF file {model} not found")
 
 
-def generate_replies(ckpt: Checkpoint, prompts: list[dict], out: Path, max_tokens: int, source: str) -> dict:
-    """prompt id -> greedy reply from a model checkpoint (loaded here, closed after use)."""
+def gamed_prompts(prompts: list[dict], variant: str, system_prompt: str | None) -> list[dict]:
+    """The prompts with the variant's instruction appended to the system turn (the prompt's own, else
+    the engine's `system_prompt`, else a new one), each with the id of the prompt it came from."""
+    from rlaif.templates import load_template
+
+    instruction = load_template(GAMED_TEMPLATES[variant]).messages[0].content
+    out = []
+    for p in prompts:
+        messages = [dict(m) for m in p["prompt"]]
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = f"{messages[0]['content']}\n\n{instruction}"
+        else:
+            messages.insert(0, {"role": "system",
+                                "content": f"{system_prompt}\n\n{instruction}" if system_prompt else instruction})
+        out.append({**p, "id": record_id("rank-lc", variant, p["id"]), "prompt": messages, "origin": p["id"]})
+    return out
+
+
+def generate_replies(ckpt: Checkpoint, prompts: list[dict], out: Path, max_tokens: int, source: str,
+                     gamed: bool = False) -> tuple[dict, dict]:
+    """prompt id -> greedy reply from a model checkpoint (loaded here, closed after use); with
+    `gamed`, also {variant: prompt id -> reply} for the verbose and concise instructions."""
     from rlaif.backends import load_engine
     from rlaif.eval.policy_eval import policy_responses
     from rlaif.stages.responses import check_context
 
     engine = load_engine(ckpt.engine)
+    gamed_replies = {}
     try:
         check_context(engine, prompts, max_tokens, source)
         stage = f"responses-{record_id('rank-checkpoint', ckpt.name)[:10]}"
         records = policy_responses(engine, prompts, max_tokens, out / "responses", stage, ckpt.engine.batch_size)
+        for variant in GAMED_TEMPLATES if gamed else ():
+            asked = gamed_prompts(prompts, variant, ckpt.engine.system_prompt)
+            origin = {q["id"]: q["origin"] for q in asked}
+            check_context(engine, asked, max_tokens, source)
+            done = policy_responses(engine, asked, max_tokens, out / "responses", f"{stage}-lc-{variant}",
+                                    ckpt.engine.batch_size)
+            gamed_replies[variant] = {origin[r["prompt_id"]]: r["response"] for r in done}
     finally:
         engine.close()
-    return {r["prompt_id"]: r["response"] for r in records}
+    return {r["prompt_id"]: r["response"] for r in records}, gamed_replies
+
+
+def gamed_pairs(baseline: str, base_replies: dict, gamed_replies: dict, prompts: list[dict]) -> list[dict]:
+    """One pair per (prompt, variant): a = the baseline's reply, b = its gamed reply."""
+    pairs = []
+    for q, p in enumerate(prompts):
+        for variant, replies in gamed_replies.items():
+            if p["id"] in base_replies and p["id"] in replies:
+                a, b = base_replies[p["id"]], replies[p["id"]]
+                pid = record_id("rank-lc", p["id"], baseline, variant, a, b)
+                pairs.append({"id": pid, "prompt": p["prompt"], "a": a, "b": b, "given": "unordered",
+                              "source_line": q + 1, "source_id": pid, "i": 0, "j": -1, "prompt_index": q,
+                              "variant": variant})
+    return pairs
 
 
 def round_robin_pairs(names: list[str], replies: list[dict], prompts: list[dict]) -> list[dict]:
@@ -165,7 +214,7 @@ def judge_pairs(pairs: list[dict], judge, out: Path, *, batch_size: int, overwri
     for pr in pairs:
         rec = p_by_key.get(key_of[pr["source_id"]])
         if rec is not None:
-            games.append({**{k: pr[k] for k in ("i", "j", "prompt_index")}, "p": rec["p_a"],
+            games.append({**{k: pr[k] for k in ("i", "j", "prompt_index", "variant") if k in pr}, "p": rec["p_a"],
                           "labels_by_order": rec["labels_by_order"],
                           "len_a": len(pr["a"].split()), "len_b": len(pr["b"].split())})
     return games, result
@@ -184,38 +233,50 @@ def run_check(judge, out: Path, batch_size: int, overwrite: bool) -> dict:
 
 def rank(checkpoints: list[Checkpoint], prompts: list[dict], judge, out: Path, *,
          max_tokens: int = 128, seed: int = 0, n_boot: int = 1000, batch_size: int = 8, source: str = "prompts",
-         judge_loader=None, overwrite: bool = False, outcomes: str = "soft", judge_check: bool = True) -> dict:
+         judge_loader=None, overwrite: bool = False, outcomes: str = "soft", judge_check: bool = True,
+         lc_gamed: bool = True) -> dict:
     """Replies from every checkpoint, round-robin judgements, ratings and reports in `out`.
     `judge` is a Judge (its constitution and settings are the ranking's), or None with
     `judge_loader()` to build it once the replies are made.
     `judge_check`: first put the judge on the constitution's check pairs (out/judge_check/), print
-    its line and carry the verdict into the report (off where a pipeline has checked it already)."""
+    its line and carry the verdict into the report (off where a pipeline has checked it already).
+    `lc_gamed`: make and judge the baseline's verbose and concise replies for the LC fit (module doc)."""
     from rlaif.eval.ranking_report import summarise, write_reports
     from rlaif.runner import OutputLock
 
     out = Path(out)
     names = [c.name for c in checkpoints]
     with OutputLock(out):
-        replies = [c.replies if c.kind == "responses" else generate_replies(c, prompts, out, max_tokens, source)
-                   for c in checkpoints]
+        replies, gamed = [], {}
+        for k, c in enumerate(checkpoints):
+            if c.kind == "responses":
+                replies.append(c.replies)
+                continue
+            mine, variants = generate_replies(c, prompts, out, max_tokens, source, gamed=lc_gamed and k == 0)
+            replies.append(mine)
+            gamed = gamed or variants
         pairs = round_robin_pairs(names, replies, prompts)
+        extra = gamed_pairs(names[0], replies[0], gamed, prompts)
         if not pairs:
             raise UserError(f"{source}: no prompt was answered by every pair of checkpoints; nothing to judge")
         owned = judge is None
         judge = judge_loader() if owned else judge
         try:
             check = run_check(judge, out, batch_size, overwrite) if judge_check else None
-            games, result = judge_pairs(pairs, judge, out, batch_size=batch_size, overwrite=overwrite)
+            judged, result = judge_pairs(pairs + extra, judge, out, batch_size=batch_size, overwrite=overwrite)
+            games = [g for g in judged if "variant" not in g]
+            gamed_games = [g for g in judged if "variant" in g]
             judge_name, judge_settings, constitution = judge.name, judge.describe(), judge.constitution
         finally:
             if owned:
                 judge.close()
         if not games:
             raise UserError(f"{out / 'failures.jsonl'}: every judgement failed; nothing to rank")
-        info = summarise(names, [c.kind for c in checkpoints], replies, prompts, games, n_boot=n_boot, seed=seed,
-                         outcomes=outcomes)
+        info = summarise(names, [c.kind for c in checkpoints], replies, prompts, games, gamed_games=gamed_games,
+                         n_boot=n_boot, seed=seed, outcomes=outcomes)
         info["setup"] = {"judge": judge_name, "constitution": constitution.name, "prompts": source,
-                         "n_prompts": len(prompts), "pairs_judged": len(games), "failed_judgements": result.failed,
+                         "n_prompts": len(prompts), "pairs_judged": len(games), "gamed_pairs_judged": len(gamed_games),
+                         "failed_judgements": result.failed,
                          "max_tokens": max_tokens, "seed": seed, "judge_settings": judge_settings,
                          "debias": "both orders, averaged" if judge_settings["debias"] else "one order",
                          "outcomes": outcomes,

@@ -28,41 +28,7 @@ games on one prompt are not independent) with replacement, B times with a seeded
 anchor the same way, and take the 2.5 and 97.5 percentiles of each player's rating. All B refits run
 at once as a batch.
 
-Length-controlled win rate (after AlpacaEval 2, Dubois et al. 2024, "Length-Controlled AlpacaEval",
-and its GLM in tatsu-lab/alpaca_eval, src/alpaca_eval/metrics/glm_winrate.py). An AI judge tends to
-prefer the longer reply, so a raw win rate mixes quality with verbosity. For the games of player a
-against player b, fit a logistic model of the judge's preference on the standardised length
-difference,
-
-    logit P(a ≻ b) = α + β · z,   z = tanh(Δ / s),   Δ = len_a − len_b,   s = std(Δ) over those games,
-
-by maximising  Σ [y · log σ(α + βz) + (1 − y) · log σ(−α − βz)]  −  (λ/2) · β²,   λ = 3.
-
-The length-controlled win rate is the model's prediction at equal lengths (Δ = 0, z = 0), σ(α); the
-raw win rate is the mean of y. As in AlpacaEval, Δ is divided by its standard deviation and passed
-through tanh, so a few very long replies cannot dominate. z is centred for the Newton solve; α is
-not penalised, so that shift moves α and nothing else — the prediction at z = 0 is unchanged.
-
-The penalty on β is the regularisation toward the baseline: the baseline model is the one with no
-length term, whose LC is the raw win rate, and the data have to earn any length correction.
-AlpacaEval ties the length weight down with extra data instead: it refits with the baseline's own
-answers prompted to be verbose or concise (weight 0.2 split over the two), where quality is fixed
-and only length moves, plus an L1 penalty chosen by cross-validation. We have no such gamed copies,
-so the anchor is a fixed Gaussian prior β ~ N(0, 1/λ). It matters when one side is longer in
-nearly every game: then z hardly varies, α + β·z is known only near z̄, and σ(α) is an
-extrapolation to z = 0 whose spread grows without bound as the spread of z shrinks. In a
-simulation with 64 prompts, a judge that ignores length, a true win rate of 0.6 and a length gap
-of N(60, 30), the near-unpenalised fit (λ = 1e-3) gave an LC sd of 0.23 against the raw rate's 0.064
-(95 % CIs 0.75 wide); λ = 3 gives 0.078, with the mean still 0.60 (tests/test_ranking.py). The price:
-a large true length effect is removed slightly less than fully (with 3000 games and a judge whose
-logit moves by 3 across the tanh range, β comes out ~5 % low). With Δ = 0 everywhere the fit gives
-σ(α) = mean(y) exactly; a judge that only rewards length gives α ≈ 0, LC ≈ 0.5.
-
-Length unit: whatever the caller counts. `rlaif rank` counts words (whitespace-split);
-AlpacaEval counts characters. Dividing Δ by its own standard deviation makes the fit free of the
-unit's scale, so the two differ only where characters per word differ between the sides. (The
-AlpacaEval GLM also has a per-instruction difficulty term; with one judgement per prompt per pair
-here it is left out.)
+Length-controlled win rates: the second half of this file (AlpacaEval 2's GLM), with its own notes.
 """
 
 from __future__ import annotations
@@ -75,7 +41,6 @@ import numpy as np
 ELO_SCALE = 400.0 / math.log(10.0)
 ELO_BASE = 1000.0
 RIDGE = 1e-3
-LC_RIDGE = 3.0  # λ on the length coefficient of the LC fit (see the module docstring)
 
 
 def to_elo(theta):
@@ -242,32 +207,322 @@ def win_rate_matrix(i, j, y, n: int) -> dict:
     return {"mean_p": mean_p, "win_rate": wins, "games": games}
 
 
-def lc_win_rate(y, len_a, len_b, ridge: float = LC_RIDGE, weights=None) -> dict:
-    """Length-controlled win rate of a over b: σ(α) of logit P(a ≻ b) = α + β · tanh(Δ / std Δ),
-    with the penalty (ridge/2)·β² (module docstring). `weights` (B, G) refits B bootstrap draws
-    (s stays the std of all the games); then `lc` and `raw` are arrays."""
-    y = np.asarray(y, dtype=float)
-    delta = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
-    scale = float(delta.std())
-    z = np.tanh(delta / scale) if scale > 0 else np.zeros_like(delta)
-    centre = float(z.mean())
-    X = np.stack([np.ones_like(z), z - centre], axis=1)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
-    alpha_c, beta = fit_logistic(X, w * y, w, np.array([0.0, ridge])).T
-    alpha = alpha_c - beta * centre  # the logit at z = 0, i.e. at equal lengths
-    lc = 1.0 / (1.0 + np.exp(-alpha))
-    if weights is not None:
-        return {"lc": lc, "raw": (w * y).sum(-1) / w.sum(-1)}
-    return {"lc": float(lc), "raw": float(y.mean()), "alpha": float(alpha), "length_coef": float(beta),
-            "length_scale": scale, "length_ridge": ridge, "mean_length_diff": float(delta.mean()),
-            "games": int(len(y))}
+# ------------------------------------------------------------------ length-controlled win rate
+#
+# After AlpacaEval 2 (Dubois et al. 2024, "Length-Controlled AlpacaEval"; the GLM of tatsu-lab/
+# alpaca_eval, src/alpaca_eval/metrics/glm_winrate.py, `length_controlled_v1`). An AI judge tends to
+# prefer the longer reply, so a raw win rate mixes quality with verbosity. The judge's preference
+# for the model's reply over the baseline's on prompt x is fitted as
+#
+#     logit P(model ≻ baseline) = γ · tanh(Δ / s)  +  ψ · d_x  +  θ · 1[row is the model's]
+#
+#   Δ = len(model reply) − len(baseline reply), s = std(Δ) over that model's games (ddof 1);
+#   d_x = the prompt's difficulty (fitted once over every player, below), ψ its weight for this model;
+#   θ = the model's own term: what is left once length and difficulty are accounted for.
+#
+# The length-controlled win rate is the model's prediction at equal length, averaged over prompts:
+#
+#     LC = mean_x σ(θ + ψ · d_x)          (σ(θ) without the difficulty term);  raw = mean of y.
+#
+# Regularisation toward the baseline. Besides the model's own games, the fit sees the baseline
+# against its own replies when prompted to be verbose and to be concise (`rlaif rank` makes them:
+# prompts/lc_verbose.yaml, prompts/lc_concise.yaml, the instructions AlpacaEval gave GPT-4 Turbo).
+# Those rows share γ and ψ but not θ (1[row is the model's] = 0 there): their quality is the
+# baseline's, only their length moved, so they tie the length weight down from both sides of Δ = 0
+# even when the model is longer on every prompt. They carry weight 0.2 in all (0.1 per variant) per
+# prompt, so their pull grows with the data instead of being a fixed prior. Each variant's Δ is
+# scaled by its own std, as AlpacaEval does.
+#
+# The fit is theirs: soft labels, no intercept, an L1 penalty on every weight,
+#
+#     minimise  ‖β‖₁ + C · Σ_rows w · [−y log σ(x·β) − (1 − y) log σ(−x·β)],
+#
+# (liblinear's objective), with C picked from logspace(−4, 4, 10) by 5-fold cross-validation on the
+# weighted log loss (rows assigned to folds as sklearn's GroupKFold does for one-row groups: row r of
+# N goes to fold (N − 1 − r) mod 5, gamed rows first), then refitted on all rows. We solve it with
+# proximal Newton steps (coordinate descent on each quadratic model, then a backtracking line
+# search), to a tighter tolerance than liblinear's, so the two agree to its precision.
+#
+# Instruction difficulty, where several players share the prompts (≥ 2 besides the baseline): one
+# joint fit over every player's games against the baseline (gamed copies included), with a length
+# weight and a bias per player and one dummy per prompt (the first prompt's is 0), by the same
+# L1/CV fit; d_x is the prompt's dummy (AlpacaEval's notebooks/instruction_difficulty.ipynb). With
+# one player the term is left out: it could only be fitted on the very games it then explains.
+#
+# CIs: prompts redrawn with replacement (a prompt's gamed rows come with it), refitted with C, the
+# length scales and d_x held at the full sample's values. Length unit: whatever the caller counts
+# (`rlaif rank`: words; AlpacaEval: characters); dividing by s makes the fit free of its scale.
+
+LC_CS = np.logspace(-4, 4, 10)  # sklearn's LogisticRegressionCV(Cs=10) grid
+LC_FOLDS = 5
+GAMED_WEIGHT = 0.2  # the baseline's gamed rows, split evenly over the variants
+GAMED_VARIANTS = ("verbose", "concise")
+_EPS = 1e-15  # AlpacaEval's clip in the CV log loss
 
 
-def lc_win_rate_ci(y, len_a, len_b, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
-    """`lc_win_rate` plus percentile 95 % CIs of the LC and raw win rates (games or groups redrawn).
-    The length scale s is held at the full sample's value in every draw."""
-    point = lc_win_rate(y, len_a, len_b)
-    w = bootstrap_weights(len(np.atleast_1d(y)), n_boot, seed, groups)
-    draws = lc_win_rate(y, len_a, len_b, weights=w)
-    ci = {k: [float(v) for v in np.percentile(draws[k], [2.5, 97.5])] for k in ("lc", "raw")}
-    return {**point, "lc_ci95": ci["lc"], "raw_ci95": ci["raw"]}
+def _l1_objective(beta, X, y, w, C, pen):
+    eta = beta @ X.T
+    loss = -(y * _log_sigmoid(eta) + (1 - y) * _log_sigmoid(-eta))
+    return (pen * np.abs(beta)).sum(-1) + C * (w * loss).sum(-1)
+
+
+def fit_l1_logistic(X, y, w, C, penalty=None, iters: int = 200, sweeps: int = 30, tol: float = 1e-10) -> np.ndarray:
+    """argmin Σ_k f_k |β_k| + C Σ_g w_g [−y_g log σ(x_g·β) − (1 − y_g) log σ(−x_g·β)]   (no intercept),
+    f = `penalty` (default all 1: liblinear's ‖β‖₁; 0 leaves a weight unpenalised).
+
+    X: (G, K); y: (G,) soft labels in [0, 1]; w: (G,) or (B, G); C: scalar or (B,). B fits at once.
+    Proximal Newton: each step minimises the quadratic model of the loss plus the exact L1 term by
+    cyclic coordinate descent (soft thresholding), then halves until the objective falls enough."""
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    single = np.ndim(w) == 1 and np.ndim(C) == 0
+    w = np.atleast_2d(np.asarray(w, dtype=float))
+    C = np.broadcast_to(np.asarray(C, dtype=float).reshape(-1), (max(w.shape[0], np.size(C)),)).copy()
+    w = np.broadcast_to(w, (len(C), X.shape[0]))
+    B, K = len(C), X.shape[1]
+    pen = np.ones(K) if penalty is None else np.asarray(penalty, dtype=float)
+    beta = np.zeros((B, K))
+    f = _l1_objective(beta, X, y, w, C, pen)
+    for _ in range(iters):
+        s = 1.0 / (1.0 + np.exp(-(beta @ X.T)))
+        g = C[:, None] * ((w * (s - y)) @ X)
+        H = np.einsum("bg,gk,gl->bkl", C[:, None] * w * s * (1 - s), X, X)
+        d = np.zeros_like(beta)
+        for _ in range(sweeps):
+            moved = 0.0
+            for k in range(K):
+                a = H[:, k, k] + 1e-12
+                b = g[:, k] + np.einsum("bl,bl->b", H[:, k, :], d) - a * d[:, k]
+                u = beta[:, k] - b / a
+                z = np.sign(u) * np.maximum(np.abs(u) - pen[k] / a, 0.0)
+                moved = max(moved, float(np.abs(z - beta[:, k] - d[:, k]).max()))
+                d[:, k] = z - beta[:, k]
+            if moved < tol:
+                break
+        decrease = (g * d).sum(1) + (pen * (np.abs(beta + d) - np.abs(beta))).sum(1)  # ≤ 0
+        t = np.ones(B)
+        for _ in range(50):
+            f_new = _l1_objective(beta + t[:, None] * d, X, y, w, C, pen)
+            bad = f_new > f + 1e-4 * t * decrease + 1e-13 * np.abs(f)
+            if not bad.any():
+                break
+            t[bad] /= 2
+        beta, f = beta + t[:, None] * d, f_new
+        if np.abs(t[:, None] * d).max() < tol:
+            break
+    return beta[0] if single else beta
+
+
+def cv_folds(n_rows: int, n_splits: int = LC_FOLDS) -> np.ndarray:
+    """sklearn GroupKFold's assignment when every group is one row (equal sizes, stable order)."""
+    return (n_rows - 1 - np.arange(n_rows)) % n_splits
+
+
+def _cv_loss(beta, X, y, w):
+    q = np.clip(1.0 / (1.0 + np.exp(-(beta @ X.T))), _EPS, 1 - _EPS)
+    return -(w * (y * np.log(q) + (1 - y) * np.log(1 - q))).mean(-1)
+
+
+def fit_l1_logistic_cv(X, y, w, Cs=LC_CS, n_splits: int = LC_FOLDS, penalty=None) -> tuple[np.ndarray, float]:
+    """`fit_l1_logistic` with C chosen by cross-validated weighted log loss (summed over folds; the
+    first, i.e. smallest, C wins a tie), then refitted on every row. Returns (β, C)."""
+    X, y, w = np.asarray(X, dtype=float), np.asarray(y, dtype=float), np.asarray(w, dtype=float)
+    Cs = np.asarray(Cs, dtype=float)
+    n_splits = min(n_splits, len(y))
+    if n_splits < 2:
+        C = float(Cs[-1])
+        return fit_l1_logistic(X, y, w, C, penalty), C
+    fold = cv_folds(len(y), n_splits)
+    train = np.stack([np.where(fold == f, 0.0, w) for f in range(n_splits) for _ in Cs])
+    betas = fit_l1_logistic(X, y, train, np.tile(Cs, n_splits), penalty).reshape(n_splits, len(Cs), -1)
+    loss = np.zeros(len(Cs))
+    for f in range(n_splits):
+        m = fold == f
+        loss += _cv_loss(betas[f], X[m], y[m], w[m])
+    C = float(Cs[int(np.argmin(loss))])
+    return fit_l1_logistic(X, y, w, C, penalty), C
+
+
+def length_scale(delta) -> float:
+    """std Δ as pandas computes it (ddof 1); 0 for fewer than two games."""
+    delta = np.asarray(delta, dtype=float)
+    return float(delta.std(ddof=1)) if len(delta) > 1 else 0.0
+
+
+def length_term(delta, scale: float | None = None) -> np.ndarray:
+    """tanh(Δ / s), s = `scale` or Δ's own std; 0 where s is 0."""
+    delta = np.asarray(delta, dtype=float)
+    scale = length_scale(delta) if scale is None else scale
+    return np.tanh(delta / scale) if scale > 0 else np.zeros_like(delta)
+
+
+def _as_games(y, delta, prompts) -> dict:
+    y, delta = np.asarray(y, dtype=float), np.asarray(delta, dtype=float)
+    if not (y.shape == delta.shape and y.ndim == 1 and len(y)):
+        raise ValueError("LC: outcomes and length differences must be equal-length non-empty 1-D sequences")
+    if np.any((y < 0) | (y > 1)) or not np.all(np.isfinite(y)):
+        raise ValueError("LC: outcomes must lie in [0, 1]")
+    prompts = list(range(len(y))) if prompts is None else list(prompts)
+    if len(prompts) != len(y):
+        raise ValueError("LC: one prompt key per game expected")
+    return {"y": y, "delta": delta, "prompts": prompts}
+
+
+def instruction_difficulty(players: Sequence[dict], Cs=LC_CS, n_splits: int = LC_FOLDS) -> dict:
+    """d_x per prompt from one joint fit over every player's games against the baseline.
+
+    `players`: one dict per player (gamed copies of the baseline included) with `y` (the player's
+    outcomes against the baseline), `delta` (its length minus the baseline's) and `prompts` (the
+    prompt key of each game). Columns: per player a length weight on tanh(Δ/s_player) and a bias, a
+    1[not a gamed copy] column (`gamed: True` marks those), and a dummy per prompt but the first
+    (sorted keys); L1 with cross-validated C, every row weight 1. Returns {prompt key: d_x}."""
+    keys = sorted({k for p in players for k in p["prompts"]}, key=str)
+    col = {k: c for c, k in enumerate(keys[1:])}
+    n_players = len(players)
+    rows, ys = [], []
+    for a, p in enumerate(players):
+        t = length_term(p["delta"])
+        for g, key in enumerate(p["prompts"]):
+            x = np.zeros(2 * n_players + 1 + len(col))
+            x[a], x[n_players + a], x[2 * n_players] = t[g], 1.0, 0.0 if p.get("gamed") else 1.0
+            if key in col:
+                x[2 * n_players + 1 + col[key]] = 1.0
+            rows.append(x)
+        ys.append(np.asarray(p["y"], dtype=float))
+    X, y = np.array(rows), np.concatenate(ys)
+    beta, _ = fit_l1_logistic_cv(X, y, np.ones(len(y)), Cs, n_splits)
+    return {k: (0.0 if k not in col else float(beta[2 * n_players + 1 + col[k]])) for k in keys}
+
+
+def _lc_design(model: dict, gamed: Sequence[dict], difficulty: dict | None, own_scales: bool):
+    """Rows (gamed first, then the model's), their labels, weights and prompt keys; and the test rows
+    (the model's prompts at Δ = 0). `own_scales`: each gamed variant's Δ over its own std (AlpacaEval),
+    else over the model's."""
+    parts = [(g, GAMED_WEIGHT / len(gamed), 0.0) for g in gamed] + [(model, 1.0, 1.0)]
+    model_scale = length_scale(model["delta"])
+    X, y, w, keys = [], [], [], []
+    for games, weight, own in parts:
+        t = length_term(games["delta"], None if own_scales or games is model else model_scale)
+        d = [difficulty[k] for k in games["prompts"]] if difficulty is not None else None
+        for g, key in enumerate(games["prompts"]):
+            X.append([t[g], *([d[g]] if d is not None else []), own])
+        y.append(games["y"])
+        w.append(np.full(len(games["y"]), weight))
+        keys += list(games["prompts"])
+    test = np.array([[0.0, *([difficulty[k]] if difficulty is not None else []), 1.0] for k in model["prompts"]])
+    return np.array(X), np.concatenate(y), np.concatenate(w), keys, test
+
+
+def lc_variant(gamed: bool, difficulty: bool, alpaca_exact: bool) -> str:
+    """The name of the GLM in use: AlpacaEval's name for its terms, and how ours differs."""
+    name = {(True, True): "length_controlled_v1", (False, True): "length_controlled_noreg",
+            (True, False): "length_controlled_v1 without instruction difficulty",
+            (False, False): "length_controlled_minimal"}[(gamed, difficulty)]
+    if alpaca_exact:
+        return f"AlpacaEval {name}"
+    return f"AlpacaEval {name}, model term unpenalised" + (", gamed rows on the model's length scale" if gamed else "")
+
+
+def lc_win_rate(y, len_model, len_base, *, prompts=None, gamed: Sequence[dict] = (), difficulty: dict | None = None,
+                n_boot: int = 0, seed: int = 0, alpaca_exact: bool = False, Cs=LC_CS, n_splits: int = LC_FOLDS) -> dict:
+    """Length-controlled win rate of a model over the baseline (the notes above).
+
+    y: the model's outcome per game (p(model's reply ≻ baseline's)); len_model, len_base: lengths;
+    prompts: each game's prompt key (needed to join gamed rows and difficulty; default 0..n−1).
+    gamed: the baseline against its own gamed replies, one dict per variant with `y` (p(gamed reply ≻
+    baseline's)), `delta` (gamed length − baseline length), `prompts`; empty: no regulariser.
+    difficulty: {prompt key: d_x} (`instruction_difficulty`), or None for no difficulty term.
+    n_boot > 0 adds 95 % percentile CIs from redrawing prompts (`lc_ci95`, `raw_ci95`)."""
+    delta = np.asarray(len_model, dtype=float) - np.asarray(len_base, dtype=float)
+    model = _as_games(y, delta, prompts)
+    gamed = [_as_games(g["y"], g["delta"], g.get("prompts")) for g in gamed]
+    X, yy, w, keys, test = _lc_design(model, gamed, difficulty, own_scales=alpaca_exact)
+    penalty = np.ones(X.shape[1])
+    penalty[-1] = 1.0 if alpaca_exact else 0.0  # θ
+    beta, C = fit_l1_logistic_cv(X, yy, w, Cs, n_splits, penalty)
+    pred = 1.0 / (1.0 + np.exp(-(test @ beta)))
+    out = {"lc": float(pred.mean()), "raw": float(model["y"].mean()), "theta": float(beta[-1]),
+           "length_coef": float(beta[0]), "difficulty_coef": float(beta[1]) if difficulty is not None else None,
+           "C": C, "games": len(model["y"]), "gamed_games": int(sum(len(g["y"]) for g in gamed)),
+           "mean_length_diff": float(delta.mean()), "length_scale": length_scale(delta),
+           "variant": lc_variant(bool(gamed), difficulty is not None, alpaca_exact)}
+    if n_boot:
+        # redraw the model's prompts; every row of a drawn prompt (its gamed rows too) counts as often
+        labels = sorted(set(model["prompts"]), key=str)
+        index = {k: n for n, k in enumerate(labels)}
+        counts = np.random.default_rng(seed).multinomial(len(labels), np.full(len(labels), 1 / len(labels)), n_boot)
+        row_prompt = np.array([index.get(k, -1) for k in keys])
+        draw_w = np.where(row_prompt >= 0, counts[:, np.maximum(row_prompt, 0)], 0.0) * w
+        betas = fit_l1_logistic(X, yy, draw_w, np.full(n_boot, C), penalty)
+        model_prompt = np.array([index[k] for k in model["prompts"]])
+        per_row = 1.0 / (1.0 + np.exp(-(betas @ test.T)))  # (B, n games of the model)
+        wt = counts[:, model_prompt].astype(float)
+        lc_draws = (wt * per_row).sum(1) / wt.sum(1)
+        raw_draws = (wt * model["y"]).sum(1) / wt.sum(1)
+        out["lc_ci95"] = [float(v) for v in np.percentile(lc_draws, [2.5, 97.5])]
+        out["raw_ci95"] = [float(v) for v in np.percentile(raw_draws, [2.5, 97.5])]
+        out["bootstrap"] = {"draws": n_boot, "seed": seed, "unit": "prompt"}
+    return out
+
+
+def _alpaca_p(record: dict, where: str) -> float | None:
+    """AlpacaEval's preference (1: output_1 wins, 2: output_2 wins, 0 or 1.5: a draw, values between
+    allowed) as p(output_2 ≻ output_1); None where it is missing."""
+    v = record.get("preference")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if not isinstance(v, (int, float)) or not (v == 0 or 1 <= v <= 2):
+        raise ValueError(f"{where}: preference {v!r}; expected a number in [1, 2] (or 0 for a draw)")
+    return 0.5 if v == 0 else float(v) - 1.0
+
+
+def alpaca_eval_lc(annotations: Sequence[dict], gamed: Sequence[dict] = (), difficulty=None, *,
+                   n_boot: int = 0, seed: int = 0, alpaca_exact: bool = True) -> dict:
+    """The LC win rate of an AlpacaEval run from its annotation records.
+
+    annotations: AlpacaEval annotations of one model against the baseline, each with `instruction`,
+    `output_1` (the baseline's reply), `output_2` (the model's) and `preference` (1 = output_1, 2 =
+    output_2, 0 or 1.5 = draw, soft values between 1 and 2; records without one are left out of
+    the fit). gamed (optional): the same records for the baseline against its own verbose and concise
+    replies (output_2 the gamed reply), with `generator_2` naming the variant; each variant is given
+    weight 0.1. difficulty (optional): {instruction: d_x}, or a sequence aligned with `annotations`
+    (e.g. AlpacaEval's instruction_difficulty.csv). Length is counted in characters, as they do.
+    With both, this is their `length_controlled_v1` (`alpaca_exact`, the default: their fit to its
+    tolerance; False: the variant `rlaif rank` reports); `variant` says which was used."""
+    by_instruction = {}
+    if difficulty is not None and not isinstance(difficulty, dict):
+        difficulty = {a["instruction"]: float(d) for a, d in zip(annotations, difficulty, strict=True)}
+
+    def games(records, what):
+        y, delta, keys = [], [], []
+        for n, r in enumerate(records):
+            where = f"{what} record {n}"
+            for field in ("instruction", "output_1", "output_2"):
+                if not isinstance(r.get(field), str):
+                    raise ValueError(f"{where}: field {field!r} missing or not text")
+            p = _alpaca_p(r, where)
+            if p is not None:
+                y.append(p)
+                delta.append(len(r["output_2"]) - len(r["output_1"]))
+                keys.append(r["instruction"])
+        return y, delta, keys
+
+    y, delta, keys = games(annotations, "annotation")
+    if not y:
+        raise ValueError("annotations: no record has a preference")
+    variants: dict[str, list] = {}
+    for r in gamed:
+        variants.setdefault(str(r.get("generator_2", "gamed")), []).append(r)
+    gamed_games = []
+    for name, records in variants.items():
+        gy, gd, gk = games(records, f"gamed ({name})")
+        gamed_games.append({"y": gy, "delta": gd, "prompts": gk})
+    if difficulty is not None:
+        missing = sorted({k for g in [{"prompts": keys}, *gamed_games] for k in g["prompts"]} - set(difficulty))
+        if missing:
+            raise ValueError(f"difficulty: no value for instruction {missing[0][:60]!r}")
+        by_instruction = difficulty
+    out = lc_win_rate(y, np.array(delta, dtype=float), np.zeros(len(delta)), prompts=keys, gamed=gamed_games,
+                      difficulty=by_instruction if difficulty is not None else None, n_boot=n_boot, seed=seed,
+                      alpaca_exact=alpaca_exact)
+    out["length_unit"] = "characters"
+    return out

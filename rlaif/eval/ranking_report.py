@@ -5,8 +5,10 @@ Numbers (see rlaif/eval/ranking.py for the maths):
 - Bradley–Terry ratings on the Elo scale (mean 1000), 95 % CIs from redrawing whole prompts;
 - the win-rate matrix: row a, column b is the share of prompts on which the judge preferred a's
   reply to b's (p > ½ counts 1, p = ½ counts ½), next to the mean p;
-- length-controlled (LC) win rates: for each pair, and for every checkpoint against the baseline
-  (the first checkpoint given), with a 95 % CI; length is counted in words.
+- length-controlled (LC) win rates: every checkpoint against the baseline (the first checkpoint
+  given) with a 95 % CI, by AlpacaEval 2's GLM with the baseline's own verbose and concise replies
+  as the regulariser and, with two or more checkpoints besides the baseline, a prompt-difficulty
+  term; the row-vs-column LC matrix follows from those fits. Length is counted in words.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rlaif.eval.ranking import lc_win_rate, lc_win_rate_ci, rank_players, win_rate_matrix
+from rlaif.eval.ranking import (GAMED_VARIANTS, instruction_difficulty, lc_win_rate, rank_players,
+                                win_rate_matrix)
 from rlaif.plotting import pyplot
 from rlaif.records import write_atomic
 
 
 def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: list[dict], games: list[dict],
-              *, n_boot: int = 1000, seed: int = 0, outcomes: str = "soft") -> dict:
+              *, gamed_games: list[dict] | None = None, n_boot: int = 1000, seed: int = 0,
+              outcomes: str = "soft") -> dict:
     """`outcomes`: "soft" fits the judge's p itself; "hard" its verdict (p > ½: 1, p = ½: ½, else 0),
     which spreads the ratings of a judge whose p stays near ½ but leans the same way every time."""
     n = len(names)
@@ -40,15 +44,8 @@ def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: 
     ranking = rank_players(i, j, y, names, n_boot=n_boot, seed=seed, groups=groups)
     matrix = win_rate_matrix(i, j, y, n)
 
-    lc = [[None] * n for _ in range(n)]
-    for a in range(n):
-        for b in range(a + 1, n):
-            m = (i == a) & (j == b)
-            if m.any():
-                fit = lc_win_rate(y[m], la[m], lb[m])
-                lc[a][b], lc[b][a] = fit["lc"], 1.0 - fit["lc"]
-
     by_name = {r["name"]: r for r in ranking["players"]}
+    lc_info, fits = length_controlled(n, i, j, y, la, lb, groups, gamed_games or [], outcomes, n_boot=n_boot, seed=seed)
     for k, name in enumerate(names):
         row = by_name[name]
         row["kind"] = kinds[k]
@@ -63,15 +60,66 @@ def summarise(names: list[str], kinds: list[str], replies: list[dict], prompts: 
         if k == 0:
             row.update(raw_vs_baseline=None, lc_vs_baseline=None, lc_vs_baseline_ci95=None)
             continue
-        m = (i == 0) & (j == k)  # pairs are (i < j): the baseline is always side a
-        if not m.any():
+        fit = fits.get(k)
+        if fit is None:
             continue
-        fit = lc_win_rate_ci(1.0 - y[m], lb[m], la[m], n_boot=n_boot, seed=seed, groups=groups[m])
         row.update(raw_vs_baseline=fit["raw"], raw_vs_baseline_ci95=fit["raw_ci95"], lc_vs_baseline=fit["lc"],
                    lc_vs_baseline_ci95=fit["lc_ci95"], length_coef_vs_baseline=fit["length_coef"],
-                   mean_length_diff_vs_baseline=fit["mean_length_diff"])
+                   mean_length_diff_vs_baseline=fit["mean_length_diff"], lc_variant=fit["variant"],
+                   lc_fit={key: fit[key] for key in ("theta", "length_coef", "difficulty_coef", "C", "length_scale",
+                                                      "games", "gamed_games")})
     return {**ranking, "names": names, "baseline": names[0], "outcomes": outcomes,
-            "win_rate_matrix": matrix, "lc_win_rate_matrix": lc}
+            "win_rate_matrix": matrix, "lc_win_rate_matrix": lc_matrix(n, fits, lc_info.get("difficulty_values")),
+            "lc": {k: v for k, v in lc_info.items() if k != "difficulty_values"}}
+
+
+def _hard(p):
+    return np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))
+
+
+def length_controlled(n, i, j, y, la, lb, groups, gamed_games, outcomes, *, n_boot, seed):
+    """Every checkpoint's LC fit against the baseline (checkpoint 0, always side a of its games):
+    the gamed rows (the baseline against its verbose and concise replies) as the regulariser, and the
+    prompts' difficulty fitted jointly once two or more checkpoints meet the baseline."""
+    gamed = []
+    for variant in GAMED_VARIANTS:
+        rows = [g for g in gamed_games if g["variant"] == variant]
+        if rows:
+            p = np.array([1.0 - g["p"] for g in rows])  # the gamed reply's outcome against the baseline's
+            gamed.append({"variant": variant, "y": _hard(p) if outcomes == "hard" else p,
+                          "delta": np.array([g["len_b"] - g["len_a"] for g in rows], dtype=float),
+                          "prompts": [g["prompt_index"] for g in rows]})
+    players = {}
+    for k in range(1, n):
+        m = (i == 0) & (j == k)
+        if m.any():
+            players[k] = {"y": 1.0 - y[m], "delta": lb[m] - la[m], "prompts": list(groups[m])}
+    difficulty = None
+    if len(players) >= 2:
+        difficulty = instruction_difficulty(list(players.values()) + [{**g, "gamed": True} for g in gamed])
+    fits = {k: lc_win_rate(g["y"], g["delta"], np.zeros(len(g["delta"])), prompts=g["prompts"], gamed=gamed,
+                           difficulty=difficulty, n_boot=n_boot, seed=seed) for k, g in players.items()}
+    info = {"variant": next(iter(fits.values()))["variant"] if fits else None,
+            "gamed_baseline": {g["variant"]: len(g["y"]) for g in gamed} or "none (the baseline is a responses "
+                              "file, or generation of its gamed replies was turned off)",
+            "difficulty": (f"fitted jointly over the {len(players)} checkpoints' games against the baseline"
+                           if difficulty is not None else "left out (one checkpoint against the baseline)"),
+            "difficulty_values": difficulty}
+    return info, fits
+
+
+def lc_matrix(n, fits, difficulty):
+    """LC of row a over column b from each one's fit against the baseline (AlpacaEval's predicted
+    win-rate matrix): mean over prompts of σ(θ_a − θ_b + (ψ_a − ψ_b) · d_x); the baseline has θ = ψ = 0."""
+    theta = {0: 0.0, **{k: f["theta"] for k, f in fits.items()}}
+    psi = {0: 0.0, **{k: f["difficulty_coef"] or 0.0 for k, f in fits.items()}}
+    d = np.array(list(difficulty.values())) if difficulty else np.zeros(1)
+    m = [[None] * n for _ in range(n)]
+    for a in theta:
+        for b in theta:
+            if a != b:
+                m[a][b] = float(np.mean(1.0 / (1.0 + np.exp(-(theta[a] - theta[b] + (psi[a] - psi[b]) * d)))))
+    return m
 
 
 # ------------------------------------------------------------------ files
@@ -139,6 +187,15 @@ def _ci(v, digits: int = 3) -> str:
     return "–" if not v else f"{v[0]:.{digits}f}–{v[1]:.{digits}f}"
 
 
+def _lc_note(info: dict) -> str:
+    lc = info.get("lc") or {}
+    gamed = lc.get("gamed_baseline")
+    gamed = (", ".join(f"{n} {v}" for v, n in gamed.items()) + " gamed-baseline judgements"
+             if isinstance(gamed, dict) else f"gamed baseline: {gamed}")
+    return (f"{lc.get('variant')}: logit p = γ·tanh(Δwords/sd) + ψ·difficulty + θ, reported at Δ = 0; "
+            f"{gamed}; prompt difficulty {lc.get('difficulty')}")
+
+
 def table_rows(info: dict) -> list[dict]:
     return [{"rank": r["rank"], "checkpoint": r["name"], "Elo": round(r["elo"]), "95 % CI": _ci(r["ci95"], 0),
              "games": r["games"], "mean words": _f(r.get("mean_words"), 1),
@@ -156,7 +213,8 @@ def markdown(info: dict) -> str:
              f"Judge {s['judge']}, constitution {s['constitution']}, {s['n_prompts']} prompts from {s['prompts']}, "
              f"{s['pairs_judged']} pairwise judgements ({s['debias']}), fitted on {info['outcomes']} outcomes. {info['scale']}, {info['anchor']}; CIs from "
              f"{info['bootstrap']['draws']} bootstrap draws of whole prompts (seed {info['bootstrap']['seed']}). "
-             f"LC: length-controlled win rate against the baseline {info['baseline']} (length in words).", "",
+             f"LC: length-controlled win rate against the baseline {info['baseline']} (length in words; "
+             f"{_lc_note(info)}).", "",
              *([f"Judge check: {s['judge_check']['message']}", ""] if isinstance(s.get("judge_check"), dict) else []),
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
@@ -165,7 +223,8 @@ def markdown(info: dict) -> str:
               "|---|" + "|".join("---" for _ in names) + "|"]
     for a, name in enumerate(names):
         lines.append(f"| {name} | " + " | ".join(_f(v) for v in info["win_rate_matrix"]["win_rate"][a]) + " |")
-    lines += ["", "## Length-controlled win rates (row vs column)", "", "| | " + " | ".join(names) + " |",
+    lines += ["", "## Length-controlled win rates (row vs column, from each checkpoint's fit against the baseline)", "",
+              "| | " + " | ".join(names) + " |",
               "|---|" + "|".join("---" for _ in names) + "|"]
     for a, name in enumerate(names):
         lines.append(f"| {name} | " + " | ".join(_f(v) for v in info["lc_win_rate_matrix"][a]) + " |")
@@ -186,8 +245,7 @@ def html_report(info: dict, ratings_png: Path, heatmap_png: Path) -> str:
     sec.append(rep.table(table_rows(info)))
     sec.append(rep.para(f"{info['scale']}, {info['anchor']}: 100 points apart means about a 64 % expected score. "
                         f"95 % CIs: {info['bootstrap']['draws']} bootstrap draws of whole prompts. LC: the win rate "
-                        f"against {info['baseline']} at equal length, from a logistic fit of the judge's preference "
-                        "on tanh(length difference / its standard deviation).", note=True))
+                        f"against {info['baseline']} at equal length: {_lc_note(info)}.", note=True))
     sec.append(rep.image(ratings_png))
     sec = rep.section("Win rates", "win-rates")
     sec.append(rep.image(heatmap_png))
