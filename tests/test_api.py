@@ -96,3 +96,22 @@ def test_bad_input_is_one_clear_error():
         judge.group_rewards("q", ["a", "b"], mode="reference")
     with pytest.raises(UserError, match="empty prompt"):
         judge.score("  ", "x")
+
+
+def test_a_judgement_carries_its_token_counts(tokenizer):
+    """On a real engine (a tiny random-weight Llama): the batch's prompt tokens are shared out over
+    its pairs, so they add up to what the engine counted, and a longer pair gets more."""
+    from conftest import build_tiny_llama
+
+    from rlaif import EngineConfig, Judge
+    from rlaif.backends.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine.from_pretrained_objects(build_tiny_llama(tokenizer), tokenizer,
+                                                        EngineConfig(model="tiny", device="cpu"))
+    before = engine.stats()["prompt_tokens"]
+    short, long = Judge(engine, "harmless").compare_many(
+        ["Hi?", "Hi?"], ["Hello.", "Hello there, " * 20], ["Hey.", "Hey, " * 20])
+    spent = engine.stats()["prompt_tokens"] - before
+    assert short.tokens["prompt_tokens"] + long.tokens["prompt_tokens"] == pytest.approx(spent, abs=0.2)
+    assert long.tokens["prompt_tokens"] > short.tokens["prompt_tokens"] > 0
+    assert Judge(RuleJudge("shorter"), "concise").compare("q", "a", "bb").tokens == {}  # no counters, no counts

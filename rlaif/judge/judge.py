@@ -55,6 +55,9 @@ class Judgement:
     principles: list[str]
     votes: list[dict] = field(default_factory=list)  # one per (principle, order, sampled rationale)
     rationale: str | None = None  # the first rationale, when CoT
+    # {"prompt", "completion"}: the engine's token counts for the batch, shared out over its pairs by
+    # the characters each sent (exact for a batch of one); empty for an engine that keeps no counts
+    tokens: dict = field(default_factory=dict)
 
     @property
     def p_b(self) -> float:
@@ -184,19 +187,31 @@ class Judge:
         if not msgs:
             return []
         with self._lock:
+            before = self._token_counts()
             if self.config.mode == "direct":
                 votes = self._direct_votes(msgs, a, b, pids)
             else:
                 votes = self._pair_votes(msgs, a, b, pids, keys)
+            used = self._token_counts()
+        sizes = [len(vs) * (sum(len(m["content"]) for m in ms) + len(x) + len(y))
+                 for ms, x, y, vs in zip(msgs, a, b, votes)]
+        tokens = [{k: round((used[k] - before[k]) * n / max(sum(sizes), 1), 1) for k in used} if used else {}
+                  for n in sizes]
         out = []
-        for ids, vs in zip(pids, votes):
+        for ids, vs, tk in zip(pids, votes, tokens):
             if self.config.mode == "direct":
                 p_a, by_order = sum(v["p_a"] for v in vs) / len(vs), {"ab": None, "ba": None}
             else:
                 p_a, by_order = aggregate(vs)
             rationales = [v["rationale"] for v in vs if v["rationale"]]
-            out.append(Judgement(p_a, by_order, list(ids), vs, rationales[0] if rationales else None))
+            out.append(Judgement(p_a, by_order, list(ids), vs, rationales[0] if rationales else None, tk))
         return out
+
+    def _token_counts(self) -> dict:
+        """The engine's running prompt/completion token counters ({} when it keeps none)."""
+        stats = getattr(self.engine, "stats", None)
+        s = stats() if callable(stats) else {}
+        return {k: float(s[k]) for k in ("prompt_tokens", "completion_tokens") if k in s}
 
     def _pair_votes(self, msgs, a, b, pids, keys) -> list[list[dict]]:
         """Every (principle, order, sample) vote of every pair, in two engine calls at most."""
