@@ -1,4 +1,4 @@
-"""`rlaif` training commands: train-rm, dpo, sft, kto, ppo, grpo, plot-reward-kl, best-of-n, combine-rm,
+"""`rlaif` training commands: train-rm, dpo, orpo, sft, kto, ppo, grpo, plot-reward-kl, best-of-n, combine-rm,
 train-rm-ensemble and rs-ft. Each parses its flags into the trainer's config (a YAML `--config`
 first, then the flags, then `--set`), calls the package and prints a short summary; rlaif/cli.py
 registers them (`register`) and handles errors and exit codes for every command."""
@@ -60,12 +60,24 @@ def cmd_dpo(args) -> int:
     from rlaif.train.dpo import DPOConfig, train_dpo
 
     fields = {**_train_fields(args), "prefs": args.prefs, "policy": args.policy, "reference": args.reference,
-              "loss": args.loss,
+              "loss": args.loss, "simpo_gamma": args.simpo_gamma, "cpo_alpha": args.cpo_alpha,
               "beta": args.beta, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None}
     if args.hard_labels:
         fields["soft_labels"] = False
     cfg = build_config(DPOConfig, args.config, fields, args.set)
     return _train_done(f"dpo ({cfg.loss})", train_dpo(cfg), cfg.output_dir)
+
+
+def cmd_orpo(args) -> int:
+    from rlaif.train.common import build_config
+    from rlaif.train.orpo import ORPOConfig, train_orpo
+
+    fields = {**_train_fields(args), "prefs": args.prefs, "policy": args.policy, "beta": args.beta,
+              "sft_on": args.sft_on, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None}
+    if args.hard_labels:
+        fields["soft_labels"] = False
+    cfg = build_config(ORPOConfig, args.config, fields, args.set)
+    return _train_done("orpo", train_orpo(cfg), cfg.output_dir)
 
 
 def cmd_sft(args) -> int:
@@ -255,12 +267,27 @@ def register(sub) -> None:
     p.add_argument("--policy", help="starting policy (and reference) spec (default: embedded:smollm2-135m-instruct)")
     p.add_argument("--reference", metavar="SPEC", help="another reference model with the policy's tokenizer, e.g. "
                    "the SFT start in iterative DPO (default: the starting policy)")
-    p.add_argument("--loss", choices=["sigmoid", "ipo"])
+    p.add_argument("--loss", choices=["sigmoid", "ipo", "simpo", "cpo"],
+                   help="sigmoid (DPO), ipo, or reference-free: simpo (length-normalised, margin γ), cpo (with an NLL term)")
     p.add_argument("--beta", type=positive(float))
+    p.add_argument("--simpo-gamma", type=float, metavar="GAMMA", help="simpo: target margin γ (default 0.5)")
+    p.add_argument("--cpo-alpha", type=float, metavar="ALPHA", help="cpo: weight α of the NLL term (default 1.0)")
     p.add_argument("--hard-labels", action="store_true", help="ignore p_chosen: every pair counts as p = 1")
     p.add_argument("--lora-r", type=positive(int), help="train LoRA adapters of this rank (needs peft)")
     _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
     p.set_defaults(func=cmd_dpo)
+
+    p = sub.add_parser("orpo", help="ORPO: SFT on the chosen replies plus an odds-ratio preference term, no "
+                       "reference model, on (soft-label) preference pairs -> OUT/")
+    p.add_argument("--prefs", required=True, help="preference JSONL: prompt, chosen, rejected, p_chosen")
+    p.add_argument("--policy", help="starting policy spec (default: embedded:smollm2-135m-instruct)")
+    p.add_argument("--beta", type=positive(float), help="λ, the weight of the odds-ratio term (default 0.1)")
+    p.add_argument("--sft-on", choices=["completion", "all"],
+                   help="the SFT term's tokens: the reply's (default) or the prompt's too (as TRL)")
+    p.add_argument("--hard-labels", action="store_true", help="ignore p_chosen: every pair counts as p = 1")
+    p.add_argument("--lora-r", type=positive(int), help="train LoRA adapters of this rank (needs peft)")
+    _train_args(p, "output folder: the trained causal-LM dir + train_log.jsonl, summary.json, plots")
+    p.set_defaults(func=cmd_orpo)
 
     p = sub.add_parser("sft", help="SL-CAI: supervised fine-tuning on prompt/completion records (loss on the "
                        "completion only), e.g. critique/sl_cai.jsonl -> OUT/")

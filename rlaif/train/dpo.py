@@ -25,6 +25,26 @@ differ before the last assistant turn are skipped and counted (`skipped_pairs` i
 LoRA (`peft`, the `lora` extra) trains adapters only (its own `dropout` setting applies to them);
 the saved model has them merged, so the output is a plain causal-LM dir.
 
+Reference-free losses (no reference model and no reference pass: the policy alone). With the
+policy's completion log-likelihoods log π(y) and their per-token means ā(y) = log π(y)/|y|, and the
+soft label read the same way as above (with probability p the chosen reply is the better one, so
+each loss is its expectation over the two readings of the pair):
+
+- `simpo` (SimPO, Meng et al. 2024, eq. 6), length-normalised, with a target margin γ:
+      ℓ(a ≻ b) = −log σ(β(ā(a) − ā(b)) − γ)
+      L = p·ℓ(y_c ≻ y_r) + (1 − p)·ℓ(y_r ≻ y_c)
+  At p = 1 it is SimPO (TRL: CPO trainer, loss_type "simpo", cpo_alpha 0). The soft target: the
+  minimiser x* = β(ā_c − ā_r) solves p·σ(γ − x) = (1 − p)·σ(γ + x), so a tie (p = 0.5) asks for no
+  gap at all and x* grows with p (to ∞ at p = 1). TRL's `label_smoothing` = 1 − p differs here: it
+  keeps the margin on one side only (target x = γ + logit p), so it asks even a tie for a gap γ.
+- `cpo` (CPO, Xu et al. 2024, eq. 3 with its NLL term), on summed log-likelihoods:
+      L = −p·log σ(βh) − (1 − p)·log σ(−βh) + α·NLL_p,   h = log π(y_c) − log π(y_r)
+  The preference term is the sigmoid loss above with π_ref dropped (equal to TRL's
+  `label_smoothing = 1 − p`; target βh = logit p, h = 0 for a tie). NLL_p is the token-mean SFT term
+  on the replies, each side weighted by its probability of being the better one
+  (rlaif/train/pair_logps.py; chosen only at p = 1, as TRL's `cpo_alpha`).
+ORPO, the other reference-free loss, is a trainer of its own (rlaif/train/orpo.py, `rlaif orpo`).
+
 Run: `rlaif dpo --prefs FILE --policy SPEC --out DIR`, or `accelerate launch -m rlaif.train.dpo CONFIG.yaml`.
 """
 
@@ -37,36 +57,39 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from rlaif.config import Strict
 from rlaif.errors import UserError
-from rlaif.train.common import (Pair, PairTrainConfig, TrainLog, disable_dropout, encode, example_stream,
-                                finish_run, gather_mean, load_tokenizer, make_accelerator, make_optimizer,
-                                pad, pad_id, read_pairs, resolve, seed_everything, sequence_logps, summary,
-                                reference_model, start_training, torch_dtype)
+from rlaif.train.common import (PairTrainConfig, TrainLog, example_stream, finish_run, gather_mean, load_tokenizer,
+                                make_accelerator, make_optimizer, read_pairs, resolve, seed_everything,
+                                sequence_logps, summary, reference_model, start_training)
 from rlaif.train.distributed import save_model
+from rlaif.train.models import LoraSettings, apply_lora, load_policy  # noqa: F401 (kto and sft import them here)
+from rlaif.train.pair_logps import CompletionPairs, pair_logps, soft_nll
 
 DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
-
-
-class LoraSettings(Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+REFERENCE_FREE = ("simpo", "cpo")
 
 
 class DPOConfig(PairTrainConfig):
     policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
     reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
     prefs: str | None = None  # preference JSONL
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
-    beta: float = Field(0.1, gt=0)
+    loss: Literal["sigmoid", "ipo", "simpo", "cpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0)  # SimPO's paper uses β = 2-2.5 with γ = β/2 (TRL's defaults: 0.1, 0.5)
+    simpo_gamma: float = Field(0.5, ge=0)  # γ, SimPO's target margin (loss simpo)
+    cpo_alpha: float = Field(1.0, ge=0)  # α, the weight of CPO's NLL term (loss cpo)
     soft_labels: bool = True  # targets from p_chosen; False: every pair counts as p = 1
     learning_rate: float = Field(5e-6, gt=0)
     lora: LoraSettings | None = None
+
+    @model_validator(mode="after")
+    def _reference_free_has_no_reference(self):
+        if self.loss in REFERENCE_FREE and self.reference is not None:
+            raise ValueError(f"reference: loss {self.loss!r} is reference-free; leave `reference` unset "
+                             "(--reference) or use loss sigmoid / ipo")
+        return self
 
 
 # ---------------------------------------------------------------- the loss
@@ -84,36 +107,28 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     elif loss == "ipo":
         losses = (h - (2 * p - 1) / (2 * beta)) ** 2
     else:
-        raise UserError(f"loss {loss!r}: expected 'sigmoid' or 'ipo'")
+        raise UserError(f"loss {loss!r}: expected 'sigmoid' or 'ipo' (simpo and cpo: reference_free_loss)")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def reference_free_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, beta: float, loss: str = "simpo",
+                        p: torch.Tensor | float = 1.0, gamma: float = 0.0):
+    """SimPO / CPO's preference term (the module docstring): `pi_*` are ā(y) for simpo, log π(y) for
+    cpo; CPO's NLL term is added by the caller. -> (per-pair losses, chosen rewards β·pi_c, rejected)."""
+    x = beta * (pi_chosen - pi_rejected)
+    if loss == "simpo":
+        losses = -(p * F.logsigmoid(x - gamma) + (1 - p) * F.logsigmoid(-x - gamma))
+    elif loss == "cpo":
+        losses = -(p * F.logsigmoid(x) + (1 - p) * F.logsigmoid(-x))
+    else:
+        raise UserError(f"loss {loss!r}: expected 'simpo' or 'cpo'")
+    return losses, beta * pi_chosen.detach(), beta * pi_rejected.detach()
 
 
 # ---------------------------------------------------------------- batches and forward
 
 
-class DPOBatches:
-    """Tokenised pairs -> [chosen…, rejected…] right-padded with completion masks, labels, indices."""
-
-    def __init__(self, tokenizer, pairs: Sequence[Pair], max_length: int, soft_labels: bool = True,
-                 max_prompt_length: int | None = None, system_prompt: str | None = None):
-        self.pad = pad_id(tokenizer)
-        self.items = []
-        for q in pairs:
-            c_ids, c_mask = encode(tokenizer, q.prompt, q.chosen, max_length, max_prompt_length, system_prompt)
-            r_ids, r_mask = encode(tokenizer, q.prompt, q.rejected, max_length, max_prompt_length, system_prompt)
-            self.items.append((c_ids, c_mask, r_ids, r_mask, q.p if soft_labels else 1.0))
-
-    def __call__(self, idx: list[int]) -> dict:
-        items = [self.items[i] for i in idx]
-        seqs = [x[0] for x in items] + [x[2] for x in items]
-        masks = [x[1] for x in items] + [x[3] for x in items]
-        ids = pad(seqs, self.pad)
-        lengths = torch.tensor([len(s) for s in seqs])
-        return {"input_ids": ids,
-                "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
-                "completion_mask": pad(masks, 0),
-                "p": torch.tensor([x[4] for x in items], dtype=torch.float32),
-                "idx": torch.tensor(idx, dtype=torch.long)}
+DPOBatches = CompletionPairs  # tokenised pairs -> [chosen…, rejected…] with completion masks (pair_logps.py)
 
 
 def concatenated_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,37 +166,37 @@ def batch_metrics(losses, chosen_rewards, rejected_rewards, p) -> dict[str, torc
             "accuracy": pair_accuracy(chosen_rewards, rejected_rewards, p).mean()}
 
 
+def batch_loss(model, batch: dict, ref: torch.Tensor | None, cfg: DPOConfig):
+    """-> (the loss to minimise, per-pair preference losses, chosen rewards, rejected rewards, p)."""
+    if cfg.loss not in REFERENCE_FREE:
+        c, r = concatenated_logps(model, batch, cfg.loss == "ipo")
+        ref_b = ref[batch["idx"].cpu()].to(c.device)
+        p = batch["p"].to(c.device)
+        losses, cr, rr = dpo_loss(c, r, ref_b[:, 0], ref_b[:, 1], cfg.beta, cfg.loss, p)
+        return losses.mean(), losses, cr, rr, p
+    lp = pair_logps(model, batch)
+    c, r = lp.chosen_rejected(average=cfg.loss == "simpo")
+    p = batch["p"].to(c.device)
+    losses, cr, rr = reference_free_loss(c, r, cfg.beta, cfg.loss, p, cfg.simpo_gamma)
+    loss = losses.mean()
+    if cfg.loss == "cpo" and cfg.cpo_alpha:
+        loss = loss + cfg.cpo_alpha * soft_nll(lp, p)
+    return loss, losses, cr, rr, p
+
+
 @torch.no_grad()
-def evaluate(accelerator, model, loader, ref: torch.Tensor, cfg: DPOConfig) -> dict:
+def evaluate(accelerator, model, loader, ref: torch.Tensor | None, cfg: DPOConfig) -> dict:
     model.eval()
     rows = []
     for batch in loader:
-        c, r = concatenated_logps(model, batch, cfg.loss == "ipo")
-        ref_b = ref[batch["idx"].cpu()].to(c.device)
-        losses, cr, rr = dpo_loss(c, r, ref_b[:, 0], ref_b[:, 1], cfg.beta, cfg.loss, batch["p"])
-        rows.append(accelerator.gather_for_metrics((losses.detach(), cr, rr, batch["p"])))
+        _, losses, cr, rr, p = batch_loss(model, batch, ref, cfg)
+        rows.append(accelerator.gather_for_metrics((losses.detach(), cr, rr, p)))
     model.train()
     losses, cr, rr, p = (torch.cat(x) for x in zip(*rows))
     return {k: v.item() for k, v in batch_metrics(losses, cr, rr, p).items()}
 
 
 # ---------------------------------------------------------------- training
-
-
-def apply_lora(model, lora: LoraSettings):
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise UserError("LoRA needs peft: pip install 'rlaif-kit[lora]'") from None
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-
-
-def load_policy(path: str, dtype: str):
-    """The starting policy, dropout off (the reference log-probs come from these weights)."""
-    from transformers import AutoModelForCausalLM
-
-    return disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)))
 
 
 def train_dpo(cfg: DPOConfig) -> dict:
@@ -206,19 +221,22 @@ def train_dpo(cfg: DPOConfig) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    eval_state = None
-    with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
-        ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
-        if cfg.eval_file:
-            eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
-            eval_skipped.announce("dpo (eval)", accelerator.is_main_process)
-            eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
-                                      cfg.system_prompt)
-            eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs), cfg.eval_batch_size,
-                                       average)
-            eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-                list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
-            eval_state = (eval_loader, eval_ref)
+    eval_state, ref, eval_ref = None, None, None
+    if cfg.eval_file:
+        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
+        eval_skipped.announce("dpo (eval)", accelerator.is_main_process)
+        eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
+                                  cfg.system_prompt)
+    if cfg.loss not in REFERENCE_FREE:  # the reference pass; SimPO and CPO have none
+        with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+            ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
+            if cfg.eval_file:
+                eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs),
+                                           cfg.eval_batch_size, average)
+    if cfg.eval_file:
+        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
+        eval_state = (eval_loader, eval_ref)
 
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     bar = tqdm(total=steps, desc=f"dpo ({cfg.loss})", disable=not (cfg.progress and accelerator.is_main_process),
@@ -227,17 +245,14 @@ def train_dpo(cfg: DPOConfig) -> dict:
     step, micro = 0, []
     for batch in loader:
         with accelerator.accumulate(model):
-            c, r = concatenated_logps(model, batch, average)
-            ref_b = ref[batch["idx"].cpu()].to(c.device)
-            losses, cr, rr = dpo_loss(c, r, ref_b[:, 0], ref_b[:, 1], cfg.beta, cfg.loss, batch["p"].to(c.device))
-            loss = losses.mean()
+            loss, losses, cr, rr, p = batch_loss(model, batch, ref, cfg)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        micro.append(batch_metrics(losses.detach(), cr, rr, batch["p"].to(c.device)))
+        micro.append({**batch_metrics(losses.detach(), cr, rr, p), "loss": loss.detach()})
         if not accelerator.sync_gradients:
             continue
         step += 1

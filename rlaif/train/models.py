@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pydantic import Field
+
+from rlaif.config import Strict
 from rlaif.errors import UserError
 
 if TYPE_CHECKING:
@@ -90,4 +93,29 @@ def load_tokenizer(path: str):
     return tok
 
 
-__all__ = ["disable_dropout", "start_training", "reference_model", "torch_dtype", "resolve", "load_tokenizer"]
+class LoraSettings(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+def apply_lora(model, lora: LoraSettings):
+    """LoRA adapters (`peft`, the `lora` extra) on a causal LM: only they train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("LoRA needs peft: pip install 'rlaif-kit[lora]'") from None
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def load_policy(path: str, dtype: str):
+    """A causal LM to train, dropout off (reference log-probs, when taken, come from these weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)))
+
+
+__all__ = ["disable_dropout", "start_training", "reference_model", "torch_dtype", "resolve", "load_tokenizer",
+           "LoraSettings", "apply_lora", "load_policy"]

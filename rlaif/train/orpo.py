@@ -1,0 +1,198 @@
+"""ORPO: supervised fine-tuning and a preference term in one loss, with no reference model.
+
+ORPO (Hong et al. 2024) reads the policy's length-normalised likelihood of a reply,
+P(y|x) = exp(ā(y)) with ā(y) = log π(y|x)/|y|, as odds odds(y) = P / (1 − P), and pushes the log
+odds ratio of chosen over rejected up while imitating the chosen reply (eqs. 6-7):
+
+    log OR = log odds(y_c) − log odds(y_r) = (ā_c − ā_r) − (log(1 − e^ā_c) − log(1 − e^ā_r))
+    L      = L_SFT − λ·log σ(log OR)
+
+With a soft label p (the probability that `chosen` is the better reply) the loss is its expectation
+over the two readings of the pair, as our DPO's is. log OR is antisymmetric (swapping the replies
+negates it), so the odds-ratio term becomes a cross-entropy against p, and the SFT term imitates
+each reply as much as it is likely to be the better one:
+
+    L = NLL_p − λ·[p·log σ(log OR) + (1 − p)·log σ(−log OR)]
+    NLL_p = Σ_i [p_i·(−log π(y_c,i)) + (1 − p_i)·(−log π(y_r,i))] / Σ_i [p_i·|y_c,i| + (1 − p_i)·|y_r,i|]
+
+The soft target of the odds-ratio term: σ(log OR) = p, i.e. odds(y_c)/odds(y_r) = p/(1 − p); a tie
+(p = 0.5) asks for equal odds and imitates both replies alike. At p = 1 this is ORPO as TRL 1.16's
+`trl.experimental.orpo.ORPOTrainer` computes it (λ is its `beta`, NLL_p its chosen-only token-mean
+cross-entropy). TRL and the ORPO authors' code take the SFT term over the prompt's tokens as well
+as the reply's; here `sft_on: completion` (the default) takes it on the reply only, as `rlaif sft`
+does, and `sft_on: all` gives TRL's.
+
+Chosen and rejected go through one concatenated forward, on the same prompt tokens (a long prompt
+keeps its last `max_prompt_length` tokens on both sides); dropout is off, as TRL does. No reference
+model and no reference pass: the memory of one model and its optimiser state, like SimPO and CPO
+(`rlaif dpo --loss simpo|cpo`). LoRA (`peft`) trains adapters only; the saved model has them merged.
+
+Run: `rlaif orpo --prefs FILE --policy SPEC --out DIR`, or `accelerate launch -m rlaif.train.orpo CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from rlaif.errors import UserError
+from rlaif.train.common import (PairTrainConfig, TrainLog, example_stream, finish_run, gather_mean, load_tokenizer,
+                                make_accelerator, make_optimizer, read_pairs, resolve, seed_everything, start_training,
+                                summary)
+from rlaif.train.distributed import save_model
+from rlaif.train.models import LoraSettings, apply_lora, load_policy
+from rlaif.train.pair_logps import CompletionPairs, log1mexp, pair_logps, soft_nll
+
+DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
+
+
+class ORPOConfig(PairTrainConfig):
+    policy: str = DEFAULT_POLICY  # starting policy: embedded:NAME, local dir, hub id
+    prefs: str | None = None  # preference JSONL
+    beta: float = Field(0.1, gt=0)  # λ, the weight of the odds-ratio term (TRL's `beta`)
+    sft_on: Literal["completion", "all"] = "completion"  # the SFT term's tokens: the reply, or prompt and reply (TRL)
+    soft_labels: bool = True  # targets from p_chosen; False: every pair counts as p = 1
+    learning_rate: float = Field(5e-6, gt=0)
+    lora: LoraSettings | None = None
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def orpo_loss(mean_chosen: torch.Tensor, mean_rejected: torch.Tensor, p: torch.Tensor | float = 1.0):
+    """The odds-ratio term per pair, −[p·log σ(log OR) + (1 − p)·log σ(−log OR)], and log OR, from
+    the per-token mean log-likelihoods ā_c, ā_r (the module docstring)."""
+    a_c, a_r = mean_chosen.float(), mean_rejected.float()
+    log_or = (a_c - a_r) - (log1mexp(a_c) - log1mexp(a_r))
+    return -(p * F.logsigmoid(log_or) + (1 - p) * F.logsigmoid(-log_or)), log_or
+
+
+def batch_loss(model, batch: dict, cfg: ORPOConfig):
+    """-> (L = NLL_p + λ·mean odds-ratio term, metrics of the batch)."""
+    from rlaif.train.reward_model import pair_accuracy  # the RM's definition: ties count 0.5
+
+    lp = pair_logps(model, batch)
+    a_c, a_r = lp.chosen_rejected(average=True)
+    p = batch["p"].to(a_c.device)
+    or_losses, log_or = orpo_loss(a_c, a_r, p)
+    nll = soft_nll(lp, p, cfg.sft_on)
+    loss = nll + cfg.beta * or_losses.mean()
+    cr, rr = cfg.beta * a_c.detach(), cfg.beta * a_r.detach()  # TRL's logged rewards: λ·ā
+    return loss, {"loss": loss.detach(), "nll": nll.detach(), "or_loss": or_losses.mean().detach(),
+                  "log_odds_ratio": log_or.mean().detach(), "rewards_chosen": cr.mean(),
+                  "rewards_rejected": rr.mean(), "margin": (cr - rr).mean(),
+                  "accuracy": pair_accuracy(cr, rr, p).mean()}
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, loader, cfg: ORPOConfig) -> dict:
+    """Means over a whole file (per batch, weighted by its pairs; duplicates from uneven sharding dropped)."""
+    model.eval()
+    rows, sizes = [], []
+    for batch in loader:
+        _, m = batch_loss(model, batch, cfg)
+        n = accelerator.gather_for_metrics(batch["p"]).numel()
+        rows.append({k: gather_mean(accelerator, v) for k, v in m.items()})
+        sizes.append(n)
+    model.train()
+    return {k: sum(r[k] * n for r, n in zip(rows, sizes)) / sum(sizes) for k in rows[0]}
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_orpo(cfg: ORPOConfig) -> dict:
+    if not cfg.prefs:
+        raise UserError("orpo: no preferences; set `prefs` (--prefs FILE)")
+    accelerator = make_accelerator(cfg)
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    path = resolve(cfg.policy)
+    tokenizer = load_tokenizer(path)
+    pairs, skipped = read_pairs(cfg.prefs)
+    skipped.announce("orpo", accelerator.is_main_process)
+    model = load_policy(path, cfg.dtype)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora)
+    start_training(model, cfg)
+
+    steps, order = example_stream(cfg, len(pairs))
+    collate = CompletionPairs(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
+                              cfg.system_prompt)
+    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
+    optimizer, scheduler = make_optimizer(model, cfg, steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    eval_loader = None
+    if cfg.eval_file:
+        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
+        eval_skipped.announce("orpo (eval)", accelerator.is_main_process)
+        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size,
+            collate_fn=CompletionPairs(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels,
+                                       cfg.max_prompt_length, cfg.system_prompt)))
+
+    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+    bar = tqdm(total=steps, desc="orpo", disable=not (cfg.progress and accelerator.is_main_process),
+               file=sys.stderr, dynamic_ncols=True)
+    started = time.time()
+    step, micro = 0, []
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss, metrics = batch_loss(model, batch, cfg)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro.append(metrics)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        bar.update(1)
+        row = None
+        if step % cfg.log_every == 0 or step == steps:
+            row = {"step": step, **{k: gather_mean(accelerator, torch.stack([m[k] for m in micro]).mean())
+                                    for k in micro[0]}, "lr": scheduler.get_last_lr()[0]}
+        micro = []
+        if eval_loader is not None and (step % cfg.eval_every == 0 or step == steps):
+            row = row or {"step": step}
+            row.update({f"eval_{k}": v for k, v in evaluate(accelerator, model, eval_loader, cfg).items()})
+        if row is not None:
+            log.log(row)
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+    bar.close()
+    seconds = time.time() - started
+    log.close()
+
+    result = summary(log, step, seconds, ["loss", "nll", "or_loss", "log_odds_ratio", "margin", "accuracy",
+                                          "eval_loss", "eval_margin", "eval_accuracy"])
+    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped), "processes": accelerator.num_processes,
+                   "mixed_precision": accelerator.mixed_precision, "sft_on": cfg.sft_on})
+    if eval_loader is not None:
+        result["eval_skipped_pairs"] = dict(eval_skipped)
+    accelerator.wait_for_everyone()
+    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
+        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
+    if accelerator.is_main_process:
+        finish_run(out, "orpo", cfg, result, log, ["loss", "nll", "log_odds_ratio", "accuracy"])
+    accelerator.wait_for_everyone()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlaif.train.orpo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
+    from rlaif.train.common import run_main
+
+    return run_main(ORPOConfig, train_orpo, argv, "orpo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
