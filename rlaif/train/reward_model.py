@@ -30,6 +30,21 @@ the same pairs (`prefix_mismatch`). The output folder is a
 standard HF model dir: `AutoModelForSequenceClassification.from_pretrained(out)` scores text the way
 training did (`RewardScorer` does exactly that, with the chat template).
 
+Rankings of K replies (k-wise, as Starling-RM was trained on Nectar's 7-wise rankings; Zhu et al.
+2023 show the K-wise maximum-likelihood estimator under the Plackett–Luce model): a record
+`{"prompt", "ranked": [best, …, worst]}` is the event that the best reply is picked first from all
+K, the next from the K − 1 left, and so on:
+
+    P(τ | r) = Π_{k=1..K−1} exp(r_τk) / Σ_{j≥k} exp(r_τj)
+    L = −log P(τ | r) = −Σ_{k=1..K−1} [ r_τk − log Σ_{j≥k} exp(r_τj) ]
+
+At K = 2 it is −log σ(r_c − r_r), the Bradley–Terry loss at p = 1; a ranking counts as one example
+(its K replies go through one forward), `batch_size` rankings a step. Its accuracy is the share of
+its K(K − 1)/2 pairs the rewards order as the ranking does (ties half), its margin the mean gap of
+neighbours, (r_τ1 − r_τK)/(K − 1). A file is read as rankings when its first record has `ranked`
+(`rlaif rate` writes rankings.jsonl); margins are a pair's notion and are refused with rankings;
+`center_rewards_coefficient` adds c·mean((Σ_k r_k)²), (r_c + r_r)² at K = 2.
+
 Run: `rlaif train-rm --prefs FILE --out DIR`, or `accelerate launch -m rlaif.train.reward_model CONFIG.yaml`.
 """
 
@@ -38,6 +53,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -46,7 +62,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from rlaif.train.common import (Messages, Pair, PairTrainConfig, TrainLog, disable_dropout, encode_text,
+from rlaif.train.common import (Messages, Pair, PairTrainConfig, Skipped, TrainLog, disable_dropout, encode_text,
                                 example_stream, gather_mean, load_tokenizer, make_accelerator,
                                 make_optimizer, pad, pad_id, read_pairs, resolve, seed_everything,
                                 summary, start_training, torch_dtype, finish_run)
@@ -135,6 +151,108 @@ class PairBatches:
                 "p": torch.tensor([x[2] for x in items]), "margin": torch.tensor([x[3] for x in items])}
 
 
+@dataclass
+class Ranking:
+    """K ≥ 2 replies to one prompt, best first. `conversational` says whether to use the chat template."""
+
+    prompt: Messages | str
+    ranked: list  # completions (assistant messages or strings), best first
+    conversational: bool = True
+
+
+def parse_ranking(rec: dict, where: str) -> Ranking:
+    """`{"prompt": text or messages, "ranked": [reply, …]}`, best first; a reply is a string or a
+    list of assistant messages."""
+    from rlaif.errors import UserError
+    from rlaif.train.common import field_messages
+
+    ranked, prompt = rec.get("ranked"), rec.get("prompt")
+    if prompt is None:
+        raise UserError(f"{where}: missing field 'prompt'; expected a ranking record with prompt and ranked "
+                        "(its replies, best first)")
+    if not isinstance(ranked, list) or len(ranked) < 2:
+        raise UserError(f"{where}: field 'ranked': expected a list of 2 or more replies, best first, got "
+                        f"{type(ranked).__name__ if not isinstance(ranked, list) else f'{len(ranked)} replies'}")
+    if isinstance(prompt, str) and all(isinstance(x, str) for x in ranked):
+        return Ranking(prompt, list(ranked), False)
+    return Ranking(field_messages(prompt, "user", where, "prompt"),
+                   [field_messages(x, "assistant", where, f"ranked[{i}]") for i, x in enumerate(ranked)], True)
+
+
+def read_rankings(path: str | Path) -> tuple[list[Ranking], Skipped]:
+    from rlaif.train.examples import read_usable
+
+    return read_usable(path, parse_ranking, "rankings")
+
+
+def holds_rankings(path: str | Path) -> bool:
+    """Whether a training file is rankings (its first record has `ranked`) rather than pairs."""
+    from rlaif.records import read_jsonl
+
+    rows = read_jsonl(path, allow_empty=True)
+    return bool(rows) and isinstance(rows[0], dict) and "ranked" in rows[0]
+
+
+class RankingBatches:
+    """Tokenised rankings -> every reply of the batch's rankings in one right-padded batch, ranking
+    by ranking and best first, with `sizes` (K of each ranking)."""
+
+    def __init__(self, tokenizer, rankings: Sequence[Ranking], max_length: int, max_prompt_length: int | None = None,
+                 system_prompt: str | None = None):
+        self.pad = pad_id(tokenizer)
+        self.items = [encode_sides(tokenizer, q.prompt, q.ranked, max_length, max_prompt_length, system_prompt)
+                      for q in rankings]
+
+    def __call__(self, idx: list[int]) -> dict:
+        seqs = [s for i in idx for s in self.items[i]]
+        ids = pad(seqs, self.pad)
+        lengths = torch.tensor([len(s) for s in seqs])
+        return {"input_ids": ids, "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
+                "sizes": torch.tensor([len(self.items[i]) for i in idx])}
+
+
+def plackett_luce_loss(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per ranking −log P(τ | r) (the module docstring): `rewards` [B, K] in ranked order (best
+    first), `valid` [B, K] marks the replies a shorter ranking has."""
+    r = rewards.masked_fill(~valid, float("-inf"))
+    rest = torch.logcumsumexp(r.flip(-1), -1).flip(-1)  # log Σ_{j≥k} exp(r_τj)
+    terms = torch.where(valid, rewards - rest, torch.zeros_like(rewards))
+    return -terms.sum(-1)  # the last reply's term is r − r = 0
+
+
+def ranked_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (rewards [B, K_max] in ranked order, valid mask [B, K_max])."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    flat = out.logits[:, 0].float()
+    sizes = batch["sizes"].tolist()
+    valid = torch.arange(max(sizes), device=flat.device)[None] < batch["sizes"].to(flat.device)[:, None]
+    rewards = torch.zeros(valid.shape, dtype=flat.dtype, device=flat.device).masked_scatter(valid, flat)
+    return rewards, valid
+
+
+def ranking_stats(rewards: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per ranking: (the share of its pairs ordered as ranked, ties half; the mean neighbour gap)."""
+    k = valid.sum(-1)
+    i, j = torch.triu_indices(valid.shape[1], valid.shape[1], 1, device=rewards.device)
+    d = torch.sign(rewards[:, i] - rewards[:, j])
+    both = (valid[:, i] & valid[:, j]).to(rewards.dtype)
+    right = torch.where(d == 0, torch.full_like(d, 0.5), (d > 0).to(d.dtype))
+    accuracy = (right * both).sum(-1) / both.sum(-1)
+    last = rewards.gather(1, (k - 1)[:, None]).squeeze(1)
+    return accuracy, (rewards[:, 0] - last) / (k - 1).to(rewards.dtype)
+
+
+def ranking_loss(model, batch: dict, cfg: RewardConfig):
+    """-> (loss, per-ranking losses, accuracies, margins)."""
+    rewards, valid = ranked_rewards(model, batch)
+    losses = plackett_luce_loss(rewards, valid)
+    loss = losses.mean()
+    if cfg.center_rewards_coefficient:
+        loss = loss + cfg.center_rewards_coefficient * ((rewards * valid).sum(-1) ** 2).mean()
+    accuracy, margin = ranking_stats(rewards.detach(), valid)
+    return loss, losses.detach(), accuracy, margin
+
+
 def pair_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     r = out.logits[:, 0].float()
@@ -152,12 +270,26 @@ def batch_loss(model, batch: dict, cfg: RewardConfig):
     return loss, r_c, r_r, p
 
 
+def train_step_loss(model, batch: dict, cfg: RewardConfig):
+    """-> (loss, mean accuracy, mean margin) of a batch of pairs or of rankings."""
+    if "sizes" in batch:
+        loss, _, accuracy, margin = ranking_loss(model, batch, cfg)
+        return loss, accuracy.mean(), margin.mean()
+    loss, r_c, r_r, p = batch_loss(model, batch, cfg)
+    return loss, pair_accuracy(r_c, r_r, p).mean().detach(), (r_c - r_r).mean().detach()
+
+
 @torch.no_grad()
 def evaluate(accelerator, model, loader, cfg: RewardConfig) -> dict:
     """Accuracy and mean loss over a whole file (duplicates from uneven sharding dropped)."""
     model.eval()
     accs, losses, margins = [], [], []
     for batch in loader:
+        if "sizes" in batch:  # rankings
+            _, loss, accuracy, margin = ranking_loss(model, batch, cfg)
+            a, l, m = accelerator.gather_for_metrics((accuracy, loss, margin))
+            accs.append(a), losses.append(l), margins.append(m)
+            continue
         r_c, r_r = pair_rewards(model, batch)
         p = batch["p"].to(r_c.dtype)
         loss = soft_bt_loss(r_c, r_r, p, pair_margin(batch, p, cfg))
@@ -194,10 +326,25 @@ def read_eval_file(path: str) -> tuple[list[Pair], Skipped]:
     return read_pairs(path)
 
 
+def training_examples(tokenizer, path: str, cfg: RewardConfig, eval_file: bool = False):
+    """A file of pairs or of rankings -> (examples, their collate function, skipped records by reason)."""
+    from rlaif.errors import UserError
+
+    if holds_rankings(path):
+        for field in ("margin", "margin_from_strength"):
+            if getattr(cfg, field):
+                raise UserError(f"{path} holds rankings: {field} is a margin between the two replies of a pair; "
+                                f"set {field} to 0 for rankings (the Plackett–Luce loss has none)")
+        rankings, skipped = read_rankings(path)
+        return rankings, RankingBatches(tokenizer, rankings, cfg.max_length, cfg.max_prompt_length,
+                                        cfg.system_prompt), skipped
+    pairs, skipped = read_eval_file(path) if eval_file else read_pairs(path)
+    return pairs, PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt), skipped
+
+
 def _eval_loader(accelerator, tokenizer, path: str, cfg: RewardConfig):
     """-> (prepared loader, skipped records by reason)."""
-    pairs, skipped = read_eval_file(path)
-    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
+    pairs, collate, skipped = training_examples(tokenizer, path, cfg, eval_file=True)
     loader = torch.utils.data.DataLoader(list(range(len(pairs))), batch_size=cfg.eval_batch_size,
                                          collate_fn=collate)
     return accelerator.prepare_data_loader(loader), skipped
@@ -217,12 +364,11 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     out = Path(cfg.output_dir)
     base = resolve(cfg.base)
     tokenizer = load_tokenizer(base)
-    pairs, skipped = read_pairs(cfg.prefs)
+    pairs, collate, skipped = training_examples(tokenizer, cfg.prefs, cfg)  # pairs, or rankings of K replies
     skipped.announce("train-rm", accelerator.is_main_process)
     model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
     loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -239,14 +385,14 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     step, micro = 0, []
     for batch in loader:
         with accelerator.accumulate(model):
-            loss, r_c, r_r, p = batch_loss(model, batch, cfg)
+            loss, accuracy, margin = train_step_loss(model, batch, cfg)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        micro.append((loss.detach(), pair_accuracy(r_c, r_r, p).mean().detach(), (r_c - r_r).mean().detach()))
+        micro.append((loss.detach(), accuracy, margin))
         if not accelerator.sync_gradients:
             continue
         step += 1
@@ -271,7 +417,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     log.close()
 
     result = summary(log, step, seconds, ["loss", "accuracy", "margin", "eval_accuracy", "human_accuracy"])
-    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped),
+    kind = "train_rankings" if isinstance(collate, RankingBatches) else "train_pairs"
+    result.update({kind: len(pairs), "skipped_pairs": dict(skipped),
                    **{k: dict(v) for k, v in eval_skipped.items()}, "processes": accelerator.num_processes,
                    "mixed_precision": accelerator.mixed_precision})
     accelerator.wait_for_everyone()
