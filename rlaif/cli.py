@@ -149,6 +149,31 @@ def cmd_constitution_check(args) -> int:
 # ---------------------------------------------------------------------------------- parser
 
 
+def cmd_rate(args) -> int:
+    from rlaif.backends import load_engine
+    from rlaif.constitution import load_constitution
+    from rlaif.judge import Judge
+    from rlaif.stages.rate import PREFERENCES, RANKINGS, RateConfig, read_groups
+
+    cfg = RateConfig(aspects=[a for a in args.aspects.split(",") if a] if args.aspects else None,
+                     rank_by=args.rank_by, seed=args.seed)
+    read_groups(args.completions)  # a bad completions file fails before the model loads
+    constitution = load_constitution(args.constitution)
+    engine = load_engine(engine_config(args))
+    try:
+        from rlaif.stages.rate import run_rate
+
+        s = run_rate(args.completions, Judge(engine, constitution, cli_judge.judge_config(args)), args.out, cfg,
+                     batch_size=args.batch_size, overwrite=args.overwrite)
+    finally:
+        engine.close()
+    print(f"rate: {s['prompts']} prompts, {s['completions']} completions on {len(s['aspects'])} aspects "
+          f"({s['written']} new, {s['done_before']} already done, {s['failed']} failed); {s['preferences']} "
+          f"binarised pairs ({s['ties']} ties left out) -> {Path(args.out) / PREFERENCES}; {s['rankings']} rankings "
+          f"by {s['ranked_by']} -> {Path(args.out) / RANKINGS}")
+    return 1 if s["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlaif.executors.cli import add_executor_args
 
@@ -221,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_constitution_check)
 
     cli_judge.add_label(sub)
+    p = sub.add_parser("rate", help="UltraFeedback-style: rate K completions per prompt 1-10 on the constitution's "
+                       "principles -> OUT/ratings.jsonl, binarised preferences.jsonl, rankings.jsonl")
+    p.add_argument("--completions", required=True, help="JSONL: prompt + completions (a list), or prompt + response "
+                   "per record (rlaif generate's responses.jsonl), grouped by prompt")
+    p.add_argument("--aspects", help="comma-separated principle ids to rate on (default: every principle)")
+    p.add_argument("--rank-by", choices=["ratings", "pairwise"], default="ratings",
+                   help="order rankings.jsonl by mean rating, or by the judge's pairwise labels of all pairs")
+    cli_judge.judge_args(p)
+    p.set_defaults(func=cmd_rate)
     cli_judge.add_eval_labeler(sub)
 
     from rlaif.cli_train import register as register_training

@@ -3,7 +3,7 @@
 A pipeline is data: which prompts, which engine serves each role (policy, critic, judge; see
 rlaif/roles.py), which constitution, a config block per stage. The stages, in order (each optional):
 
-    judge_check -> responses -> critique -> sft -> label -> reward_model -> rejection_sampling
+    judge_check -> responses -> critique -> sft -> label | rate -> reward_model -> rejection_sampling
         -> dpo | ppo | grpo -> rounds -> evaluate -> report
 
 `rounds:` (rlaif/iterate.py) is iterative RLAIF: K rounds of sampling from the current policy,
@@ -212,6 +212,33 @@ class Pipeline:
                                                 self.constitution.name, other.name)
         return info
 
+    def rate(self) -> dict:
+        """UltraFeedback-style: the responses stage's samples of each prompt rated by the judge on the
+        stage's aspects -> rate/ratings.jsonl, preferences.jsonl (binarised), rankings.jsonl."""
+        from rlaif.stages.rate import run_rate
+
+        out = self.out / "rate"
+        out.mkdir(parents=True, exist_ok=True)
+        groups: dict[str, dict] = {}
+        for r in self.response_records:
+            groups.setdefault(r["prompt_id"], {"prompt": r["prompt"], "completions": []})["completions"].append(
+                r["response"])
+        completions = out / "completions.jsonl"
+        write_jsonl_atomic(completions, groups.values())
+        cfg = self.cfg.stages.rate.model_copy(update={"seed": self.cfg.seed})
+        with use_executor(self.cfg.executor):
+            info = run_rate(completions, self.judge(stage=True), out, cfg, batch_size=self.batch_size("judge"),
+                            overwrite=self.overwrite)
+        self.failed += info.get("failed", 0)
+        return info
+
+    def preference_file(self, rankings: bool = False) -> str:
+        """What the training stages read: the label stage's preferences, else the rate stage's
+        binarised pairs (`rankings`: its rankings, for the k-wise reward model)."""
+        if self.cfg.stages.rate is not None and self.cfg.stages.label is None:
+            return str(self.out / "rate" / ("rankings.jsonl" if rankings else "preferences.jsonl"))
+        return str(self.out / "label" / "preferences.jsonl")
+
     def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = (), block: dict | None = None) -> dict:
         stage_dir = self.out / name
         block = getattr(self.cfg.stages, name) if block is None else block
@@ -293,14 +320,14 @@ class Pipeline:
     def reward_model(self) -> dict:
         from rlaif.train.reward_model import train_reward_model
 
-        prefs = str(self.out / "label" / "preferences.jsonl")
+        prefs = self.preference_file(rankings=True)
         return self.train("reward_model", RewardConfig, {"prefs": prefs, "base": self.roles["policy"].model,
                                                          "seed": self.cfg.seed}, train_reward_model)
 
     def dpo(self) -> dict:
         from rlaif.train.dpo import train_dpo
 
-        prefs = str(self.out / "label" / "preferences.jsonl")
+        prefs = self.preference_file()
         return self.train("dpo", DPOConfig, {"prefs": prefs, "policy": self.start_policy(),
                                              "seed": self.cfg.seed}, train_dpo)
 
@@ -373,7 +400,7 @@ class Pipeline:
                 self.timed("judge_check", self.judge_check)
             if self.cfg.judge_audit is not None and uses_judge(self.cfg):
                 self.timed("judge_audit", self.judge_audit)
-            for name in ("responses", "critique", "sft", "label", "reward_model", "rejection_sampling", "dpo", "ppo",
+            for name in ("responses", "critique", "sft", "label", "rate", "reward_model", "rejection_sampling", "dpo", "ppo",
                          "grpo", "evaluate"):
                 if getattr(s, name) is not None:
                     self.timed(name, getattr(self, name))

@@ -17,6 +17,7 @@ from rlaif.roles import check_trainable, resolve_roles
 from rlaif.stages.critique_revision import CritiqueConfig
 from rlaif.judge import AuditGates
 from rlaif.stages.labeler import LabelConfig
+from rlaif.stages.rate import RateConfig
 from rlaif.stages.responses import ResponsesConfig
 from rlaif.train.dpo import DPOConfig
 from rlaif.train.grpo import GRPOConfig
@@ -99,6 +100,13 @@ class LabelStage(LabelConfig):
     compare_constitution: str | None = None  # label the same pairs again under this one and compare
 
 
+class RateStage(RateConfig):
+    """The rate stage's block (rlaif/stages/rate.py): the responses stage's K samples per prompt rated
+    on the aspects, binarised into rate/preferences.jsonl (what dpo trains on when there is no label
+    stage) and ranked into rate/rankings.jsonl (what reward_model trains on, k-wise). Its seed is
+    the pipeline's."""
+
+
 class TrainStage(Strict):
     """Fields the pipeline fills in (output_dir, prefs, policy/base) are left out here."""
 
@@ -127,6 +135,7 @@ class Stages(Strict):
     critique: CritiqueConfig | None = None
     sft: dict | None = None  # SFTConfig fields: SL-CAI on critique/sl_cai.jsonl
     label: LabelStage | None = None
+    rate: RateStage | None = None  # UltraFeedback-style ratings of the K samples per prompt
     reward_model: dict | None = None  # RewardConfig fields
     rejection_sampling: RejectionSamplingStage | None = None  # best-of-K then SFT, before DPO/PPO
     dpo: dict | None = None  # DPOConfig fields
@@ -217,6 +226,12 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
             r.get("kind") == "model" and r.get("spec") == "rm" for r in s.grpo.get("rewards") or []):
         raise UserError(f"{path}: stages.grpo.rewards has a model reward with spec 'rm' but the pipeline has no "
                         "stages.reward_model")
+    if s.rate is not None and (s.responses is None or s.responses.n < 2):
+        raise UserError(f"{path}: stages.rate rates the responses stage's samples and needs two or more per "
+                        "prompt; set stages.responses.n: 2 or more")
+    if s.rate is not None and s.label is not None and (s.dpo is not None or s.reward_model is not None):
+        raise UserError(f"{path}: stages.label and stages.rate both make preferences; keep one of them for "
+                        "the training stages to read")
     if s.sft is not None and s.critique is None:
         raise UserError(f"{path}: stages.sft trains on the critique stage's revisions, but the pipeline has no "
                         "stages.critique")
@@ -234,7 +249,7 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
 
 def uses_judge(cfg: PipelineConfig) -> bool:
     s = cfg.stages
-    return bool(cfg.rounds or s.label or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
+    return bool(cfg.rounds or s.label or s.rate or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
                 or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct")
                 or (s.grpo is not None and grpo_uses_judge(s.grpo)))
 
