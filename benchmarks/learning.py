@@ -40,14 +40,15 @@ from learning_helpers import RULES, SIZES, Experiment  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--trainers", default="dpo,kto,ppo", help="comma-separated: dpo, kto, ppo, grpo, rloo "
+    ap.add_argument("--trainers", default="dpo,kto,ppo", help="comma-separated: dpo, kto, ppo, grpo, rloo, simpo, orpo "
                     "(default dpo,kto,ppo)")
     ap.add_argument("--out", default=None, help="folder for the runs and results.json (default: a temp dir)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     trainers = [t for t in args.trainers.split(",") if t]
-    if not trainers or not set(trainers) <= {"dpo", "kto", "ppo", "grpo", "rloo"}:
-        ap.error(f"--trainers {args.trainers!r}: expected a comma-separated subset of dpo,kto,ppo,grpo,rloo")
+    if not trainers or not set(trainers) <= {"dpo", "kto", "ppo", "grpo", "rloo", "simpo", "orpo"}:
+        ap.error(f"--trainers {args.trainers!r}: expected a comma-separated subset of dpo,kto,ppo,grpo,rloo,"
+                 "simpo,orpo")
     out = Path(args.out or tempfile.mkdtemp(prefix="rlaif-learning-"))
     exp = Experiment(out, SIZES)
     print(f"held-out prompts: {len(exp.heldout)}, training prompts: {len(exp.train)}; {SIZES}", flush=True)

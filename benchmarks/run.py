@@ -4,7 +4,7 @@ Runs the benchmarks in one process (the peers and the trainers in subprocesses, 
 prints every ratio as it is measured, and writes `results.json` and `results.md` under --out
 (default runs/bench/<mode>). Benchmarks: engine (generation, prefill roofline, API vs raw forwards),
 labeling (labeler vs raw forwards vs one-by-one, linearity, prefix reuse on vs off), distilabel (peer),
-training (DPO/RM vs TRL), grpo (GRPO vs our PPO: step time, peak RSS, reward per 1k sampled
+training (DPO/RM vs TRL), reference_free (SimPO/CPO/ORPO vs our DPO: step time, peak RSS), grpo (GRPO vs our PPO: step time, peak RSS, reward per 1k sampled
 tokens), openai (engine vs llama.cpp server), gguf (engine vs transformers on the same weights),
 critique (chains/min, cost per 1000 prompts), ray (the Ray executor vs the in-process runner:
 overhead ratio, driver peak RSS at 10x the pairs).
@@ -48,7 +48,8 @@ SIZES = {
                  critique_tokens=96),
 }
 # which benchmarks a mode runs (quick leaves out the slow peers unless asked with --only)
-ORDER = ["engine", "omp", "labeling", "critique", "training", "grpo", "openai", "gguf", "distilabel", "ray"]
+ORDER = ["engine", "omp", "labeling", "critique", "training", "reference_free", "grpo", "openai", "gguf", "distilabel",
+         "ray"]
 QUICK_SKIP = {"distilabel", "omp"}
 
 
@@ -157,6 +158,10 @@ def main(argv=None) -> int:
                 from benchmarks import training as b
 
                 report.details["training"] = b.run(report, sizes, rates)
+            elif name == "reference_free":  # SimPO / CPO / ORPO vs our DPO: step time, peak RSS
+                from benchmarks import reference_free as b
+
+                report.details["reference_free"] = b.run(report, sizes)
             elif name == "grpo":
                 from benchmarks import grpo as b
 

@@ -9,6 +9,7 @@ real stages on the embedded policy (SmolLM2-135M-Instruct):
     training prompts ──responses stage, 2 samples each──> pairs                 (once)
     pairs ──label stage (judge)──> preferences ──DPO──> policy ──greedy──> L₁    (per judge)
     the same preferences ──KTO (chosen desirable, rejected undesirable)──> policy ──greedy──> L₁
+    the same preferences ──SimPO / ORPO (no reference)──> policy ──greedy──> L₁
     training prompts ──PPO, reward = judge's direct 1–9 score──> policy ──greedy──> L₁
     training prompts ──GRPO / RLOO, G replies a prompt, the same reward──> policy ──greedy──> L₁
 
@@ -58,6 +59,11 @@ class Sizes:
     kto_batch: int = 4  # at least 2: KTO's KL reference point pairs each prompt with another completion
     kto_lr: float = 3e-5
     kto_beta: float = 0.1
+    # the reference-free losses on the DPO preference file, with DPO's steps, batch and lr: SimPO at
+    # its paper's scale (β = 2 on per-token means, γ = β/2), ORPO at TRL's λ = 0.1
+    simpo_beta: float = 2.0
+    simpo_gamma: float = 1.0
+    orpo_beta: float = 0.1
     ppo_steps: int = 4
     ppo_batch: int = 8
     ppo_mini_batch: int = 4
@@ -195,6 +201,27 @@ def run_dpo(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
                                beta=sizes.dpo_beta, max_length=sizes.max_length, progress=False))
 
 
+def run_simpo(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
+    """SimPO (`rlaif dpo --loss simpo`) on the DPO preference file: no reference."""
+    from rlaif.train.dpo import DPOConfig, train_dpo
+
+    return train_dpo(DPOConfig(policy=EMBEDDED, prefs=str(prefs), output_dir=str(out_dir), seed=seed, loss="simpo",
+                               max_steps=sizes.dpo_steps, batch_size=sizes.dpo_batch,
+                               eval_batch_size=sizes.dpo_batch, learning_rate=sizes.dpo_lr,
+                               beta=sizes.simpo_beta, simpo_gamma=sizes.simpo_gamma, max_length=sizes.max_length,
+                               progress=False))
+
+
+def run_orpo(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
+    """ORPO (`rlaif orpo`) on the DPO preference file: SFT on the (p-weighted) replies + odds ratio."""
+    from rlaif.train.orpo import ORPOConfig, train_orpo
+
+    return train_orpo(ORPOConfig(policy=EMBEDDED, prefs=str(prefs), output_dir=str(out_dir), seed=seed,
+                                 max_steps=sizes.dpo_steps, batch_size=sizes.dpo_batch,
+                                 eval_batch_size=sizes.dpo_batch, learning_rate=sizes.dpo_lr,
+                                 beta=sizes.orpo_beta, max_length=sizes.max_length, progress=False))
+
+
 def run_kto(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
     """KTO on the DPO preference file, unpaired: each pair's chosen reply desirable, its rejected
     reply undesirable (data_format "pairs")."""
@@ -298,6 +325,16 @@ class Experiment:
         out = self.work / f"seed{seed}" / f"dpo-{rule}"
         run_dpo(self.preferences(rule, seed), self.sizes, seed, out)
         return Effect("dpo", rule, seed, self.before, self.after(out))
+
+    def simpo(self, rule: str, seed: int) -> Effect:
+        out = self.work / f"seed{seed}" / f"simpo-{rule}"
+        run_simpo(self.preferences(rule, seed), self.sizes, seed, out)
+        return Effect("simpo", rule, seed, self.before, self.after(out))
+
+    def orpo(self, rule: str, seed: int) -> Effect:
+        out = self.work / f"seed{seed}" / f"orpo-{rule}"
+        run_orpo(self.preferences(rule, seed), self.sizes, seed, out)
+        return Effect("orpo", rule, seed, self.before, self.after(out))
 
     def kto(self, rule: str, seed: int) -> Effect:
         out = self.work / f"seed{seed}" / f"kto-{rule}"

@@ -71,6 +71,16 @@ def dpo_effects(experiment):
 
 
 @pytest.fixture(scope="module")
+def simpo_effects(experiment):
+    return {rule: experiment.simpo(rule, SEED) for rule in RULES}
+
+
+@pytest.fixture(scope="module")
+def orpo_effects(experiment):
+    return {rule: experiment.orpo(rule, SEED) for rule in RULES}
+
+
+@pytest.fixture(scope="module")
 def kto_effects(experiment):
     return {rule: experiment.kto(rule, SEED) for rule in RULES}
 
@@ -124,3 +134,11 @@ def test_grpo_with_the_rule_judges_direct_reward_learns_it(grpo_effects):
 
 def test_rloo_with_the_rule_judges_direct_reward_learns_it(rloo_effects):
     check_learning(rloo_effects)
+
+
+def test_simpo_learns_the_rule_judges_preference(simpo_effects):
+    check_learning(simpo_effects)
+
+
+def test_orpo_learns_the_rule_judges_preference(orpo_effects):
+    check_learning(orpo_effects)
