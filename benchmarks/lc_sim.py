@@ -7,10 +7,12 @@ prompts/lc_verbose.yaml and lc_concise.yaml) are L_b · e^N(log 1.6, 0.25) and L
 The judge's verdict on a pair (a, b) is a coin with P(a ≻ b) = σ(q_a − q_b + κ · tanh((L_a − L_b) / 80)):
 - length-only: κ = 1.5, q = 0 for everyone: the true LC is 0.5;
 - quality-only: κ = 0, q_model = 0.4: the true LC is σ(0.4) = 0.599 (and so is the raw rate).
-Reported per judge and size: the raw win rate, the previous LC (a ridge λ = 3 on the length weight,
-no gamed rows; kept here only to compare), AlpacaEval's GLM without the gamed rows
-(`length_controlled_minimal`) and with them (what `rlaif rank` reports), their mean over runs, sd,
-and how often the 95 % bootstrap CI (prompts redrawn) covers the truth."""
+Reported per judge and size, as means over the runs: the raw win rate; the previous LC (a ridge
+λ = 3 on the length weight, no gamed rows; kept here only to compare); AlpacaEval's own
+`length_controlled_v1` fit on the same rows (`alpaca_exact=True`: every weight L1-penalised, each
+set of games on its own length scale) and how often its CI covers the truth; and the LC `rlaif rank`
+reports (model term unpenalised, one length scale), with its sd over runs, how often its 95 %
+bootstrap CI (prompts redrawn) covers the truth, and the CI's mean width."""
 
 from __future__ import annotations
 
@@ -78,13 +80,14 @@ def measure(judge: str, games: int, runs: int, n_boot: int, seed0: int = 0) -> d
 
 
 def table(results: list[dict]) -> str:
-    head = ("| judge | games | truth | raw | previous LC (λ=3) | GLM, no gamed rows | GLM + gamed rows (reported) "
-            "| sd | CI covers truth | CI width |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join("---" for _ in range(10)) + "|"]
+    cols = ["judge", "games", "truth", "raw", "previous LC (ridge λ=3)", "AlpacaEval exact: mean", "covers",
+            "reported LC: mean", "sd", "95 % CI covers truth", "CI width"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in results:
-        lines.append(f"| {r['judge']} | {r['games']} | {r['truth']:.3f} | {r['raw_mean']:.3f} | {r['previous_mean']:.3f} "
-                     f"| {r['minimal_mean']:.3f} (covers {r['minimal_covers']:.0%}) | {r['lc_mean']:.3f} | {r['lc_sd']:.3f} "
-                     f"| {r['lc_covers']:.0%} | {r['lc_ci_width']:.3f} |")
+        cells = [r["judge"], r["games"], f"{r['truth']:.3f}", f"{r['raw_mean']:.3f}", f"{r['previous_mean']:.3f}",
+                 f"{r['exact_mean']:.3f}", f"{r['exact_covers']:.0%}", f"{r['lc_mean']:.3f}", f"{r['lc_sd']:.3f}",
+                 f"{r['lc_covers']:.0%}", f"{r['lc_ci_width']:.3f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

@@ -245,9 +245,12 @@ def win_rate_matrix(i, j, y, n: int) -> dict:
 #
 # Instruction difficulty, where several players share the prompts (≥ 2 besides the baseline): one
 # joint fit over every player's games against the baseline (gamed copies included), with a length
-# weight and a bias per player and one dummy per prompt (the first prompt's is 0), by the same
-# L1/CV fit; d_x is the prompt's dummy (AlpacaEval's notebooks/instruction_difficulty.ipynb). With
-# one player the term is left out: it could only be fitted on the very games it then explains.
+# weight and a bias per player and an effect per prompt, d_x (AlpacaEval's
+# notebooks/instruction_difficulty.ipynb). They fit it with the same L1/CV fit over ~800 prompts
+# and dozens of models; with tens of prompts and a few players that fit zeroes every prompt (and
+# takes minutes), so d_x gets a N(0, 1) prior instead: each prompt's effect rests on a few games
+# however many prompts there are, which is where a fixed prior belongs. With one player the term is
+# left out: it could only be fitted on the very games it then explains.
 #
 # CIs: prompts redrawn with replacement (a prompt's gamed rows come with it), refitted with C, the
 # length scales and d_x held at the full sample's values. Length unit: whatever the caller counts
@@ -367,41 +370,43 @@ def _as_games(y, delta, prompts) -> dict:
     return {"y": y, "delta": delta, "prompts": prompts}
 
 
-def instruction_difficulty(players: Sequence[dict], Cs=LC_CS, n_splits: int = LC_FOLDS) -> dict:
+DIFFICULTY_RIDGE = 1.0  # a N(0, 1) prior on each prompt's logit effect
+
+
+def instruction_difficulty(players: Sequence[dict], ridge: float = DIFFICULTY_RIDGE) -> dict:
     """d_x per prompt from one joint fit over every player's games against the baseline.
 
     `players`: one dict per player (gamed copies of the baseline included) with `y` (the player's
     outcomes against the baseline), `delta` (its length minus the baseline's) and `prompts` (the
-    prompt key of each game). Columns: per player a length weight on tanh(Δ/s_player) and a bias, a
-    1[not a gamed copy] column (`gamed: True` marks those), and a dummy per prompt but the first
-    (sorted keys); L1 with cross-validated C, every row weight 1. Returns {prompt key: d_x}."""
+    prompt key of each game). Model: logit y = a_player + b_player · tanh(Δ/s_player) + d_x, every
+    game weight 1; the prompt effects d_x carry a Gaussian prior (ridge 1), the players' terms the
+    weak ridge of the ratings. Returns {prompt key: d_x}."""
     keys = sorted({k for p in players for k in p["prompts"]}, key=str)
-    col = {k: c for c, k in enumerate(keys[1:])}
+    col = {k: c for c, k in enumerate(keys)}
     n_players = len(players)
-    rows, ys = [], []
+    X, y = [], []
     for a, p in enumerate(players):
         t = length_term(p["delta"])
         for g, key in enumerate(p["prompts"]):
-            x = np.zeros(2 * n_players + 1 + len(col))
-            x[a], x[n_players + a], x[2 * n_players] = t[g], 1.0, 0.0 if p.get("gamed") else 1.0
-            if key in col:
-                x[2 * n_players + 1 + col[key]] = 1.0
-            rows.append(x)
-        ys.append(np.asarray(p["y"], dtype=float))
-    X, y = np.array(rows), np.concatenate(ys)
-    beta, _ = fit_l1_logistic_cv(X, y, np.ones(len(y)), Cs, n_splits)
-    return {k: (0.0 if k not in col else float(beta[2 * n_players + 1 + col[k]])) for k in keys}
+            x = np.zeros(2 * n_players + len(keys))
+            x[a], x[n_players + a], x[2 * n_players + col[key]] = 1.0, t[g], 1.0
+            X.append(x)
+        y.append(np.asarray(p["y"], dtype=float))
+    y = np.concatenate(y)
+    penalty = np.r_[np.full(2 * n_players, RIDGE), np.full(len(keys), ridge)]
+    beta = fit_logistic(np.array(X), y, np.ones_like(y), penalty)
+    return {k: float(beta[2 * n_players + col[k]]) for k in keys}
 
 
 def _lc_design(model: dict, gamed: Sequence[dict], difficulty: dict | None, own_scales: bool):
     """Rows (gamed first, then the model's), their labels, weights and prompt keys; and the test rows
-    (the model's prompts at Δ = 0). `own_scales`: each gamed variant's Δ over its own std (AlpacaEval),
-    else over the model's."""
+    (the model's prompts at Δ = 0). `own_scales`: every set of games (the model's, each gamed
+    variant) over its own std (AlpacaEval); else all over one std, of every row's Δ together."""
     parts = [(g, GAMED_WEIGHT / len(gamed), 0.0) for g in gamed] + [(model, 1.0, 1.0)]
-    model_scale = length_scale(model["delta"])
+    pooled = length_scale(np.concatenate([g["delta"] for g, _, _ in parts]))
     X, y, w, keys = [], [], [], []
     for games, weight, own in parts:
-        t = length_term(games["delta"], None if own_scales or games is model else model_scale)
+        t = length_term(games["delta"], None if own_scales else pooled)
         d = [difficulty[k] for k in games["prompts"]] if difficulty is not None else None
         for g, key in enumerate(games["prompts"]):
             X.append([t[g], *([d[g]] if d is not None else []), own])
@@ -419,7 +424,7 @@ def lc_variant(gamed: bool, difficulty: bool, alpaca_exact: bool) -> str:
             (False, False): "length_controlled_minimal"}[(gamed, difficulty)]
     if alpaca_exact:
         return f"AlpacaEval {name}"
-    return f"AlpacaEval {name}, model term unpenalised" + (", gamed rows on the model's length scale" if gamed else "")
+    return f"AlpacaEval {name}, model term unpenalised" + (", one length scale for all rows" if gamed else "")
 
 
 def lc_win_rate(y, len_model, len_base, *, prompts=None, gamed: Sequence[dict] = (), difficulty: dict | None = None,
