@@ -227,5 +227,5 @@ class Rounds:
                     judge_check=False)  # the pipeline checked its judge before the rounds
         self.p.failed += info["setup"]["failed_judgements"]
         return {r["name"]: {k: r.get(k) for k in ("rank", "elo", "ci95", "lc_vs_baseline", "lc_vs_baseline_ci95",
-                                                  "raw_vs_baseline", "raw_vs_baseline_ci95")}
+                                                  "raw_vs_baseline", "raw_vs_baseline_ci95", "lc_variant")}
                 for r in info["players"]}

@@ -70,7 +70,8 @@ def rounds_section(rep, out: Path, metrics: dict) -> list[str]:
         sec.append(rep.para(f"Ranking of every checkpoint: {s['pairs_judged']} round-robin judgements by {s['judge']} "
                             f"on {s['n_prompts']} held-out prompts (greedy replies, both orders), Bradley–Terry "
                             f"ratings on the Elo scale with bootstrap 95 % CIs; LC: length-controlled win rate against "
-                            f"{rank['baseline']}."))
+                            f"{rank['baseline']} ({(rank.get('lc') or {}).get('variant') or 'no checkpoint met it'}; "
+                            "the start's own verbose and concise replies as the regulariser; rlaif/eval/ranking.py)."))
         sec.append(rep.table(table_rows(rank)))
         for png in ("ratings.png", "win_rate.png"):
             if (out / "rounds" / "ranking" / png).exists():
@@ -78,6 +79,6 @@ def rounds_section(rep, out: Path, metrics: dict) -> list[str]:
         sec.append(rep.para("Full tables: rounds/ranking/ranking.md and ranking.html.", note=True))
         metrics["ranking"] = {r["name"]: {k: r.get(k) for k in ("rank", "elo", "ci95", "lc_vs_baseline",
                                                                  "lc_vs_baseline_ci95", "raw_vs_baseline",
-                                                                 "raw_vs_baseline_ci95", "mean_words")}
+                                                                 "raw_vs_baseline_ci95", "mean_words", "lc_variant")}
                               for r in rank["players"]}
     return sec
