@@ -15,6 +15,7 @@ import torch
 from rlaif.backends import GenerationRequest, OptionRequest
 from rlaif.backends.transformers_engine import TransformersEngine
 from rlaif.config import EngineConfig
+from tests.greedy_reference import assert_agrees_up_to_a_near_tie, greedy_reference
 
 
 def user(text):
@@ -61,7 +62,12 @@ def test_greedy_generation_alone_equals_generation_in_a_left_padded_batch(gpt2_e
     alone = gpt2_engine.generate([GenerationRequest(user(SHORT), max_tokens=8)])[0]
     batched = gpt2_engine.generate([GenerationRequest(user(LONG), max_tokens=8),
                                     GenerationRequest(user(SHORT), max_tokens=8)])[1]
-    assert batched.texts == alone.texts and alone.completion_tokens > 0
+    assert alone.completion_tokens > 0
+    # against plain unpadded forwards, up to the first near-tie (random weights make them likely;
+    # which side rounding picks there depends on the CPU): a wrong position id fails at a wide margin
+    path = greedy_reference(gpt2_engine.net, gpt2_engine.tokenizer, gpt2_engine._prompt_ids(user(SHORT)), 8)
+    for text, what in ((alone.texts[0], "alone"), (batched.texts[0], "in a padded batch")):
+        assert_agrees_up_to_a_near_tie(text, path, gpt2_engine.tokenizer, tie=1e-3, min_decided=3, what=what)
 
 
 # ---------------------------------------------------------------------- one failed request, one failed record

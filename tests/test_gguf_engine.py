@@ -15,6 +15,7 @@ from rlaif.backends import GenerationRequest, OptionRequest
 from rlaif.config import EngineConfig, parse_model_spec
 from rlaif.errors import EngineError, UserError
 from tests.conftest import EMBEDDED, run_cli
+from tests.greedy_reference import assert_agrees_up_to_a_near_tie, greedy_reference
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the gguf engine needs llama-cpp-python (the dev extra)")
 
@@ -194,15 +195,28 @@ def test_generation_is_seeded_and_repeatable(gguf_engine):
 
 @pytest.mark.slow
 def test_greedy_ignores_the_seed_and_agrees_with_the_transformers_engine(gguf_engine, embedded_engine):
-    # prompts whose greedy path has no near-tie: on "What is the capital of France?" the first token
-    # is a tie the quantisation decides ("L" 24.74 vs "The" 24.65 logits here, the other way round
-    # in float32), and the two engines then write different answers
-    chats = [user("Which city is the capital of France?"), user("What is 2 + 2?")]
+    """Greedy text from llama.cpp's Q4_1 kernels against the float32 weights, compared only where no
+    CPU's rounding can decide: up to the first step whose top-two margin on the float32 path is below
+    2 x TOL_LOGP. Which token wins a closer race depends on the CPU's kernels: "What is the capital
+    of France?" opens on such a tie (float32 puts "The" 0.08 nats ahead of "L"; llama.cpp put "L"
+    0.09 logits ahead on an AMD EPYC), and so does "Which city is the capital of France?" (0.03
+    nats), on which the two engines parted on an AMX Xeon. The two prompts below are decided by
+    margins >= 0.5 nats for their first 8 and 7 tokens in float32 (measured with
+    tests/greedy_reference.py). The seed must not matter at temperature 0 (one engine, one path:
+    exact)."""
+    chats = [user("Name the largest planet in the solar system."), user("What colour is the sky on a clear day?")]
     one, two = (gguf_engine.generate([GenerationRequest(c, max_tokens=16, seed=s) for c in chats]) for s in (1, 2))
     assert [c.texts for c in one] == [c.texts for c in two]
-    assert "paris" in one[0].texts[0].lower() and "4" in one[1].texts[0]
     theirs = embedded_engine.generate([GenerationRequest(c, max_tokens=16) for c in chats])
-    assert [c.texts for c in one] == [c.texts for c in theirs]
+    for chat, ours, tf in zip(chats, one, theirs):
+        path = greedy_reference(embedded_engine.net, embedded_engine.tokenizer, embedded_engine._prompt_ids(chat), 16)
+        # llama.cpp against float32: every step decided by more than the two paths' measured difference
+        assert_agrees_up_to_a_near_tie(ours.texts[0], path, embedded_engine.tokenizer, tie=2 * TOL_LOGP,
+                                       min_decided=5, what=f"gguf on {chat[0]['content']!r}")
+        # the transformers engine against a plain forward of the same float32 weights: rounding only
+        assert_agrees_up_to_a_near_tie(tf.texts[0], path, embedded_engine.tokenizer, tie=1e-3, min_decided=5,
+                                       what=f"transformers on {chat[0]['content']!r}")
+    assert one[0].texts[0].lower().startswith("the largest planet") and "sky" in one[1].texts[0].lower()
 
 
 @pytest.mark.slow

@@ -102,6 +102,7 @@ def test_a_chat_completion_with_logprobs(served):
         assert step["logprob"] == pytest.approx(values[0], abs=1e-4)  # greedy: the chosen token is the top one
 
 
+@pytest.mark.heavy  # a second model in the process; make test keeps the chat completion above
 @pytest.mark.slow
 def test_the_openai_engine_scores_options_through_it_like_the_transformers_engine(served, embedded_engine):
     from rlaif.backends.openai_engine import OpenAIEngine

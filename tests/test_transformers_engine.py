@@ -8,6 +8,7 @@ from rlaif.backends.transformers_engine import TransformersEngine
 from rlaif.config import EngineConfig
 from rlaif.errors import UserError
 from tests.conftest import build_tiny_llama
+from tests.greedy_reference import assert_agrees_up_to_a_near_tie, greedy_reference
 
 PROMPTS = ["Hi", "Tell me about the history of the printing press in Europe, briefly.",
            "Why is the sky blue?", "List three fruits.", "Say something kind to a friend who failed an exam."]
@@ -33,7 +34,12 @@ def test_batched_greedy_equals_one_by_one(tiny_engine):
     reqs = [GenerationRequest(user(p), max_tokens=12) for p in PROMPTS]
     batched = tiny_engine.generate(reqs)
     single = [tiny_engine.generate([r])[0] for r in reqs]
-    assert [c.texts for c in batched] == [c.texts for c in single]
+    # both against plain unpadded forwards, up to the first near-tie (random weights make them
+    # likely, and which side rounding picks there depends on the CPU)
+    for r, b, s in zip(reqs, batched, single):
+        path = greedy_reference(tiny_engine.net, tiny_engine.tokenizer, tiny_engine._prompt_ids(r.messages), 12)
+        for text, what in ((b.texts[0], "batched"), (s.texts[0], "alone")):
+            assert_agrees_up_to_a_near_tie(text, path, tiny_engine.tokenizer, tie=1e-3, min_decided=3, what=what)
     assert all(c.completion_tokens > 0 for c in batched)
     assert [c.prompt_tokens for c in batched] == [c.prompt_tokens for c in single]
 
