@@ -20,7 +20,7 @@ The package is in layers; a module imports only from its own layer or one below 
     run schema     roles, pipeline_config, run_context
     evaluation     eval/
     orchestration  iterate, pipeline
-    interfaces     cli, cli_common, cli_judge, cli_train, annotate/, integrations/, gguf_server
+    interfaces     cli, cli_common, cli_flags, cli_judge, cli_train, annotate/, integrations/, gguf_server
     public API     (this file: the names a user imports from rlaif)
 
 The table the tests check against is `LAYERS` in rlaif/layers.py (tests/test_layers.py).

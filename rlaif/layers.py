@@ -19,7 +19,7 @@ LAYERS = (
     ("run schema", ("rlaif.roles", "rlaif.pipeline_config", "rlaif.run_context")),
     ("evaluation", ("rlaif.eval",)),
     ("orchestration", ("rlaif.iterate", "rlaif.pipeline")),
-    ("interfaces", ("rlaif.cli_common", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate",
+    ("interfaces", ("rlaif.cli_common", "rlaif.cli_flags", "rlaif.cli_judge", "rlaif.cli_train", "rlaif.cli", "rlaif.annotate",
                     "rlaif.integrations", "rlaif.gguf_server")),
     ("public API", ("rlaif",)),
 )
