@@ -19,3 +19,15 @@ def test_no_install_line_names_the_other_project():
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
                  if wrong.search(line)]
     assert not offenders, offenders
+
+
+def test_requires_python_is_the_python_the_lock_and_make_test():
+    """pyproject's requires-python names the oldest Python the lock was made on and CI runs (issue 31);
+    make checks the same floor before it creates a venv."""
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    m = re.fullmatch(r">=(\d+)\.(\d+)", floor)
+    assert m, floor
+    lock_head = (ROOT / "constraints.txt").read_text().splitlines()[0]
+    assert f"Python {m[1]}.{m[2]}" in lock_head, lock_head
+    assert f"sys.version_info[:2] < ({m[1]}, {m[2]})" in (ROOT / "Makefile").read_text()
+    assert f"Python {m[1]}.{m[2]} or newer" in (ROOT / "README.md").read_text()
