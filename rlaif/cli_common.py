@@ -46,16 +46,17 @@ def engine_config(args):
 
     base = EngineConfig(device=args.device, batch_size=args.batch_size, concurrency=args.concurrency,
                         api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries,
-                        base_url=args.base_url or os.environ.get("OPENAI_BASE_URL"),
                         tokenizer=args.tokenizer, prefill_mode=args.prefill_mode)
-    cfg = parse_model_spec(args.model, base)
-    if (args.tokenizer or args.prefill_mode != "auto") and cfg.kind != "openai":
+    kind = parse_model_spec(args.model).kind
+    if (args.tokenizer or args.prefill_mode != "auto") and kind != "openai":
         raise UserError(f"--tokenizer and --prefill-mode are for the openai engine, but the model {args.model} "
-                        f"runs on the {cfg.kind} engine; drop them")
-    if args.base_url and cfg.kind != "openai":
+                        f"runs on the {kind} engine; drop them")
+    if args.base_url and kind != "openai":
         raise UserError(f"--base-url is for the openai engine, but the model {args.model} runs on the "
-                        f"{cfg.kind} engine; name it openai:NAME, or drop --base-url")
-    return cfg
+                        f"{kind} engine; name it openai:NAME, or drop --base-url")
+    if kind == "openai":
+        base = base.model_copy(update={"base_url": args.base_url or os.environ.get("OPENAI_BASE_URL")})
+    return parse_model_spec(args.model, base)  # a flag for another engine's setting: one line naming both
 
 
 def positive(kind):

@@ -102,7 +102,7 @@ def add_command(sub, name: str, *, func, flags: list[ModelFlags], layered: bool 
     made = []
     plain = p.parse_known_args
 
-    def parse_known_args(args=None, namespace=None):
+    def make_flags():
         if not made:
             made.append(True)
             if layered:
@@ -112,9 +112,14 @@ def add_command(sub, name: str, *, func, flags: list[ModelFlags], layered: bool 
                                help="override any config field (KEY.SUB=VALUE for a nested one), after the flags")
             for f in flags:
                 f.add_to(p)
+        return p
+
+    def parse_known_args(args=None, namespace=None):
+        make_flags()
         return plain(args, namespace)
 
     p.parse_known_args = parse_known_args  # argparse hands a subcommand's arguments to this
+    p.make_flags = make_flags  # the flags now (for a listing of them, or help without parsing)
     p.set_defaults(func=func, flags=flags)
     return p
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlaif.errors import UserError
 
@@ -91,6 +91,50 @@ class EngineConfig(Strict):
     def _llamacpp_is_gguf(cls, v):
         return "gguf" if v == "llamacpp" else v
 
+    @model_validator(mode="after")
+    def _fields_apply_to_kind(self):
+        # a block that names its kind sets only that engine's fields (a template without a kind,
+        # e.g. the CLI's engine flags before the model spec picks the engine, is checked by parse_model_spec)
+        if "kind" in self.model_fields_set:
+            problem = engine_field_problem(self)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+# The fields each engine reads (beyond kind, model, batch_size and system_prompt, which every engine has).
+# A field set to anything but its default on an engine that does not read it is an error naming both.
+ENGINE_FIELDS = {
+    "transformers": ("device", "dtype", "prefill_tokens"),
+    "vllm": ("device", "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_num_seqs",
+             "quantization", "top_logprobs"),
+    "openai": ("base_url", "api_key_env", "concurrency", "timeout", "max_retries", "top_logprobs", "prefill_mode",
+               "tokenizer"),
+    "gguf": ("max_model_len", "threads"),
+}
+SHARED_ENGINE_FIELDS = ("kind", "model", "batch_size", "system_prompt")
+
+
+def engines_reading(field: str) -> tuple[str, ...]:
+    return tuple(k for k, fields in ENGINE_FIELDS.items() if field in fields)
+
+
+def engine_field_problem(cfg: EngineConfig) -> str | None:
+    """One line when `cfg` sets a field its engine does not read, else None."""
+    for name, info in EngineConfig.model_fields.items():
+        if name in SHARED_ENGINE_FIELDS or name in ENGINE_FIELDS[cfg.kind]:
+            continue
+        if getattr(cfg, name) != info.default:
+            owners = engines_reading(name)
+            return (f"{name} is not a setting of the {cfg.kind} engine (only of the {' and '.join(owners)} "
+                    f"engine{'s' if len(owners) > 1 else ''}); drop it or set kind: {' or '.join(owners)}")
+    return None
+
+
+def not_applying(kind: str) -> list[str]:
+    """The engine fields `kind` does not read."""
+    return [n for n in EngineConfig.model_fields if n not in SHARED_ENGINE_FIELDS and n not in ENGINE_FIELDS[kind]]
+
 
 def parse_model_spec(spec: str, base: EngineConfig | None = None) -> EngineConfig:
     """`[engine:]model` -> EngineConfig. `embedded:X` and bare paths/ids use transformers;
@@ -101,9 +145,18 @@ def parse_model_spec(spec: str, base: EngineConfig | None = None) -> EngineConfi
     if sep and head == "llamacpp":
         head = "gguf"
     if sep and head in ENGINE_KINDS:
-        return base.model_copy(update={"kind": head, "model": rest})
-    return base.model_copy(update={"kind": "transformers" if head == "embedded" or not sep else base.kind,
-                                   "model": spec})
+        kind, model = head, rest
+    else:
+        kind, model = ("transformers" if head == "embedded" or not sep else base.kind), spec
+    fields = base.model_dump(exclude_unset=True)
+    if "kind" in base.model_fields_set and kind != base.kind:
+        # another engine replaces a block's (e.g. --judge gguf:PATH over an openai judge block): the
+        # settings of the old engine that the new one does not read are dropped
+        fields = {k: v for k, v in fields.items() if k not in not_applying(kind)}
+    try:
+        return EngineConfig.model_validate({**fields, "kind": kind, "model": model})
+    except ValidationError as e:
+        raise UserError(f"model {spec}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def config_hash(obj: Any) -> str:
@@ -178,6 +231,8 @@ def describe_validation_error(source: str, err: ValidationError) -> str:
         what = "unknown key"
     elif kind == "missing":
         what = "missing required field"
+    elif kind == "value_error" and isinstance(first.get("input"), (dict, list)):  # a model's own check
+        what = first["msg"].removeprefix("Value error, ")
     else:
         got = first.get("input")
         shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__

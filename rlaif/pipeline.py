@@ -239,12 +239,15 @@ class Pipeline:
             return str(self.out / "rate" / ("rankings.jsonl" if rankings else "preferences.jsonl"))
         return str(self.out / "label" / "preferences.jsonl")
 
-    def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = (), block: dict | None = None) -> dict:
+    def train(self, name: str, cls, fields: dict, fn, keep: tuple[str, ...] = (), block=None) -> dict:
+        """Train stage `name` into OUT/name: its block (the trainer's config, `stages.NAME` unless given)
+        with the fields the pipeline fills in (`fields`, the policy's system prompt, output_dir)."""
         stage_dir = self.out / name
         block = getattr(self.cfg.stages, name) if block is None else block
         # every trainer builds its prompts as the policy's engine does, with its system prompt
         prompt = {"system_prompt": self.roles["policy"].system_prompt}
-        cfg = cls(**{**(block or {}), **prompt, **fields, "output_dir": str(stage_dir)})
+        given = block.model_dump(exclude_unset=True) if block is not None else {}
+        cfg = cls.model_validate({**given, **prompt, **fields, "output_dir": str(stage_dir)})
         done = stage_dir / "done.json"
         key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": self._input_hash(fields)})
         if not self.overwrite and done.exists() and json.loads(done.read_text()).get("key") == key:
@@ -334,9 +337,11 @@ class Pipeline:
     def ppo(self) -> dict:
         from rlaif.train.ppo import train_ppo
 
-        block = self.cfg.stages.ppo or {}
-        reward = block.get("reward", "rm")
-        constitution = block.get("constitution", self.cfg.constitution)
+        from rlaif.pipeline_config import ppo_reward
+
+        block = self.cfg.stages.ppo
+        reward = ppo_reward(block)
+        constitution = block.constitution or self.cfg.constitution
         if reward == "rm":
             reward = f"rm:{self.out / 'reward_model'}"
         prompts_path = self.out / "ppo_prompts.jsonl"
@@ -363,18 +368,17 @@ class Pipeline:
         from rlaif.train.grpo import GRPOConfig
         from rlaif.train.grpo_loop import train_grpo
 
-        block = dict(self.cfg.stages.grpo or {})
-        rewards = [dict(r) for r in block.get("rewards") or []]
-        for r in rewards:
-            if r.get("kind") == "model" and r.get("spec") == "rm":
-                r["spec"] = f"rm:{self.out / 'reward_model'}"
-        if rewards:
-            block["rewards"] = rewards
+        block = self.cfg.stages.grpo
+        if "rewards" in block.model_fields_set:  # a model reward with spec "rm" is this run's reward model
+            rm = f"rm:{self.out / 'reward_model'}"
+            block = block.model_copy(update={"rewards": [
+                r.model_copy(update={"spec": rm}) if r.kind == "model" and r.spec == "rm" else r
+                for r in block.rewards]})
         prompts_path = self.out / "grpo_prompts.jsonl"
         prompts = self.prompts()[: self.cfg.prompts.limit]
         write_jsonl_atomic(prompts_path, [{"prompt": p["prompt"]} for p in prompts])
         fields = {"prompts": str(prompts_path), "policy": self.start_policy(), "seed": self.cfg.seed,
-                  "constitution": block.pop("constitution", self.cfg.constitution)}
+                  "constitution": block.constitution or self.cfg.constitution}
         if not grpo_uses_judge(block):
             return self.train("grpo", GRPOConfig, fields, train_grpo, block=block)
         judge_role = self.roles["judge"]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlaif.config import EngineConfig, ExecutorConfig, Strict, load_config, validate
+from rlaif.config import EngineConfig, ExecutorConfig, Strict, engine_field_problem, load_config, validate
 from rlaif.errors import UserError
 from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
@@ -56,16 +56,19 @@ class RoundsConfig(Strict):
     eval: RoundsEval = RoundsEval()
 
 
-def trainer(rounds: RoundsConfig):
-    """(config class, train function, config block) of the rounds' trainer: `rounds.train` with the
-    loss (DPO / IPO) or the data shape (KTO on the pairs' sides) the recipe implies."""
+def trainer(rounds: RoundsConfig, source: str = "rounds"):
+    """(config class, train function, config block) of the rounds' trainer: `rounds.train` as the
+    trainer's config, with the loss (DPO / IPO) or the data shape (KTO on the pairs' sides) the
+    recipe implies; a bad field is one UserError naming `source`."""
     if rounds.trainer == "kto":
         from rlaif.train.kto import KTOConfig, train_kto
 
-        return KTOConfig, train_kto, {**rounds.train, "data_format": "pairs"}
-    from rlaif.train.dpo import DPOConfig, train_dpo
+        cls, fn, fixed = KTOConfig, train_kto, {"data_format": "pairs"}
+    else:
+        from rlaif.train.dpo import DPOConfig, train_dpo
 
-    return DPOConfig, train_dpo, {**rounds.train, "loss": "ipo" if rounds.trainer == "ipo" else "sigmoid"}
+        cls, fn, fixed = DPOConfig, train_dpo, {"loss": "ipo" if rounds.trainer == "ipo" else "sigmoid"}
+    return cls, fn, validate(cls, {**rounds.train, **fixed}, f"{source}: rounds.train")
 
 
 def check_rounds(cfg, source: str) -> None:
@@ -73,8 +76,7 @@ def check_rounds(cfg, source: str) -> None:
     from rlaif.prompts_io import read_prompts
 
     rounds = cfg.rounds
-    cls, _, block = trainer(rounds)
-    validate(cls, block, f"{source}: rounds.train")
+    trainer(rounds, source)
     pool = read_prompts(cfg.prompts.file)[: cfg.prompts.limit]
     need = rounds.prompts_per_round * (rounds.count if rounds.fresh_prompts else 1)
     if len(pool) < need:
@@ -107,8 +109,12 @@ class RateStage(RateConfig):
     the pipeline's."""
 
 
-class TrainStage(Strict):
-    """Fields the pipeline fills in (output_dir, prefs, policy/base) are left out here."""
+# A training stage's block is the trainer's own config (validated when the pipeline loads, a bad field
+# named as stages.NAME.FIELD). The fields the pipeline fills in itself are set here by the pipeline
+# (Pipeline.train): output_dir, the data (prefs, data, prompts), the start model (policy, base), seed and
+# the policy's system prompt; ppo's and grpo's judge (the judge role) and constitution (the run's, unless
+# the block names one), ppo's reward ("rm" or unset: this run's reward model).
+PIPELINE_FILLS = ("output_dir", "prefs", "data", "prompts", "policy", "base", "seed", "system_prompt")
 
 
 class EvaluateStage(Strict):
@@ -127,20 +133,20 @@ class RejectionSamplingStage(Strict):
     n: int = Field(4, ge=2)  # samples per prompt
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.8, gt=0)
-    sft: dict = {}  # SFTConfig fields for the fine-tuning on the kept samples
+    sft: SFTConfig = SFTConfig()  # the fine-tuning on the kept samples
 
 
 class Stages(Strict):
     responses: ResponsesConfig | None = None
     critique: CritiqueConfig | None = None
-    sft: dict | None = None  # SFTConfig fields: SL-CAI on critique/sl_cai.jsonl
+    sft: SFTConfig | None = None  # SL-CAI on critique/sl_cai.jsonl
     label: LabelStage | None = None
     rate: RateStage | None = None  # UltraFeedback-style ratings of the K samples per prompt
-    reward_model: dict | None = None  # RewardConfig fields
+    reward_model: RewardConfig | None = None
     rejection_sampling: RejectionSamplingStage | None = None  # best-of-K then SFT, before DPO/PPO
-    dpo: dict | None = None  # DPOConfig fields
-    ppo: dict | None = None  # PPOConfig fields; reward: "rm" (this run's RM) or "labeler:direct"
-    grpo: dict | None = None  # GRPOConfig fields; judge rewards use the judge role, model spec "rm" this run's RM
+    dpo: DPOConfig | None = None
+    ppo: PPOConfig | None = None  # reward: "rm" (this run's RM, the default) or "labeler:direct", or any reward spec
+    grpo: GRPOConfig | None = None  # judge rewards use the judge role; a model reward's spec "rm" is this run's RM
     evaluate: EvaluateStage | None = None
 
 
@@ -194,6 +200,14 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
 
     path = resolve_pipeline(path_or_name)
     cfg = load_config(PipelineConfig, path, overrides)
+    # an engine block that names its kind was checked as it loaded; one that does not runs on transformers
+    blocks = {role: getattr(cfg, role) for role in ("policy", "critic", "judge", "engine")}
+    if cfg.rounds is not None:
+        blocks["rounds.eval.independent_judge"] = cfg.rounds.eval.independent_judge
+    for where, block in blocks.items():
+        problem = block is not None and engine_field_problem(block)
+        if problem:
+            raise UserError(f"{path}: field {where}: {problem}")
     if constitution:
         cfg = cfg.model_copy(update={"constitution": constitution})
     if roles:
@@ -204,26 +218,15 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
         if "openai" not in kinds.values():
             raise UserError(f"{path}: executor.base_urls is a fleet of OpenAI-compatible servers, but no role runs "
                             f"on an openai engine ({', '.join(f'{r}: {k}' for r, k in kinds.items())})")
-    s = cfg.stages
-    # training blocks are checked now, not after an hour of labeling
-    for name, cls in (("sft", SFTConfig), ("reward_model", RewardConfig), ("dpo", DPOConfig), ("ppo", PPOConfig),
-                      ("grpo", GRPOConfig)):
-        block = getattr(s, name)
-        if block is not None:
-            from rlaif.config import validate
-
-            validate(cls, block, f"{path}: stages.{name}")
+    s = cfg.stages  # the training blocks are their trainers' configs: checked as the file loaded
     if s.rejection_sampling is not None:
-        from rlaif.config import validate
-
-        validate(SFTConfig, s.rejection_sampling.sft, f"{path}: stages.rejection_sampling.sft")
         if s.rejection_sampling.reward == "rm" and s.reward_model is None:
             raise UserError(f"{path}: stages.rejection_sampling.reward is 'rm' but the pipeline has no "
                             "stages.reward_model")
-    if s.ppo is not None and s.ppo.get("reward", "rm") == "rm" and s.reward_model is None:
+    if s.ppo is not None and ppo_reward(s.ppo) == "rm" and s.reward_model is None:
         raise UserError(f"{path}: stages.ppo.reward is 'rm' but the pipeline has no stages.reward_model")
     if s.grpo is not None and s.reward_model is None and any(
-            r.get("kind") == "model" and r.get("spec") == "rm" for r in s.grpo.get("rewards") or []):
+            r.kind == "model" and r.spec == "rm" for r in s.grpo.rewards):
         raise UserError(f"{path}: stages.grpo.rewards has a model reward with spec 'rm' but the pipeline has no "
                         "stages.reward_model")
     if s.rate is not None and (s.responses is None or s.responses.n < 2):
@@ -249,12 +252,16 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
 
 def uses_judge(cfg: PipelineConfig) -> bool:
     s = cfg.stages
-    return bool(cfg.rounds or s.label or s.rate or s.evaluate or (s.ppo and s.ppo.get("reward") == "labeler:direct")
+    return bool(cfg.rounds or s.label or s.rate or s.evaluate or (s.ppo and s.ppo.reward == "labeler:direct")
                 or (s.rejection_sampling and s.rejection_sampling.reward == "labeler:direct")
                 or (s.grpo is not None and grpo_uses_judge(s.grpo)))
 
 
-def grpo_uses_judge(block: dict) -> bool:
+def ppo_reward(block: PPOConfig) -> str:
+    """The ppo stage's reward: the block's, or "rm" (this run's reward model) when it names none."""
+    return block.reward or "rm"
+
+
+def grpo_uses_judge(block: GRPOConfig) -> bool:
     """Whether a grpo stage block has a judge reward (the default rewards are the judge's direct score)."""
-    rewards = block.get("rewards")
-    return rewards is None or any(r.get("kind") in ("judge_direct", "judge_pairwise") for r in rewards)
+    return any(r.kind in ("judge_direct", "judge_pairwise") for r in block.rewards)
