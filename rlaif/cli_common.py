@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
 
 
@@ -15,7 +16,7 @@ SPEC_HELP = ("embedded:NAME, a model folder, a hub id, vllm:ID, openai:NAME (wit
 
 
 def engine_args(p: argparse.ArgumentParser, role: str = "policy",
-                default_model: str | None = "embedded:smollm2-135m-instruct") -> None:
+                default_model: str | None = DEFAULT_MODEL) -> None:
     """Engine flags for a command that runs one role; `--ROLE SPEC` names its model (`--model`
     is the older spelling of the same flag)."""
     from rlaif.config import EngineConfig

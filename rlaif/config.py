@@ -18,6 +18,9 @@ from rlaif.errors import UserError
 
 EngineKind = Literal["transformers", "vllm", "openai", "gguf"]
 ENGINE_KINDS = ("transformers", "vllm", "openai", "gguf")
+# the model every role and trainer starts from unless told otherwise: SmolLM2-135M-Instruct, shipped in
+# a wheel (rlaif/backends/embedded.py)
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 
 class Strict(BaseModel):
@@ -56,7 +59,7 @@ class EngineConfig(Strict):
     dir, a hub id, or (openai) the server's model name."""
 
     kind: EngineKind = "transformers"
-    model: str = "embedded:smollm2-135m-instruct"  # gguf: the path of a .gguf file
+    model: str = DEFAULT_MODEL  # gguf: the path of a .gguf file
     # transformers / vllm
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"

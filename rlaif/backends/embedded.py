@@ -32,7 +32,6 @@ EMBEDDED = {
         "dequantised to float32 safetensors",
     ),
 }
-DEFAULT_EMBEDDED = "embedded:smollm2-135m-instruct"
 
 
 def cache_root() -> Path:
