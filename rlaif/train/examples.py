@@ -1,6 +1,6 @@
-"""The trainers' examples: preference pairs and prompts read from their records (TRL shapes,
-conversational or plain; records that must not be trained on are skipped and counted, and the
-trainers say so in one console line), and token lists padded into a batch."""
+"""The trainers' examples: preference pairs, prompt–completion records and prompts read from their
+records (TRL shapes, conversational or plain; records that must not be trained on are skipped and
+counted, and the trainers say so in one console line), and token lists padded into a batch."""
 
 from __future__ import annotations
 
@@ -96,6 +96,33 @@ def parse_pair(rec: dict, where: str) -> Pair:
     return Pair(prompt, chosen, rejected, float(p), float(margin), True)
 
 
+@dataclass
+class PromptCompletion:
+    """One prompt and its completion (SFT's example; KTO's, with its label)."""
+
+    prompt: Messages | str
+    completion: Messages | str
+    conversational: bool = True
+
+
+def parse_prompt_completion(rec: dict, where: str, kind: str = "SFT") -> PromptCompletion:
+    """TRL prompt–completion shapes: plain strings, or `prompt` chat messages (a string is one user
+    turn) and `completion` assistant messages. Shared by SFT and KTO."""
+    for key in ("prompt", "completion"):
+        if key not in rec:
+            raise UserError(f"{where}: missing field {key!r}; expected a {kind} record with prompt and completion "
+                            "(strings, or chat messages and assistant messages)")
+    prompt, completion = rec["prompt"], rec["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return PromptCompletion(prompt, completion, False)
+    prompt = field_messages(prompt, "user", where, "prompt")
+    completion = field_messages(completion, "assistant", where, "completion")
+    if any(m["role"] != "assistant" for m in completion):
+        raise UnusablePair(where, "non_assistant_turn_in_completion",
+                           "field 'completion' holds a turn that is not the assistant's")
+    return PromptCompletion(prompt, completion, True)
+
+
 class Skipped(Counter):
     """Records of a file left out of training, counted by reason (a Counter, as the summaries write
     it), with the number of records read and the line of the first one left out."""
@@ -166,6 +193,13 @@ def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch
     return out
 
 
+def padded(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and their attention mask (1 on the real tokens)."""
+    ids = pad(seqs, value)
+    lengths = torch.tensor([len(s) for s in seqs])
+    return ids, (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+
+
 def pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
@@ -174,5 +208,5 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-__all__ = ["Messages", "Pair", "Skipped", "UnusablePair", "field_messages", "parse_pair", "read_pairs", "read_prompts", "read_usable", "pad",
-           "pad_id"]
+__all__ = ["Messages", "Pair", "PromptCompletion", "Skipped", "UnusablePair", "field_messages", "parse_pair",
+           "parse_prompt_completion", "read_pairs", "read_prompts", "read_usable", "pad", "padded", "pad_id"]

@@ -1,21 +1,17 @@
 """Loading the models a trainer works on and putting them in training shape: model specs resolved,
-tokenizers with a pad token, dtypes, dropout off, activation checkpointing, and the frozen reference
-placed and sharded like the policy."""
+tokenizers with a pad token, dtypes, the policy (dropout off, LoRA adapters when asked), activation
+checkpointing, and the frozen reference placed and sharded like the policy."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
-
 from pydantic import Field
 
 from rlaif.config import Strict
 from rlaif.errors import UserError
-
-if TYPE_CHECKING:
-    from rlaif.train.common import TrainConfig
+from rlaif.train.config import TrainConfig
 
 
 def disable_dropout(model):
@@ -54,8 +50,6 @@ def reference_model(accelerator, model, tokenizer, reference: str | None, policy
     if reference is None or resolve(reference) == resolve(policy):
         yield model
         return
-    from transformers import AutoModelForCausalLM
-
     path = resolve(reference)
     if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
         raise UserError(f"reference {reference}: its tokenizer differs from the policy's ({policy}); "
@@ -63,7 +57,7 @@ def reference_model(accelerator, model, tokenizer, reference: str | None, policy
     from rlaif.train.distributed import prepare_frozen
 
     # placed and sharded like the policy (FSDP2 / ZeRO-3 partitioned, never a whole copy per GPU)
-    ref = prepare_frozen(accelerator, disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))))
+    ref = prepare_frozen(accelerator, load_policy(path, dtype))
     try:
         yield ref
     finally:
@@ -110,11 +104,16 @@ def apply_lora(model, lora: LoraSettings):
                                             target_modules=lora.target_modules, task_type="CAUSAL_LM"))
 
 
-def load_policy(path: str, dtype: str):
-    """A causal LM to train, dropout off (reference log-probs, when taken, come from these weights)."""
+def load_policy(path: str, dtype: str, lora: LoraSettings | None = None, dropout: bool = False):
+    """A causal LM to train (or a frozen reference): dropout off (reference log-probs, when taken,
+    come from these weights) unless `dropout` keeps the model's own (SFT, which has no reference,
+    as TRL's SFT leaves it); LoRA adapters on it when `lora` is set."""
     from transformers import AutoModelForCausalLM
 
-    return disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    if not dropout:
+        disable_dropout(model)
+    return apply_lora(model, lora) if lora else model
 
 
 __all__ = ["disable_dropout", "start_training", "reference_model", "torch_dtype", "resolve", "load_tokenizer",

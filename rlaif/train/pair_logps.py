@@ -1,8 +1,8 @@
-"""What the policy trainers on preference pairs (DPO and its reference-free losses, ORPO) read from
-one forward over a pair: chosen and rejected tokenised on the same prompt tokens, right-padded into
-one batch [chosen…, rejected…] with completion masks, and per sequence the completion's summed
-log-probability log π(y|x) = Σ_t log π(y_t | x, y_<t), its token count |y| and the per-token
-log-probs for an SFT term.
+"""What the policy trainers on preference pairs (DPO and its reference-free losses, ORPO) share: a
+preference file read and batched (chosen and rejected tokenised on the same prompt tokens,
+right-padded into one batch [chosen…, rejected…] with completion masks), and what one forward over
+a pair gives: per sequence the completion's summed log-probability
+log π(y|x) = Σ_t log π(y_t | x, y_<t), its token count |y| and the per-token log-probs for an SFT term.
 
 The SFT term the reference-free losses carry (CPO's α·NLL, ORPO's L_SFT) is, on hard labels, the
 token mean of −log π over the chosen completions of the batch, as TRL computes it. With a soft label
@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
-from rlaif.train.common import Pair, encode, pad, pad_id, token_logps
+from rlaif.train.encoding import encode
+from rlaif.train.examples import Pair, pad, pad_id, padded, read_pairs
+from rlaif.train.maths import token_logps
 
 
 class CompletionPairs:
@@ -40,13 +42,21 @@ class CompletionPairs:
         items = [self.items[i] for i in idx]
         seqs = [x[0] for x in items] + [x[2] for x in items]
         masks = [x[1] for x in items] + [x[3] for x in items]
-        ids = pad(seqs, self.pad)
-        lengths = torch.tensor([len(s) for s in seqs])
-        return {"input_ids": ids,
-                "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
+        ids, attention_mask = padded(seqs, self.pad)
+        return {"input_ids": ids, "attention_mask": attention_mask,
                 "completion_mask": pad(masks, 0),
                 "p": torch.tensor([x[4] for x in items], dtype=torch.float32),
                 "idx": torch.tensor(idx, dtype=torch.long)}
+
+
+def completion_pairs(run, path: str, what: str = "") -> tuple[list[Pair], CompletionPairs]:
+    """A preference file's usable pairs and their batches, with the run's config (`rlaif.train.trainer.Run`);
+    the records it left out go to the summary (`skipped_pairs`, or `eval_skipped_pairs` for what="eval")."""
+    cfg = run.cfg
+    pairs, skipped = read_pairs(path)
+    run.left_out(skipped, f"{what}_skipped_pairs" if what else "skipped_pairs", what)
+    return pairs, CompletionPairs(run.tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
+                                  cfg.system_prompt)
 
 
 @dataclass
@@ -96,4 +106,4 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-__all__ = ["CompletionPairs", "PairLogps", "pair_logps", "soft_nll", "log1mexp"]
+__all__ = ["CompletionPairs", "completion_pairs", "PairLogps", "pair_logps", "soft_nll", "log1mexp"]

@@ -9,12 +9,11 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    from rlaif.train.common import TrainConfig
+from rlaif.train.config import TrainConfig
 
 
 def peak_memory_mb() -> dict:
@@ -59,6 +58,11 @@ def gather_mean(accelerator, value: torch.Tensor) -> float:
     return accelerator.gather(v).mean().item()
 
 
+def gather_sum(accelerator, value: torch.Tensor) -> float:
+    """Sum over processes of a per-process scalar (token counts, sums to divide later)."""
+    return accelerator.gather(value.detach().float().reshape(1)).sum().item()
+
+
 def directed_share(texts: Sequence[str], device) -> torch.Tensor:
     """The reward-hacking canary of an RL step: the share of sampled replies that carry text
     addressed to a judge (option markers, score claims, orders to the judge, the template's fences;
@@ -100,4 +104,5 @@ def finish_run(out: Path, stage: str, cfg: TrainConfig, result: dict, log: Train
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-__all__ = ["TrainLog", "peak_memory_mb", "gather_mean", "summary", "write_json", "finish_run"]
+__all__ = ["TrainLog", "peak_memory_mb", "gather_mean", "gather_sum", "directed_share", "summary", "write_json",
+           "finish_run"]
