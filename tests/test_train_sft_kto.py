@@ -17,12 +17,13 @@ from conftest_train import (accelerate_launch, one_thread, tiny_dir, tiny_llama,
                             write_jsonl)
 
 from rlaif.errors import UserError  # noqa: E402
-from rlaif.train.common import UnusablePair, encode, pad, sequence_logps  # noqa: E402
+from rlaif.train.encoding import encode  # noqa: E402
+from rlaif.train.examples import UnusablePair, pad, parse_prompt_completion  # noqa: E402
 from rlaif.train.kto import (KTOBatches, KTOConfig, Unpaired, completion_logps, kl_pairs,  # noqa: E402
                              kl_reference_point, kto_loss, read_kto, train_kto, unpaired_from_pair,
                              unpaired_from_score)
-from rlaif.train.sft import (SFTBatches, SFTConfig, completion_nll, parse_prompt_completion, read_sft,  # noqa: E402
-                             sft_loss, train_sft)
+from rlaif.train.maths import sequence_logps  # noqa: E402
+from rlaif.train.sft import SFTBatches, SFTConfig, completion_nll, read_sft, sft_loss, train_sft  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent

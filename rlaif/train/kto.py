@@ -40,29 +40,30 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
-from rlaif.train.common import (Messages, PairTrainConfig, Skipped, TrainLog, UnusablePair, disable_dropout, encode,
-                                example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
-                                make_optimizer, pad, pad_id, parse_pair, render_completion, resolve,
-                                reference_model, seed_everything, sequence_logps, start_training, summary)
-from rlaif.train.distributed import save_model
-from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
-from rlaif.train.sft import gather_sum, load_policy, parse_prompt_completion
+from rlaif.train.config import PairTrainConfig
+from rlaif.train.encoding import encode, render_completion
+from rlaif.train.examples import (Messages, Skipped, UnusablePair, pad, pad_id, padded, parse_pair,
+                                  parse_prompt_completion)
+from rlaif.train.maths import sequence_logps
+from rlaif.train.models import LoraSettings, load_policy, reference_model, start_training
+from rlaif.train.run_log import gather_mean, gather_sum
+from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class KTOConfig(PairTrainConfig):
-    policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
+    policy: str = DEFAULT_MODEL  # starting policy and reference: embedded:NAME, local dir, hub id
     reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
     data: str | None = None  # JSONL: unpaired (label), scored (score) or preference pairs
     data_format: Literal["auto", "unpaired", "scores", "pairs"] = "auto"
@@ -80,6 +81,11 @@ class KTOConfig(PairTrainConfig):
             raise ValueError("batch_size must be at least 2: z_ref pairs each prompt with another example's "
                              "completion of its batch")
         return self
+
+
+# the logged curves whose first and last values the summary gives, and those train_curves.png draws
+CURVES = ("loss", "kl", "margin", "rewards_desirable", "rewards_undesirable", "eval_loss", "eval_margin")
+PLOTTED = ("loss", "kl", "margin", "eval_margin")
 
 
 # ---------------------------------------------------------------- records
@@ -253,10 +259,8 @@ class KTOBatches:
             c = self.completions[b][:self.max_length - len(p)]
             seqs.append(p + c)
             masks.append([0] * len(p) + [1] * len(c))
-        ids = pad(seqs, self.pad)
-        lengths = torch.tensor([len(s) for s in seqs])
-        return {"input_ids": ids, "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
-                "completion_mask": pad(masks, 0)}
+        ids, attention_mask = padded(seqs, self.pad)
+        return {"input_ids": ids, "attention_mask": attention_mask, "completion_mask": pad(masks, 0)}
 
     def __call__(self, kl: list[tuple[int, int]]) -> dict:
         """A training batch from its KL pairs (`kl_pairs` of the global batch; a process collates its
@@ -312,120 +316,76 @@ def evaluate(accelerator, model, batches: KTOBatches, ref: torch.Tensor, ref_kl:
 # ---------------------------------------------------------------- training
 
 
+def kto_row(accelerator, micro: list[dict], step: int) -> dict:
+    """A step's log row: the loss averaged over its micro-batches and the processes; z_ref (already
+    the global batch's); the rewards by label from sums and counts gathered over all of them."""
+    sums = {k: gather_sum(accelerator, torch.stack([m[k] for m in micro]).sum())
+            for k in micro[0] if k.startswith(("reward_sum", "n_"))}
+    return {"loss": gather_mean(accelerator, torch.stack([m["loss"] for m in micro]).mean()),
+            "kl": torch.stack([m["kl"] for m in micro]).mean().item(), **reward_means(sums)}
+
+
 def train_kto(cfg: KTOConfig) -> dict:
     if not cfg.data:
         raise UserError("kto: no data; set `data` (unpaired, scored or preference JSONL)")
-    accelerator = make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
+    run = Run.start(cfg, "kto", cfg.policy)
+    accelerator = run.accelerator
     read = dict(data_format=cfg.data_format, threshold=cfg.score_threshold, margin=cfg.pair_margin)
     examples, skipped, fmt = read_kto(cfg.data, **read)
-    eval_examples, eval_skipped, _ = read_kto(cfg.eval_file, **read) if cfg.eval_file else (None, Counter(), None)
-    skipped.announce("kto", accelerator.is_main_process)
+    eval_examples = None
     if cfg.eval_file:
-        eval_skipped.announce("kto (eval)", accelerator.is_main_process)
-    model = disable_dropout(load_policy(path, cfg.dtype))
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-    start_training(model, cfg)
+        eval_examples, eval_skipped, _ = read_kto(cfg.eval_file, **read)
+    run.left_out(skipped, "skipped_records")
+    if cfg.eval_file:
+        run.left_out(eval_skipped, "eval_skipped_records", "eval")
+    model = start_training(load_policy(run.path, cfg.dtype, cfg.lora), cfg)
 
     steps, order = example_stream(cfg, len(examples))
     # the KL pairs are formed over each global batch here: each process then collates its share
     keys = prompt_keys(examples)
     stream = [p for s in range(0, len(order), cfg.batch_size) for p in kl_pairs(order[s:s + cfg.batch_size], keys)]
-    collate = KTOBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
-    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(model, cfg, steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    batches = partial(KTOBatches, run.tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                      system_prompt=cfg.system_prompt)
+    collate = batches(examples)
+    model, optimizer, loader, scheduler = run.prepare(model, stream, collate, steps)
 
     # reference log-probs, before any update: each example, and each mismatched pair of the training order
     train_kl = sorted(set(stream))
-    eval_state = None
-    with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
-        ref = logps_table(accelerator, ref_model, collate, [(i, i) for i in range(len(examples))], cfg.eval_batch_size)
-        ref_kl = dict(zip(train_kl, logps_table(accelerator, ref_model, collate, train_kl,
-                                                cfg.eval_batch_size).tolist()))
+    evals = {}
+    with reference_model(accelerator, model, run.tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+        table = partial(logps_table, accelerator, ref_model, batch_size=cfg.eval_batch_size)
+        ref = table(collate, [(i, i) for i in range(len(examples))])
+        ref_kl = dict(zip(train_kl, table(collate, train_kl).tolist()))
         if eval_examples:
-            eval_batches = KTOBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
+            eval_batches = batches(eval_examples)
             n = len(eval_examples)
-            eval_state = (eval_batches,
-                          logps_table(accelerator, ref_model, eval_batches, [(i, i) for i in range(n)],
-                                      cfg.eval_batch_size),
-                          logps_table(accelerator, ref_model, eval_batches, eval_batches.kl_pairs(range(n)),
-                                      cfg.eval_batch_size))
+            evals["eval"] = partial(evaluate, accelerator, model, eval_batches,
+                                    table(eval_batches, [(i, i) for i in range(n)]),
+                                    table(eval_batches, eval_batches.kl_pairs(range(n))), cfg)
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc="kto", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    weights = (cfg.desirable_weight, cfg.undesirable_weight)
-    started = time.time()
-    step, micro = 0, []
-    for batch in loader:
-        with accelerator.accumulate(model):
-            with torch.no_grad():
-                kl_logps = completion_logps(model, batch, "KL_")
-            logps = completion_logps(model, batch)
-            idx, kl_completion = batch["idx"].tolist(), batch["kl_completion"].tolist()
-            ref_b = ref[idx].to(logps.device)
-            ref_kl_b = torch.tensor([ref_kl[p] for p in zip(idx, kl_completion)], device=logps.device)
-            z = kl_reference_point(kl_logps, ref_kl_b, accelerator)
-            losses, rewards = kto_loss(logps, ref_b, batch["label"], z, cfg.beta, *weights)
-            accelerator.backward(losses.mean())
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro.append(kto_metrics(losses, rewards, batch["label"], z))
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        bar.update(1)
-        row = None
-        if step % cfg.log_every == 0 or step == steps:
-            sums = {k: gather_sum(accelerator, torch.stack([m[k] for m in micro]).sum())
-                    for k in micro[0] if k.startswith(("reward_sum", "n_"))}
-            row = {"step": step, "loss": gather_mean(accelerator, torch.stack([m["loss"] for m in micro]).mean()),
-                   "kl": torch.stack([m["kl"] for m in micro]).mean().item(), **reward_means(sums),
-                   "lr": scheduler.get_last_lr()[0]}
-        micro = []
-        if eval_state and (step % cfg.eval_every == 0 or step == steps):
-            row = row or {"step": step}
-            row.update({f"eval_{k}": v for k, v in evaluate(accelerator, model, *eval_state, cfg).items()})
-        if row is not None:
-            log.log(row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
+    def loss(batch, _):
+        with torch.no_grad():
+            kl_logps = completion_logps(model, batch, "KL_")
+        logps = completion_logps(model, batch)
+        idx, kl_completion = batch["idx"].tolist(), batch["kl_completion"].tolist()
+        ref_b = ref[idx].to(logps.device)
+        ref_kl_b = torch.tensor([ref_kl[p] for p in zip(idx, kl_completion)], device=logps.device)
+        z = kl_reference_point(kl_logps, ref_kl_b, accelerator)
+        losses, rewards = kto_loss(logps, ref_b, batch["label"], z, cfg.beta, cfg.desirable_weight,
+                                   cfg.undesirable_weight)
+        return losses.mean(), kto_metrics(losses, rewards, batch["label"], z)
 
+    step = run.optimise(model, optimizer, scheduler, loader, steps, loss, evals, partial(kto_row, accelerator))
     n_d = int(collate.desirable.sum())
     n_u = len(examples) - n_d
-    result = summary(log, step, seconds, ["loss", "kl", "margin", "rewards_desirable", "rewards_undesirable",
-                                          "eval_loss", "eval_margin"])
-    result.update({"train_examples": len(examples), "desirable": n_d, "undesirable": n_u, "data_format": fmt,
-                   "weighted_balance": round(cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u), 4)
-                   if n_u else None,
-                   "skipped_records": dict(skipped), "processes": accelerator.num_processes,
-                   "mixed_precision": accelerator.mixed_precision})
-    if eval_examples:
-        result["eval_skipped_records"] = dict(eval_skipped)
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
-    if accelerator.is_main_process:
-        finish_run(out, "kto", cfg, result, log, ["loss", "kl", "margin", "eval_margin"])
-    accelerator.wait_for_everyone()
-    return result
+    result = {"train_examples": len(examples), "desirable": n_d, "undesirable": n_u, "data_format": fmt,
+              "weighted_balance": round(cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u), 4)
+              if n_u else None}
+    return run.finish(model, step, result, CURVES, PLOTTED, lora=bool(cfg.lora))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.kto CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(KTOConfig, train_kto, argv, "kto")
+# `python -m rlaif.train.kto CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, KTOConfig, train_kto, "kto")
 
 
 if __name__ == "__main__":

@@ -22,58 +22,36 @@ Run: `accelerate launch -m rlaif.train.sft CONFIG.yaml` (or `python -m rlaif.tra
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
-from rlaif.train.common import (Messages, PairTrainConfig, TrainLog, UnusablePair, field_messages, encode,
-                                example_stream, finish_run, load_tokenizer, make_accelerator, make_optimizer,
-                                pad, pad_id, resolve, seed_everything, start_training, summary, torch_dtype)
-from rlaif.train.distributed import save_model
-from rlaif.train.dpo import DEFAULT_POLICY, LoraSettings, apply_lora
-from rlaif.train.examples import read_usable
+from rlaif.train.config import PairTrainConfig
+from rlaif.train.encoding import encode
+from rlaif.train.examples import PromptCompletion, pad, pad_id, padded, parse_prompt_completion, read_usable
+from rlaif.train.models import LoraSettings, load_policy, start_training
+from rlaif.train.run_log import gather_sum
+from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class SFTConfig(PairTrainConfig):
-    policy: str = DEFAULT_POLICY  # starting policy: embedded:NAME, local dir, hub id
+    policy: str = DEFAULT_MODEL  # starting policy: embedded:NAME, local dir, hub id
     data: str | None = None  # prompt/completion JSONL (e.g. critique/sl_cai.jsonl)
     learning_rate: float = Field(2e-5, gt=0)  # TRL's SFT default
     lora: LoraSettings | None = None
 
 
+# the logged curves: the summary gives their first and last values, train_curves.png draws them
+CURVES = ("loss", "eval_loss")
+
+
 # ---------------------------------------------------------------- records
-
-
-@dataclass
-class PromptCompletion:
-    prompt: Messages | str
-    completion: Messages | str
-    conversational: bool = True
-
-
-def parse_prompt_completion(rec: dict, where: str, kind: str = "SFT") -> PromptCompletion:
-    """TRL prompt–completion shapes: plain strings, or `prompt` chat messages (a string is one user
-    turn) and `completion` assistant messages. Shared by SFT and KTO."""
-    for key in ("prompt", "completion"):
-        if key not in rec:
-            raise UserError(f"{where}: missing field {key!r}; expected a {kind} record with prompt and completion "
-                            "(strings, or chat messages and assistant messages)")
-    prompt, completion = rec["prompt"], rec["completion"]
-    if isinstance(prompt, str) and isinstance(completion, str):
-        return PromptCompletion(prompt, completion, False)
-    prompt = field_messages(prompt, "user", where, "prompt")
-    completion = field_messages(completion, "assistant", where, "completion")
-    if any(m["role"] != "assistant" for m in completion):
-        raise UnusablePair(where, "non_assistant_turn_in_completion",
-                           "field 'completion' holds a turn that is not the assistant's")
-    return PromptCompletion(prompt, completion, True)
 
 
 def read_sft(path: str | Path) -> tuple[list[PromptCompletion], Counter]:
@@ -118,11 +96,8 @@ class SFTBatches:
         self.targets = [sum(mask[1:]) for _, mask in self.items]
 
     def __call__(self, idx: list[int]) -> dict:
-        seqs = [self.items[i][0] for i in idx]
-        ids = pad(seqs, self.pad)
-        lengths = torch.tensor([len(s) for s in seqs])
-        return {"input_ids": ids,
-                "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
+        ids, attention_mask = padded([self.items[i][0] for i in idx], self.pad)
+        return {"input_ids": ids, "attention_mask": attention_mask,
                 "completion_mask": pad([self.items[i][1] for i in idx], 0),
                 "idx": torch.tensor(idx, dtype=torch.long)}
 
@@ -130,10 +105,6 @@ class SFTBatches:
 def batch_nll(model, batch: dict):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return completion_nll(logits, batch["input_ids"], batch["completion_mask"])
-
-
-def gather_sum(accelerator, value: torch.Tensor) -> float:
-    return accelerator.gather(value.detach().float().reshape(1)).sum().item()
 
 
 @torch.no_grad()
@@ -152,12 +123,6 @@ def evaluate(accelerator, model, loader) -> dict:
 # ---------------------------------------------------------------- training
 
 
-def load_policy(path: str, dtype: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-
-
 def step_token_counts(targets: Sequence[int], order: Sequence[int], per_step: int) -> list[int]:
     """Completion tokens of each optimizer step: the loss's denominator (TRL's `num_items_in_batch`)."""
     return [sum(targets[i] for i in order[s:s + per_step]) for s in range(0, len(order), per_step)]
@@ -166,90 +131,46 @@ def step_token_counts(targets: Sequence[int], order: Sequence[int], per_step: in
 def train_sft(cfg: SFTConfig) -> dict:
     if not cfg.data:
         raise UserError("sft: no data; set `data` (a prompt/completion JSONL such as critique/sl_cai.jsonl)")
-    accelerator = make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
+    run = Run.start(cfg, "sft", cfg.policy)
     examples, skipped = read_sft(cfg.data)
-    eval_examples, eval_skipped = read_sft(cfg.eval_file) if cfg.eval_file else (None, Counter())
-    skipped.announce("sft", accelerator.is_main_process)
+    eval_examples = None
     if cfg.eval_file:
-        eval_skipped.announce("sft (eval)", accelerator.is_main_process)
-    model = load_policy(path, cfg.dtype)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-    start_training(model, cfg)
+        eval_examples, eval_skipped = read_sft(cfg.eval_file)
+    run.left_out(skipped, "skipped_records")
+    if cfg.eval_file:
+        run.left_out(eval_skipped, "eval_skipped_records", "eval")
+    model = start_training(load_policy(run.path, cfg.dtype, cfg.lora, dropout=True), cfg)
 
-    per_step = cfg.batch_size * cfg.grad_accum
     steps, order = example_stream(cfg, len(examples))
-    collate = SFTBatches(tokenizer, examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
-    step_tokens = step_token_counts(collate.targets, order, per_step)
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(model, cfg, steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    eval_loader = None
+    batches = partial(SFTBatches, run.tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                      system_prompt=cfg.system_prompt)
+    collate = batches(examples)
+    step_tokens = step_token_counts(collate.targets, order, cfg.batch_size * cfg.grad_accum)
+    model, optimizer, loader, scheduler = run.prepare(model, order, collate, steps)
+    evals = {}
     if eval_examples:
-        eval_collate = SFTBatches(tokenizer, eval_examples, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt)
-        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            list(range(len(eval_examples))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
+        evals["eval"] = partial(evaluate, run.accelerator, model, run.eval_loader(len(eval_examples),
+                                                                                 batches(eval_examples)))
 
     # backward() divides by grad_accum and DDP averages over processes: scale both back, so the
     # gradient is that of Σ NLL / (completion tokens of the whole step)
-    scale = cfg.grad_accum * accelerator.num_processes
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc="sft", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started = time.time()
-    step, step_nll = 0, 0.0
-    for batch in loader:
-        with accelerator.accumulate(model):
-            nll = batch_nll(model, batch)[0].sum()
-            accelerator.backward(nll * scale / max(step_tokens[step], 1))
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        step_nll = step_nll + nll.detach().float()
-        if not accelerator.sync_gradients:
-            continue
-        row = None
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            row = {"step": step + 1, "loss": gather_sum(accelerator, step_nll) / max(step_tokens[step], 1),
-                   "tokens": step_tokens[step], "lr": scheduler.get_last_lr()[0]}
-        step, step_nll = step + 1, 0.0
-        bar.update(1)
-        if eval_loader is not None and (step % cfg.eval_every == 0 or step == steps):
-            row = row or {"step": step}
-            row.update({f"eval_{k}": v for k, v in evaluate(accelerator, model, eval_loader).items()})
-        if row is not None:
-            log.log(row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
+    scale = cfg.grad_accum * run.accelerator.num_processes
 
-    result = summary(log, step, seconds, ["loss", "eval_loss"])
-    result.update({"train_examples": len(examples), "skipped_records": dict(skipped),
-                   "completion_tokens": sum(collate.targets), "processes": accelerator.num_processes,
-                   "mixed_precision": accelerator.mixed_precision})
-    if eval_examples:
-        result["eval_skipped_records"] = dict(eval_skipped)
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
-    if accelerator.is_main_process:
-        finish_run(out, "sft", cfg, result, log, ["loss", "eval_loss"])
-    accelerator.wait_for_everyone()
-    return result
+    def loss(batch, step):
+        nll = batch_nll(model, batch)[0].sum()
+        return nll * scale / max(step_tokens[step], 1), {"nll": nll.detach().float()}
+
+    def row(micro, step):
+        tokens = step_tokens[step - 1]
+        return {"loss": gather_sum(run.accelerator, sum(m["nll"] for m in micro)) / max(tokens, 1), "tokens": tokens}
+
+    step = run.optimise(model, optimizer, scheduler, loader, steps, loss, evals, row)
+    result = {"train_examples": len(examples), "completion_tokens": sum(collate.targets)}
+    return run.finish(model, step, result, CURVES, CURVES, lora=bool(cfg.lora))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.sft CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(SFTConfig, train_sft, argv, "sft")
+# `python -m rlaif.train.sft CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, SFTConfig, train_sft, "sft")
 
 
 if __name__ == "__main__":
