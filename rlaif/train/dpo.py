@@ -51,29 +51,26 @@ Run: `rlaif dpo --prefs FILE --policy SPEC --out DIR`, or `accelerate launch -m 
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
-from typing import Literal, Sequence
+from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
-from rlaif.train.common import (PairTrainConfig, TrainLog, example_stream, finish_run, gather_mean, load_tokenizer,
-                                make_accelerator, make_optimizer, read_pairs, resolve, seed_everything,
-                                sequence_logps, summary, reference_model, start_training)
-from rlaif.train.distributed import save_model
-from rlaif.train.models import LoraSettings, apply_lora, load_policy  # noqa: F401 (kto and sft import them here)
-from rlaif.train.pair_logps import CompletionPairs, pair_logps, soft_nll
+from rlaif.train.config import PairTrainConfig
+from rlaif.train.maths import pair_accuracy, sequence_logps
+from rlaif.train.models import LoraSettings, load_policy, reference_model, start_training
+from rlaif.train.pair_logps import CompletionPairs, completion_pairs, pair_logps, soft_nll
+from rlaif.train.trainer import Run, example_stream, run_main
 
-DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 REFERENCE_FREE = ("simpo", "cpo")
 
 
 class DPOConfig(PairTrainConfig):
-    policy: str = DEFAULT_POLICY  # starting policy and reference: embedded:NAME, local dir, hub id
+    policy: str = DEFAULT_MODEL  # starting policy and reference: embedded:NAME, local dir, hub id
     reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
     prefs: str | None = None  # preference JSONL
     loss: Literal["sigmoid", "ipo", "simpo", "cpo"] = "sigmoid"
@@ -90,6 +87,12 @@ class DPOConfig(PairTrainConfig):
             raise ValueError(f"reference: loss {self.loss!r} is reference-free; leave `reference` unset "
                              "(--reference) or use loss sigmoid / ipo")
         return self
+
+
+# the logged curves whose first and last values the summary gives, and those train_curves.png draws
+CURVES = ("loss", "margin", "accuracy", "rewards_chosen", "rewards_rejected", "eval_loss", "eval_margin",
+          "eval_accuracy")
+PLOTTED = ("loss", "margin", "accuracy", "eval_margin")
 
 
 # ---------------------------------------------------------------- the loss
@@ -158,8 +161,7 @@ def reference_logps(accelerator, model, collate: DPOBatches, n: int, batch_size:
 
 
 def batch_metrics(losses, chosen_rewards, rejected_rewards, p) -> dict[str, torch.Tensor]:
-    from rlaif.train.reward_model import pair_accuracy  # same definition as the RM's: ties count 0.5
-
+    """Means over a batch; accuracy as the reward model's (ties count 0.5)."""
     return {"loss": losses.mean(), "rewards_chosen": chosen_rewards.mean(),
             "rewards_rejected": rejected_rewards.mean(),
             "margin": (chosen_rewards - rejected_rewards).mean(),
@@ -202,97 +204,39 @@ def evaluate(accelerator, model, loader, ref: torch.Tensor | None, cfg: DPOConfi
 def train_dpo(cfg: DPOConfig) -> dict:
     if not cfg.prefs:
         raise UserError("dpo: no preferences; set `prefs` (--prefs FILE)")
-    accelerator = make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
-    pairs, skipped = read_pairs(cfg.prefs)
-    skipped.announce("dpo", accelerator.is_main_process)
-    model = load_policy(path, cfg.dtype)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-    start_training(model, cfg)
+    run = Run.start(cfg, "dpo", cfg.policy)
+    pairs, collate = completion_pairs(run, cfg.prefs)
+    model = start_training(load_policy(run.path, cfg.dtype, cfg.lora), cfg)
     average = cfg.loss == "ipo"
 
     steps, order = example_stream(cfg, len(pairs))
-    collate = DPOBatches(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length, cfg.system_prompt)
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(model, cfg, steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    eval_state, ref, eval_ref = None, None, None
+    model, optimizer, loader, scheduler = run.prepare(model, order, collate, steps)
     if cfg.eval_file:
-        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
-        eval_skipped.announce("dpo (eval)", accelerator.is_main_process)
-        eval_collate = DPOBatches(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
-                                  cfg.system_prompt)
+        eval_pairs, eval_collate = completion_pairs(run, cfg.eval_file, "eval")
+    ref, eval_ref = None, None
     if cfg.loss not in REFERENCE_FREE:  # the reference pass; SimPO and CPO have none
-        with reference_model(accelerator, model, tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
-            ref = reference_logps(accelerator, ref_model, collate, len(pairs), cfg.eval_batch_size, average)
+        with reference_model(run.accelerator, model, run.tokenizer, cfg.reference, cfg.policy, cfg.dtype) as ref_model:
+            table = partial(reference_logps, run.accelerator, ref_model, batch_size=cfg.eval_batch_size,
+                            average=average)
+            ref = table(collate, len(pairs))
             if cfg.eval_file:
-                eval_ref = reference_logps(accelerator, ref_model, eval_collate, len(eval_pairs),
-                                           cfg.eval_batch_size, average)
+                eval_ref = table(eval_collate, len(eval_pairs))
+    evals = {}
     if cfg.eval_file:
-        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size, collate_fn=eval_collate))
-        eval_state = (eval_loader, eval_ref)
+        evals["eval"] = partial(evaluate, run.accelerator, model, run.eval_loader(len(eval_pairs), eval_collate),
+                                eval_ref, cfg)
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc=f"dpo ({cfg.loss})", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started = time.time()
-    step, micro = 0, []
-    for batch in loader:
-        with accelerator.accumulate(model):
-            loss, losses, cr, rr, p = batch_loss(model, batch, ref, cfg)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro.append({**batch_metrics(losses.detach(), cr, rr, p), "loss": loss.detach()})
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        bar.update(1)
-        row = None
-        if step % cfg.log_every == 0 or step == steps:
-            row = {"step": step, **{k: gather_mean(accelerator, torch.stack([m[k] for m in micro]).mean())
-                                    for k in micro[0]}, "lr": scheduler.get_last_lr()[0]}
-        micro = []
-        if eval_state and (step % cfg.eval_every == 0 or step == steps):
-            row = row or {"step": step}
-            row.update({f"eval_{k}": v for k, v in evaluate(accelerator, model, *eval_state, cfg).items()})
-        if row is not None:
-            log.log(row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
+    def loss(batch, _):
+        loss, losses, cr, rr, p = batch_loss(model, batch, ref, cfg)
+        return loss, {**batch_metrics(losses.detach(), cr, rr, p), "loss": loss.detach()}
 
-    result = summary(log, step, seconds, ["loss", "margin", "accuracy", "rewards_chosen",
-                                          "rewards_rejected", "eval_loss", "eval_margin", "eval_accuracy"])
-    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped),
-                   "processes": accelerator.num_processes,
-                   "mixed_precision": accelerator.mixed_precision, "loss_type": cfg.loss})
-    if eval_state:
-        result["eval_skipped_pairs"] = dict(eval_skipped)
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
-    if accelerator.is_main_process:
-        finish_run(out, "dpo", cfg, result, log, ["loss", "margin", "accuracy", "eval_margin"])
-    accelerator.wait_for_everyone()
-    return result
+    step = run.optimise(model, optimizer, scheduler, loader, steps, loss, evals, desc=f"dpo ({cfg.loss})")
+    return run.finish(model, step, {"train_pairs": len(pairs), "loss_type": cfg.loss}, CURVES, PLOTTED,
+                      lora=bool(cfg.lora))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.dpo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(DPOConfig, train_dpo, argv, "dpo")
+# `python -m rlaif.train.dpo CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, DPOConfig, train_dpo, "dpo")
 
 
 if __name__ == "__main__":

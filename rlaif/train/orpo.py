@@ -33,34 +33,37 @@ Run: `rlaif orpo --prefs FILE --policy SPEC --out DIR`, or `accelerate launch -m
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from tqdm.auto import tqdm
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
-from rlaif.train.common import (PairTrainConfig, TrainLog, example_stream, finish_run, gather_mean, load_tokenizer,
-                                make_accelerator, make_optimizer, read_pairs, resolve, seed_everything, start_training,
-                                summary)
-from rlaif.train.distributed import save_model
-from rlaif.train.models import LoraSettings, apply_lora, load_policy
-from rlaif.train.pair_logps import CompletionPairs, log1mexp, pair_logps, soft_nll
-
-DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
+from rlaif.train.config import PairTrainConfig
+from rlaif.train.maths import pair_accuracy
+from rlaif.train.models import LoraSettings, load_policy, start_training
+from rlaif.train.pair_logps import completion_pairs, log1mexp, pair_logps, soft_nll
+from rlaif.train.run_log import gather_mean
+from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class ORPOConfig(PairTrainConfig):
-    policy: str = DEFAULT_POLICY  # starting policy: embedded:NAME, local dir, hub id
+    policy: str = DEFAULT_MODEL  # starting policy: embedded:NAME, local dir, hub id
     prefs: str | None = None  # preference JSONL
     beta: float = Field(0.1, gt=0)  # λ, the weight of the odds-ratio term (TRL's `beta`)
     sft_on: Literal["completion", "all"] = "completion"  # the SFT term's tokens: the reply, or prompt and reply (TRL)
     soft_labels: bool = True  # targets from p_chosen; False: every pair counts as p = 1
     learning_rate: float = Field(5e-6, gt=0)
     lora: LoraSettings | None = None
+
+
+# the logged curves whose first and last values the summary gives, and those train_curves.png draws
+CURVES = ("loss", "nll", "or_loss", "log_odds_ratio", "margin", "accuracy", "eval_loss", "eval_margin",
+          "eval_accuracy")
+PLOTTED = ("loss", "nll", "log_odds_ratio", "accuracy")
 
 
 # ---------------------------------------------------------------- the loss
@@ -75,9 +78,8 @@ def orpo_loss(mean_chosen: torch.Tensor, mean_rejected: torch.Tensor, p: torch.T
 
 
 def batch_loss(model, batch: dict, cfg: ORPOConfig):
-    """-> (L = NLL_p + λ·mean odds-ratio term, metrics of the batch)."""
-    from rlaif.train.reward_model import pair_accuracy  # the RM's definition: ties count 0.5
-
+    """-> (L = NLL_p + λ·mean odds-ratio term, metrics of the batch; accuracy as the reward model's,
+    ties count 0.5)."""
     lp = pair_logps(model, batch)
     a_c, a_r = lp.chosen_rejected(average=True)
     p = batch["p"].to(a_c.device)
@@ -111,87 +113,24 @@ def evaluate(accelerator, model, loader, cfg: ORPOConfig) -> dict:
 def train_orpo(cfg: ORPOConfig) -> dict:
     if not cfg.prefs:
         raise UserError("orpo: no preferences; set `prefs` (--prefs FILE)")
-    accelerator = make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
-    pairs, skipped = read_pairs(cfg.prefs)
-    skipped.announce("orpo", accelerator.is_main_process)
-    model = load_policy(path, cfg.dtype)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-    start_training(model, cfg)
-
+    run = Run.start(cfg, "orpo", cfg.policy)
+    pairs, collate = completion_pairs(run, cfg.prefs)
     steps, order = example_stream(cfg, len(pairs))
-    collate = CompletionPairs(tokenizer, pairs, cfg.max_length, cfg.soft_labels, cfg.max_prompt_length,
-                              cfg.system_prompt)
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(model, cfg, steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    eval_loader = None
+    model = start_training(load_policy(run.path, cfg.dtype, cfg.lora), cfg)
+    model, optimizer, loader, scheduler = run.prepare(model, order, collate, steps)
+    evals = {}
     if cfg.eval_file:
-        eval_pairs, eval_skipped = read_pairs(cfg.eval_file)
-        eval_skipped.announce("orpo (eval)", accelerator.is_main_process)
-        eval_loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            list(range(len(eval_pairs))), batch_size=cfg.eval_batch_size,
-            collate_fn=CompletionPairs(tokenizer, eval_pairs, cfg.max_length, cfg.soft_labels,
-                                       cfg.max_prompt_length, cfg.system_prompt)))
+        eval_pairs, eval_collate = completion_pairs(run, cfg.eval_file, "eval")
+        evals["eval"] = partial(evaluate, run.accelerator, model, run.eval_loader(len(eval_pairs), eval_collate), cfg)
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc="orpo", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started = time.time()
-    step, micro = 0, []
-    for batch in loader:
-        with accelerator.accumulate(model):
-            loss, metrics = batch_loss(model, batch, cfg)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro.append(metrics)
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        bar.update(1)
-        row = None
-        if step % cfg.log_every == 0 or step == steps:
-            row = {"step": step, **{k: gather_mean(accelerator, torch.stack([m[k] for m in micro]).mean())
-                                    for k in micro[0]}, "lr": scheduler.get_last_lr()[0]}
-        micro = []
-        if eval_loader is not None and (step % cfg.eval_every == 0 or step == steps):
-            row = row or {"step": step}
-            row.update({f"eval_{k}": v for k, v in evaluate(accelerator, model, eval_loader, cfg).items()})
-        if row is not None:
-            log.log(row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
-
-    result = summary(log, step, seconds, ["loss", "nll", "or_loss", "log_odds_ratio", "margin", "accuracy",
-                                          "eval_loss", "eval_margin", "eval_accuracy"])
-    result.update({"train_pairs": len(pairs), "skipped_pairs": dict(skipped), "processes": accelerator.num_processes,
-                   "mixed_precision": accelerator.mixed_precision, "sft_on": cfg.sft_on})
-    if eval_loader is not None:
-        result["eval_skipped_pairs"] = dict(eval_skipped)
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer, lora=bool(cfg.lora))
-    if accelerator.is_main_process:
-        finish_run(out, "orpo", cfg, result, log, ["loss", "nll", "log_odds_ratio", "accuracy"])
-    accelerator.wait_for_everyone()
-    return result
+    step = run.optimise(model, optimizer, scheduler, loader, steps, lambda batch, _: batch_loss(model, batch, cfg),
+                        evals)
+    return run.finish(model, step, {"train_pairs": len(pairs), "sft_on": cfg.sft_on}, CURVES, PLOTTED,
+                      lora=bool(cfg.lora))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.orpo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(ORPOConfig, train_orpo, argv, "orpo")
+# `python -m rlaif.train.orpo CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, ORPOConfig, train_orpo, "orpo")
 
 
 if __name__ == "__main__":
