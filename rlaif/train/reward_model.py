@@ -51,9 +51,8 @@ Run: `rlaif train-rm --prefs FILE --out DIR`, or `accelerate launch -m rlaif.tra
 from __future__ import annotations
 
 import sys
-import time
-from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -62,23 +61,30 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from rlaif.train.common import (Messages, Pair, PairTrainConfig, Skipped, TrainLog, disable_dropout, encode_text,
-                                example_stream, gather_mean, load_tokenizer, make_accelerator,
-                                make_optimizer, pad, pad_id, read_pairs, resolve, seed_everything,
-                                summary, start_training, torch_dtype, finish_run)
-from rlaif.train.distributed import save_model
-
-DEFAULT_BASE = "embedded:smollm2-135m-instruct"
+from rlaif.config import DEFAULT_MODEL
+from rlaif.errors import UserError
+from rlaif.train.config import PairTrainConfig
+from rlaif.train.encoding import encode_text
+from rlaif.train.examples import (Messages, Pair, Skipped, field_messages, pad_id, padded, parse_pair, read_pairs,
+                                  read_usable)
+from rlaif.train.maths import pair_accuracy
+from rlaif.train.models import disable_dropout, load_tokenizer, start_training, torch_dtype
+from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class RewardConfig(PairTrainConfig):
-    base: str = DEFAULT_BASE  # backbone: embedded:NAME, a local dir or a hub id
+    base: str = DEFAULT_MODEL  # backbone: embedded:NAME, a local dir or a hub id
     prefs: str | None = None  # training preference JSONL (TRL conversational or plain strings)
     human_eval_file: str | None = None  # human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL
     learning_rate: float = Field(2e-5, gt=0)
     margin: float = Field(0.0, ge=0)
     margin_from_strength: float = Field(0.0, ge=0)  # s in m(p) = s·|2p − 1| (Llama 2's graded margin)
     center_rewards_coefficient: float | None = Field(None, ge=0)
+
+
+# the logged curves whose first and last values the summary gives, and those train_curves.png draws
+CURVES = ("loss", "accuracy", "margin", "eval_accuracy", "human_accuracy")
+PLOTTED = ("loss", "accuracy", "eval_accuracy", "human_accuracy")
 
 
 # ---------------------------------------------------------------- the loss
@@ -99,14 +105,6 @@ def strength_margin(p: torch.Tensor, scale: float) -> torch.Tensor:
 def pair_margin(batch: dict, p: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
     """The margin of each pair: config `margin` + the record's `margin` + m(p)."""
     return cfg.margin + batch["margin"].to(p.dtype) + strength_margin(p, cfg.margin_from_strength)
-
-
-def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Per pair: 1 if the reward agrees with the label's side (p > 0.5 → chosen), 0.5 on a tie of
-    either; pairs labelled exactly 0.5 count as 0.5."""
-    d = torch.sign(r_chosen - r_rejected)
-    y = torch.sign(p - 0.5)
-    return torch.where((d == 0) | (y == 0), torch.full_like(d, 0.5), (d == y).to(d.dtype))
 
 
 # ---------------------------------------------------------------- model and batches
@@ -144,9 +142,7 @@ class PairBatches:
 
     def __call__(self, idx: list[int]) -> dict:
         items = [self.items[i] for i in idx]
-        ids = pad([c for c, _, _, _ in items] + [r for _, r, _, _ in items], self.pad)
-        lengths = torch.tensor([len(c) for c, _, _, _ in items] + [len(r) for _, r, _, _ in items])
-        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+        ids, mask = padded([c for c, _, _, _ in items] + [r for _, r, _, _ in items], self.pad)
         return {"input_ids": ids, "attention_mask": mask,
                 "p": torch.tensor([x[2] for x in items]), "margin": torch.tensor([x[3] for x in items])}
 
@@ -163,9 +159,6 @@ class Ranking:
 def parse_ranking(rec: dict, where: str) -> Ranking:
     """`{"prompt": text or messages, "ranked": [reply, …]}`, best first; a reply is a string or a
     list of assistant messages."""
-    from rlaif.errors import UserError
-    from rlaif.train.common import field_messages
-
     ranked, prompt = rec.get("ranked"), rec.get("prompt")
     if prompt is None:
         raise UserError(f"{where}: missing field 'prompt'; expected a ranking record with prompt and ranked "
@@ -180,8 +173,6 @@ def parse_ranking(rec: dict, where: str) -> Ranking:
 
 
 def read_rankings(path: str | Path) -> tuple[list[Ranking], Skipped]:
-    from rlaif.train.examples import read_usable
-
     return read_usable(path, parse_ranking, "rankings")
 
 
@@ -204,10 +195,8 @@ class RankingBatches:
                       for q in rankings]
 
     def __call__(self, idx: list[int]) -> dict:
-        seqs = [s for i in idx for s in self.items[i]]
-        ids = pad(seqs, self.pad)
-        lengths = torch.tensor([len(s) for s in seqs])
-        return {"input_ids": ids, "attention_mask": (torch.arange(ids.shape[1])[None] < lengths[:, None]).long(),
+        ids, attention_mask = padded([s for i in idx for s in self.items[i]], self.pad)
+        return {"input_ids": ids, "attention_mask": attention_mask,
                 "sizes": torch.tensor([len(self.items[i]) for i in idx])}
 
 
@@ -310,7 +299,6 @@ def read_eval_pairs(path: str) -> list[Pair]:
 def read_eval_file(path: str) -> tuple[list[Pair], Skipped]:
     """`read_eval_pairs` with the count of skipped records by reason."""
     from rlaif.records import read_jsonl
-    from rlaif.train.common import Skipped, parse_pair
 
     first = read_jsonl(path)[0]
     if "prompt" not in first and isinstance(first.get("chosen"), str) and "\n\nHuman:" in first["chosen"]:
@@ -328,8 +316,6 @@ def read_eval_file(path: str) -> tuple[list[Pair], Skipped]:
 
 def training_examples(tokenizer, path: str, cfg: RewardConfig, eval_file: bool = False):
     """A file of pairs or of rankings -> (examples, their collate function, skipped records by reason)."""
-    from rlaif.errors import UserError
-
     if holds_rankings(path):
         for field in ("margin", "margin_from_strength"):
             if getattr(cfg, field):
@@ -342,92 +328,34 @@ def training_examples(tokenizer, path: str, cfg: RewardConfig, eval_file: bool =
     return pairs, PairBatches(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.system_prompt), skipped
 
 
-def _eval_loader(accelerator, tokenizer, path: str, cfg: RewardConfig):
-    """-> (prepared loader, skipped records by reason)."""
-    pairs, collate, skipped = training_examples(tokenizer, path, cfg, eval_file=True)
-    loader = torch.utils.data.DataLoader(list(range(len(pairs))), batch_size=cfg.eval_batch_size,
-                                         collate_fn=collate)
-    return accelerator.prepare_data_loader(loader), skipped
-
-
 # ---------------------------------------------------------------- training
 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
     """Train, evaluate, save. Returns the summary written to `summary.json`."""
-    from rlaif.errors import UserError
-
     if not cfg.prefs:
         raise UserError("train-rm: no training preferences; set `prefs` (--prefs FILE)")
-    accelerator = make_accelerator(cfg)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    base = resolve(cfg.base)
-    tokenizer = load_tokenizer(base)
-    pairs, collate, skipped = training_examples(tokenizer, cfg.prefs, cfg)  # pairs, or rankings of K replies
-    skipped.announce("train-rm", accelerator.is_main_process)
-    model = start_training(load_reward_model(base, tokenizer, cfg.dtype), cfg)
+    run = Run.start(cfg, "train-rm", cfg.base)
+    pairs, collate, skipped = training_examples(run.tokenizer, cfg.prefs, cfg)  # pairs, or rankings of K replies
+    run.left_out(skipped, "skipped_pairs")
+    model = start_training(load_reward_model(run.path, run.tokenizer, cfg.dtype), cfg)
 
     steps, order = example_stream(cfg, len(pairs))
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(model, cfg, steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    evals, eval_skipped = {}, {}
+    model, optimizer, loader, scheduler = run.prepare(model, order, collate, steps)
+    evals = {}
     for name, path in (("eval", cfg.eval_file), ("human", cfg.human_eval_file)):
         if path:
-            evals[name], eval_skipped[f"{name}_skipped_pairs"] = _eval_loader(accelerator, tokenizer, path, cfg)
-            eval_skipped[f"{name}_skipped_pairs"].announce(f"train-rm ({name})", accelerator.is_main_process)
+            examples, eval_collate, eval_skipped = training_examples(run.tokenizer, path, cfg, eval_file=True)
+            run.left_out(eval_skipped, f"{name}_skipped_pairs", name)
+            evals[name] = partial(evaluate, run.accelerator, model, run.eval_loader(len(examples), eval_collate), cfg)
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc="train-rm", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started = time.time()
-    step, micro = 0, []
-    for batch in loader:
-        with accelerator.accumulate(model):
-            loss, accuracy, margin = train_step_loss(model, batch, cfg)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro.append((loss.detach(), accuracy, margin))
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        bar.update(1)
-        row = None
-        if step % cfg.log_every == 0 or step == steps:
-            stacked = torch.stack([torch.stack(m) for m in micro]).mean(0)
-            row = {"step": step, "loss": gather_mean(accelerator, stacked[0]),
-                   "accuracy": gather_mean(accelerator, stacked[1]),
-                   "margin": gather_mean(accelerator, stacked[2]), "lr": scheduler.get_last_lr()[0]}
-        micro = []
-        if evals and (step % cfg.eval_every == 0 or step == steps):
-            row = row or {"step": step}
-            for name, eval_loader in evals.items():
-                for k, v in evaluate(accelerator, model, eval_loader, cfg).items():
-                    row[f"{name}_{k}"] = v
-        if row is not None:
-            log.log(row)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
+    def loss(batch, _):
+        loss, accuracy, margin = train_step_loss(model, batch, cfg)
+        return loss, {"loss": loss.detach(), "accuracy": accuracy, "margin": margin}
 
-    result = summary(log, step, seconds, ["loss", "accuracy", "margin", "eval_accuracy", "human_accuracy"])
+    step = run.optimise(model, optimizer, scheduler, loader, steps, loss, evals)
     kind = "train_rankings" if isinstance(collate, RankingBatches) else "train_pairs"
-    result.update({kind: len(pairs), "skipped_pairs": dict(skipped),
-                   **{k: dict(v) for k, v in eval_skipped.items()}, "processes": accelerator.num_processes,
-                   "mixed_precision": accelerator.mixed_precision})
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer)
-    if accelerator.is_main_process:
-        finish_run(out, "train-rm", cfg, result, log, ["loss", "accuracy", "eval_accuracy", "human_accuracy"])
-    accelerator.wait_for_everyone()
-    return result
+    return run.finish(model, step, {kind: len(pairs)}, CURVES, PLOTTED)
 
 
 # ---------------------------------------------------------------- scoring with a saved RM
@@ -487,22 +415,15 @@ class RewardScorer:
         scores: list[float] = []
         for i in tqdm(range(0, len(seqs), self.batch_size), desc="reward model", unit="batch",
                       disable=not self.progress or len(seqs) <= self.batch_size):
-            chunk = seqs[i:i + self.batch_size]
-            ids = pad(chunk, pad_id(self.tokenizer))
-            lengths = torch.tensor([len(s) for s in chunk])
-            mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+            ids, mask = padded(seqs[i:i + self.batch_size], pad_id(self.tokenizer))
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 use_cache=False).logits
             scores += logits[:, 0].float().tolist()
         return scores
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.reward_model CONFIG.yaml [--set key=value ...]` (works under
-    `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(RewardConfig, train_reward_model, argv, "train-rm")
+# `python -m rlaif.train.reward_model CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, RewardConfig, train_reward_model, "train-rm")
 
 
 if __name__ == "__main__":
