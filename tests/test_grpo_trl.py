@@ -68,7 +68,8 @@ def trl_batch(one_thread, tmp_path_factory):
 
 
 def ours_logps(trainer, batch, temperature):
-    from rlaif.train.ppo import positions, response_logps
+    from rlaif.tensors import positions
+    from rlaif.train.rollouts import response_logps
 
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
@@ -78,7 +79,7 @@ def ours_logps(trainer, batch, temperature):
 
 def test_log_probs_and_advantages_equal_trl(trl_batch):
     from rlaif.train.grpo import group_advantages
-    from rlaif.train.ppo import response_mask
+    from rlaif.train.rollouts import response_mask
 
     trainer, batch, tok = trl_batch
     assert batch["prompt_mask"].all()  # equal-length prompts: no padding (see the docstring)

@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_train import one_thread, tiny_dir, tiny_llama, tiny_tokenizer, toy_prefs, write_jsonl  # noqa: E402,F401
 
-from rlaif.train.common import encode, parse_pair, read_pairs  # noqa: E402
+from rlaif.train.encoding import encode  # noqa: E402
+from rlaif.train.examples import parse_pair, read_pairs  # noqa: E402
 from rlaif.train.dpo import DPOBatches, DPOConfig, train_dpo  # noqa: E402
 from rlaif.train.ppo import PPOConfig, train_ppo  # noqa: E402
 from rlaif.train.reward_model import RewardConfig, load_reward_model, train_reward_model  # noqa: E402
@@ -243,8 +244,9 @@ def test_ppo_rollouts_ignore_the_models_generation_config(tiny_dir, tmp_path):
 
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from rlaif.train.common import load_tokenizer
-    from rlaif.train.ppo import PolicyWithValue, PromptBatches, rollout
+    from rlaif.train.models import load_tokenizer
+    from rlaif.train.ppo import PolicyWithValue, rollout
+    from rlaif.train.rollouts import PromptBatches
 
     junk_dir = tmp_path / "junk"
     shutil.copytree(tiny_dir, junk_dir)
@@ -328,7 +330,9 @@ def test_ppo_minibatch_loss_ignores_everything_after_the_first_eos():
     """Post-EOS positions (padding from `generate`) must not reach the PPO loss: changing their
     tokens, old log-probs, values, advantages or returns leaves it unchanged; changing a response
     token before the EOS does not."""
-    from rlaif.train.ppo import PolicyWithValue, Rollouts, minibatch_loss, positions, response_mask
+    from rlaif.train.ppo import PolicyWithValue, Rollouts, minibatch_loss
+    from rlaif.tensors import positions
+    from rlaif.train.rollouts import response_mask
 
     tok = tiny_tokenizer()
     policy = PolicyWithValue(tiny_llama(tok, seed=0))

@@ -179,9 +179,9 @@ def test_a_reply_does_not_depend_on_the_rows_beside_it(tiny_dir):
     makes a split batch sample what one process samples."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.train.common import load_tokenizer
+    from rlaif.train.models import load_tokenizer
     from rlaif.train.grpo_loop import sample
-    from rlaif.train.ppo import PromptBatches
+    from rlaif.train.rollouts import PromptBatches
 
     tok = load_tokenizer(str(tiny_dir))
     lm = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
@@ -215,9 +215,9 @@ def test_grpo_rollouts_ignore_the_models_generation_config(tiny_dir):
     rollouts are still draws from softmax(logits/T), the very tokens a clean config gives."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.train.common import load_tokenizer
+    from rlaif.train.models import load_tokenizer
     from rlaif.train.grpo_loop import sample
-    from rlaif.train.ppo import PromptBatches
+    from rlaif.train.rollouts import PromptBatches
 
     tok = load_tokenizer(str(tiny_dir))
     clean = AutoModelForCausalLM.from_pretrained(str(tiny_dir))

@@ -13,10 +13,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_train import one_thread, tiny_llama, tiny_tokenizer, toy_prefs  # noqa: E402,F401
 
-from rlaif.train.common import encode, parse_pair, sequence_logps  # noqa: E402
+from rlaif.train.encoding import encode  # noqa: E402
+from rlaif.train.examples import parse_pair  # noqa: E402
+from rlaif.train.maths import sequence_logps  # noqa: E402
 from rlaif.train.dpo import DPOBatches, concatenated_logps, dpo_loss  # noqa: E402
-from rlaif.train.ppo import compute_gae, kl_shaped_rewards, ppo_losses, response_mask  # noqa: E402
-from rlaif.train.reward_model import PairBatches, pair_accuracy, soft_bt_loss  # noqa: E402
+from rlaif.train.ppo import compute_gae, kl_shaped_rewards, ppo_losses  # noqa: E402
+from rlaif.train.rollouts import response_mask  # noqa: E402
+from rlaif.train.reward_model import PairBatches, soft_bt_loss  # noqa: E402
+from rlaif.train.maths import pair_accuracy  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,12 +14,14 @@ from conftest_train import save_tiny, tiny_llama, tiny_tokenizer, toy_prefs, wri
 
 from rlaif.backends.transformers_engine import TransformersEngine  # noqa: E402
 from rlaif.config import EngineConfig  # noqa: E402
-from rlaif.train.common import Pair, encode  # noqa: E402
+from rlaif.train.encoding import encode  # noqa: E402
+from rlaif.train.examples import Pair  # noqa: E402
 from rlaif.train.dpo import DPOBatches  # noqa: E402
 from rlaif.train.kto import KTOBatches, Unpaired  # noqa: E402
-from rlaif.train.ppo import PromptBatches  # noqa: E402
+from rlaif.train.rollouts import PromptBatches  # noqa: E402
 from rlaif.train.reward_model import PairBatches  # noqa: E402
-from rlaif.train.sft import PromptCompletion, SFTBatches  # noqa: E402
+from rlaif.train.sft import SFTBatches  # noqa: E402
+from rlaif.train.examples import PromptCompletion  # noqa: E402
 
 CHAT = [{"role": "user", "content": "tell me about cats."}]
 REPLY = [{"role": "assistant", "content": "cats purr."}]

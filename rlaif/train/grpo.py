@@ -51,17 +51,17 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from rlaif.train.common import TrainConfig
+from rlaif.config import DEFAULT_MODEL
+from rlaif.train.config import TrainConfig
 from rlaif.train.rewards import RewardSpec, check_reward_names
 
-DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 STD_EPS = 1e-4
 
 
 class GRPOConfig(TrainConfig):
     """TRL-like names (GRPOConfig): num_generations, beta, epsilon, num_iterations, loss_type."""
 
-    policy: str = DEFAULT_POLICY  # start, and reference when beta > 0
+    policy: str = DEFAULT_MODEL  # start, and reference when beta > 0
     reference: str | None = None  # another reference (same tokenizer); None: the starting policy
     prompts: str | None = None
     judge: str | None = None  # judge rewards: the judge's model spec (the pipeline passes its judge engine)

@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 import time
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlaif.errors import UserError
-from rlaif.train.common import (TrainLog, disable_dropout, entropy_from_logits, example_stream, finish_run,
-                                gather_mean, load_tokenizer, make_accelerator, make_optimizer, masked_mean, pad_id,
-                                read_prompts, resolve, seed_everything, summary, torch_dtype)
-from rlaif.train.run_log import directed_share
-from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
-from rlaif.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_weights
-from rlaif.train.ppo import PromptBatches, positions, response_logps, response_mask
 from rlaif.judge import Judge, JudgeConfig
+from rlaif.train.distributed import gathered_for_generation, prepare_frozen, unsharded_loading
+from rlaif.train.examples import pad_id, read_prompts
+from rlaif.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_weights
+from rlaif.train.maths import entropy_from_logits, masked_mean
+from rlaif.train.models import load_policy, resolve
 from rlaif.train.rewards import Component, RewardSet, build_rewards
+from rlaif.train.rollouts import PromptBatches, decode, joined, response_logps, response_mask
+from rlaif.train.run_log import directed_share, gather_mean
+from rlaif.train.trainer import Run, example_stream, run_main
 
 JUDGE_KINDS = ("judge_direct", "judge_pairwise")
 
@@ -104,10 +104,6 @@ def gathered_values(accelerator, values) -> list:
     return [None if x != x else x for x in accelerator.gather(t).tolist()]
 
 
-def decode(tokenizer, responses, mask) -> list[str]:
-    return [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip() for r, m in zip(responses, mask)]
-
-
 def reference_replies(cfg: GRPOConfig, lm, tokenizer, prompts, collate, device) -> dict:
     """record_id(prompt) -> the fixed reply `against: reference` compares with: from the reward's
     `references` file (prompt + response), else the starting policy's greedy reply."""
@@ -173,43 +169,33 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
         raise UserError("grpo: no prompts; set `prompts` (--prompts FILE)")
     if cfg.gradient_checkpointing:
         raise UserError("grpo: gradient_checkpointing is not supported (the policy generates every step)")
-    accelerator = make_accelerator(cfg, sync_with_dataloader=False)
+    run = Run.start(cfg, "grpo", cfg.policy, sync_with_dataloader=False)
+    accelerator, tokenizer = run.accelerator, run.tokenizer
     n_proc, G = accelerator.num_processes, cfg.num_generations
     local = cfg.batch_size // n_proc * G  # replies per process per step
     if local % cfg.grad_accum:
         raise UserError(f"grad_accum {cfg.grad_accum} must divide the replies per process per step "
                         f"({cfg.batch_size // n_proc} prompts × {G} generations = {local})")
     micro = local // cfg.grad_accum
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
     prompts = read_prompts(cfg.prompts)
 
-    from transformers import AutoModelForCausalLM
-
-    lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
+    lm = load_policy(run.path, cfg.dtype)
     collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens), cfg.system_prompt)
     with unsharded_loading(accelerator):
         rewards, loaded_judge = make_rewards(cfg, reward_fn, judge, lm, tokenizer, prompts, collate, accelerator.device)
     ref = None
     if cfg.beta > 0:  # β = 0: no reference in memory
-        ref_path = resolve(cfg.reference) if cfg.reference else path
-        ref = disable_dropout(AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch_dtype(cfg.dtype)))
+        ref = load_policy(resolve(cfg.reference) if cfg.reference else run.path, cfg.dtype)
     lm.train()
     steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(lm, cfg, steps * cfg.num_iterations)
-    model, optimizer, loader, scheduler = accelerator.prepare(lm, optimizer, loader, scheduler)
+    model, optimizer, loader, scheduler = run.prepare(lm, order, collate, steps * cfg.num_iterations)
     if ref is not None:
         ref = prepare_frozen(accelerator, ref)
     unwrapped = accelerator.unwrap_model(model)
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    failures_file = open(out / "reward_failures.jsonl", "w", encoding="utf-8") if accelerator.is_main_process else None
-    bar = tqdm(total=steps, desc=f"grpo ({cfg.advantage})", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started, step, sampled_tokens, failed_total = time.time(), 0, 0.0, 0
+    run.begin(steps, f"grpo ({cfg.advantage})")
+    failures_file = open(run.out / "reward_failures.jsonl", "w", encoding="utf-8") if run.main else None
+    step, sampled_tokens, failed_total = 0, 0.0, 0
     try:
         for batch in loader:
             step_started = time.time()
@@ -235,9 +221,7 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                                                      batch_sum=lambda t: accelerator.reduce(t.clone(), "sum"))
 
             P = ids.shape[1]
-            full = torch.cat([ids, responses], 1)
-            full_mask = torch.cat([am, mask], 1)
-            pos = positions(full_mask)
+            full, full_mask, pos = joined(ids, am, responses, mask)
             loss_mask = mask.float() * usable.float().unsqueeze(1)
             n_seqs = accelerator.gather(usable.float().sum().reshape(1)).sum().item()
             n_tokens = accelerator.gather(loss_mask.sum().reshape(1)).sum().item()
@@ -279,7 +263,7 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                         if k != "kl" or it == 0:  # KL of the policy that sampled (before this batch's updates)
                             stats[k].append(s[k].float())
             step += 1
-            bar.update(1)
+            run.bar.update(1)
             sampled_tokens += accelerator.gather(mask.float().sum().reshape(1)).sum().item()
             n_failed = int(accelerator.gather(torch.tensor([float((~valid).sum())], device=dev)).sum().item())
             failed_total += n_failed
@@ -309,38 +293,26 @@ def train_grpo(cfg: GRPOConfig, reward_fn=None, judge=None) -> dict:
                     failures_file.write(json.dumps({"step": step, "prompt": idx[f["reply"]], **f}) + "\n")
                 failures_file.flush()
             if step % cfg.log_every == 0 or step == steps:
-                log.log(row)
-            bar.set_postfix(reward=f"{mean if mean is not None else float('nan'):.3f}", failed=n_failed)
+                run.log.log(row)
+            run.bar.set_postfix(reward=f"{mean if mean is not None else float('nan'):.3f}", failed=n_failed)
     finally:
-        bar.close()
+        run.bar.close()
         if failures_file is not None:
             failures_file.close()
         if loaded_judge is not None:
             loaded_judge.close()
-    seconds = time.time() - started
-    log.close()
-    keys = ["reward", "kl", "entropy", "clip_ratio", "completion_length", "frac_reward_zero_std"]
     components = [f"rewards/{c.name}/mean" for c in rewards.components]
-    result = summary(log, step, seconds, keys + components)
-    result.update({"prompts": len(prompts), "processes": n_proc, "num_generations": G, "advantage": cfg.advantage,
-                   "loss_type": cfg.loss_type, "beta": cfg.beta, "reward_failed": failed_total,
-                   "sampled_tokens": sampled_tokens,
-                   "rewards": {c.name: c.weight for c in rewards.components}})
-    accelerator.wait_for_everyone()
-    if cfg.save:
-        save_model(accelerator, model, out, tokenizer)
-    if accelerator.is_main_process:
-        finish_run(out, "grpo", cfg, result, log, ["reward", *components, "completion_length", "frac_reward_zero_std"]
-                   + (["kl"] if cfg.beta > 0 else []))
-    accelerator.wait_for_everyone()
-    return result
+    result = {"prompts": len(prompts), "num_generations": G, "advantage": cfg.advantage,
+              "loss_type": cfg.loss_type, "beta": cfg.beta, "reward_failed": failed_total,
+              "sampled_tokens": sampled_tokens, "rewards": {c.name: c.weight for c in rewards.components}}
+    return run.finish(model, step, result, ["reward", "kl", "entropy", "clip_ratio", "completion_length",
+                                            "frac_reward_zero_std", *components],
+                      ["reward", *components, "completion_length", "frac_reward_zero_std"]
+                      + (["kl"] if cfg.beta > 0 else []))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.grpo_loop CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(GRPOConfig, train_grpo, argv, "grpo_loop")
+# `python -m rlaif.train.grpo_loop CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, GRPOConfig, train_grpo, "grpo_loop")
 
 
 if __name__ == "__main__":

@@ -33,31 +33,31 @@ Run: `rlaif ppo --prompts FILE --policy SPEC --reward rm:DIR|labeler:direct --ou
 from __future__ import annotations
 
 import sys
+from functools import partial
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 from pydantic import Field
-from tqdm.auto import tqdm
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
-from rlaif.tensors import positions
-from rlaif.train.common import (Messages, TrainConfig, TrainLog, disable_dropout, entropy_from_logits,
-                                example_stream, finish_run, gather_mean, load_tokenizer, make_accelerator,
-                                make_optimizer, masked_mean, masked_whiten, pad, pad_id, read_prompts,
-                                render_prompt, resolve, seed_everything, summary, token_logps, torch_dtype)
-from rlaif.train.run_log import directed_share
-from rlaif.train.distributed import gathered_for_generation, prepare_frozen, save_model, unsharded_loading
+from rlaif.train.config import TrainConfig
+from rlaif.train.distributed import gathered_for_generation, prepare_frozen, unsharded_loading
+from rlaif.train.examples import Messages, pad_id, read_prompts
+from rlaif.train.maths import entropy_from_logits, masked_mean, masked_whiten
+from rlaif.train.models import load_policy
+from rlaif.train.rollouts import PromptBatches, decode, joined, response_logps, response_mask
+from rlaif.train.run_log import directed_share, gather_mean
+from rlaif.train.trainer import Run, example_stream, run_main
 
 RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
-DEFAULT_POLICY = "embedded:smollm2-135m-instruct"
 
 
 class PPOConfig(TrainConfig):
-    policy: str = DEFAULT_POLICY  # starting policy and frozen reference
+    policy: str = DEFAULT_MODEL  # starting policy and frozen reference
     prompts: str | None = None  # prompt JSONL (`prompt`: messages or string)
     reward: str | None = None  # "rm:DIR" | "labeler:direct" | "combined:FILE" | "ensemble:..." (or pass reward_fn)
     judge: str | None = None  # the judge's model spec for labeler:direct (default: the policy's spec)
@@ -77,6 +77,11 @@ class PPOConfig(TrainConfig):
     whiten_rewards: bool = False  # scale the per-token rewards by their global-batch std (all processes)
     missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from R when no EOS was sampled
     reward_batch_size: int = Field(16, ge=1)
+
+
+# the logged curves whose first and last values the summary gives, and those train_curves.png draws
+CURVES = ("reward", "kl", "entropy", "clipfrac", "value_loss", "response_length")
+PLOTTED = ("reward", "kl", "entropy", "clipfrac", "value_loss")
 
 
 # ---------------------------------------------------------------- model with a value head
@@ -109,12 +114,6 @@ class PolicyWithValue(nn.Module):
 
     def get_output_embeddings(self):
         return self.lm.get_output_embeddings()
-
-
-def response_logps(logits: torch.Tensor, responses: torch.Tensor, prompt_len: int, temperature: float):
-    """Log-probs (and the logits that gave them) of the response tokens, at the sampling temperature."""
-    logits = logits[:, prompt_len - 1:-1].float() / temperature
-    return token_logps(logits, responses), logits
 
 
 # ---------------------------------------------------------------- advantages
@@ -212,36 +211,6 @@ def make_reward_fn(cfg: PPOConfig, device: str | torch.device = "cpu") -> Reward
 # ---------------------------------------------------------------- rollouts
 
 
-class PromptBatches:
-    """Prompt records -> left-padded prompt ids (chat template applied), plus the messages."""
-
-    def __init__(self, tokenizer, prompts: Sequence[Messages], max_prompt_len: int, system_prompt: str | None = None):
-        self.pad = pad_id(tokenizer)
-        self.prompts = list(prompts)
-        self.ids = []
-        for p in self.prompts:
-            ids = tokenizer(render_prompt(tokenizer, p, system_prompt), add_special_tokens=False)["input_ids"]
-            self.ids.append(ids[-max_prompt_len:])
-
-    def __call__(self, idx: list[int]) -> dict:
-        seqs = [self.ids[i] for i in idx]
-        ids = pad(seqs, self.pad, side="left")
-        lengths = torch.tensor([len(s) for s in seqs])
-        mask = (torch.arange(ids.shape[1])[None] >= ids.shape[1] - lengths[:, None]).long()
-        return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor(idx)}
-
-
-def response_mask(responses: torch.Tensor, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 up to and including the first EOS (or everywhere when none); also whether an EOS was seen."""
-    T = responses.shape[1]
-    if eos_id is None:
-        return torch.ones_like(responses), torch.zeros(len(responses), dtype=torch.bool)
-    is_eos = responses == eos_id
-    has = is_eos.any(1)
-    first = torch.where(has, is_eos.float().argmax(1), torch.full_like(has, T, dtype=torch.long))
-    return (torch.arange(T)[None].to(responses.device) <= first[:, None]).long(), has
-
-
 @torch.no_grad()
 def rollout(policy: PolicyWithValue, batch: dict, tokenizer, cfg: PPOConfig, seed: int, **generate_kwargs):
     """Sampled responses; `generate_kwargs` from `gathered_for_generation` (FSDP1: synced_gpus).
@@ -271,41 +240,32 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
         raise UserError("ppo: gradient_checkpointing is not supported (the policy generates every step); "
                         "it applies to train-rm and dpo")
     # the rollout loader's last batch must not make every micro-batch an optimizer step
-    accelerator = make_accelerator(cfg, sync_with_dataloader=False)
+    run = Run.start(cfg, "ppo", cfg.policy, sync_with_dataloader=False)
+    accelerator, tokenizer = run.accelerator, run.tokenizer
     n_proc = accelerator.num_processes
     if cfg.mini_batch_size % (n_proc * cfg.grad_accum) or cfg.batch_size % cfg.mini_batch_size:
         raise UserError(f"mini_batch_size {cfg.mini_batch_size} must divide batch_size {cfg.batch_size} "
                         f"and be a multiple of processes × grad_accum ({n_proc} × {cfg.grad_accum})")
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    path = resolve(cfg.policy)
-    tokenizer = load_tokenizer(path)
     prompts = read_prompts(cfg.prompts)
     if reward_fn is None:
         with unsharded_loading(accelerator):  # reward models run whole on each rank, outside any engine
             reward_fn = make_reward_fn(cfg, accelerator.device)
 
-    from transformers import AutoModelForCausalLM
-
-    lm = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
+    lm = load_policy(run.path, cfg.dtype)
     # the frozen reference is loaded on its own (built partitioned under ZeRO-3 like the policy, never
     # a deep copy of a partitioned model) and sharded like the policy once that is prepared
-    ref = disable_dropout(AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.dtype)))
+    ref = load_policy(run.path, cfg.dtype)
     policy = PolicyWithValue(lm)
     policy.train()
     steps, order = example_stream(cfg, len(prompts), per_step=cfg.batch_size)  # one rollout batch a step
     collate = PromptBatches(tokenizer, prompts, max(8, cfg.max_length - cfg.max_new_tokens), cfg.system_prompt)
-    loader = torch.utils.data.DataLoader(order, batch_size=cfg.batch_size, collate_fn=collate)
-    optimizer, scheduler = make_optimizer(policy, cfg, steps * cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size))
-    model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    model, optimizer, loader, scheduler = run.prepare(
+        policy, order, collate, steps * cfg.ppo_epochs * (cfg.batch_size // cfg.mini_batch_size))
     ref = prepare_frozen(accelerator, ref)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
     micro = cfg.mini_batch_size // n_proc // cfg.grad_accum  # rollouts per process per forward
 
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    bar = tqdm(total=steps, desc="ppo", disable=not (cfg.progress and accelerator.is_main_process),
-               file=sys.stderr, dynamic_ncols=True)
-    started = time.time()
+    run.begin(steps)
     step = 0
     for batch in loader:
         step_started = time.time()
@@ -314,8 +274,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
         with accelerator.autocast(), gathered_for_generation(accelerator, model) as generate_kwargs:
             responses = rollout(unwrapped, batch, tokenizer, cfg, seed, **generate_kwargs)
         mask, has_eos = response_mask(responses, tokenizer.eos_token_id)
-        texts = [tokenizer.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
-                 for r, m in zip(responses, mask)]
+        texts = decode(tokenizer, responses, mask)
         idx = batch["idx"].tolist()
         scores = torch.tensor([float(s) for s in reward_fn([prompts[i] for i in idx], texts)],
                               device=responses.device)
@@ -326,9 +285,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float().to(scores.device)
 
         P = batch["input_ids"].shape[1]
-        full = torch.cat([batch["input_ids"], responses], 1)
-        full_mask = torch.cat([batch["attention_mask"], mask], 1)
-        pos = positions(full_mask)
+        full, full_mask, pos = joined(batch["input_ids"], batch["attention_mask"], responses, mask)
         maskf = mask.float()
         with torch.no_grad():
             logits, values = model(full, full_mask, pos)
@@ -364,7 +321,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
                 for k in stats:
                     stats[k].append(s[k])
         step += 1
-        bar.update(1)
+        run.bar.update(1)
         seq_kl = kl.sum(1)
         row = {"step": step,
                "reward": gather_mean(accelerator, raw_scores.mean()),
@@ -378,35 +335,20 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> dict:
         if step in (1, steps):
             row["sample"] = texts[0][:200]
         if step % cfg.log_every == 0 or step == steps:
-            log.log(row)
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
-    bar.close()
-    seconds = time.time() - started
-    log.close()
+            run.log.log(row)
+        run.bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
 
-    result = summary(log, step, seconds, ["reward", "kl", "entropy", "clipfrac", "value_loss",
-                                          "response_length"])
-    result.update({"prompts": len(prompts), "processes": n_proc,
-                   "mixed_precision": accelerator.mixed_precision, "kl_coef": cfg.kl_coef,
-                   "reward": cfg.reward or "callable"})
-    accelerator.wait_for_everyone()
-    if cfg.save:  # every rank: the full state dict is gathered collectively under FSDP / ZeRO-3
-        save_model(accelerator, model, out, tokenizer, submodule="lm", extra={"v_head": "value_head.safetensors"})
-    if accelerator.is_main_process:
-        finish_run(out, "ppo", cfg, result, log, ["reward", "kl", "entropy", "clipfrac", "value_loss"])
-        if log.rows:
-            from rlaif.train.plots import plot_reward_vs_kl
+    result = run.finish(model, step, {"prompts": len(prompts), "kl_coef": cfg.kl_coef,
+                                      "reward": cfg.reward or "callable"}, CURVES, PLOTTED, submodule="lm", extra={"v_head": "value_head.safetensors"})
+    if run.main and run.log.rows:
+        from rlaif.train.plots import plot_reward_vs_kl
 
-            plot_reward_vs_kl(log.rows, out / "reward_vs_kl.png", title=f"PPO (β={cfg.kl_coef})")
-    accelerator.wait_for_everyone()
+        plot_reward_vs_kl(run.log.rows, run.out / "reward_vs_kl.png", title=f"PPO (β={cfg.kl_coef})")
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rlaif.train.ppo CONFIG.yaml [--set key=value ...]` (works under `accelerate launch -m`)."""
-    from rlaif.train.common import run_main
-
-    return run_main(PPOConfig, train_ppo, argv, "ppo")
+# `python -m rlaif.train.ppo CONFIG.yaml [--set key=value ...]`, also under `accelerate launch -m`.
+main = partial(run_main, PPOConfig, train_ppo, "ppo")
 
 
 if __name__ == "__main__":
