@@ -33,7 +33,7 @@ def break_prompt() -> None:
     import torch
 
     from rlaif.train import grpo_loop
-    from rlaif.train.common import token_logps
+    from rlaif.train.maths import token_logps
 
     seen: dict = {}
     real_disable = grpo_loop.disable_dropout

@@ -19,7 +19,7 @@ Breaking a trainer on purpose (seed 0, rule arm; each break applied to a copy of
     rlaif/train/kto.py kto_loss(): r = ref_logps - logps            +9.82        fails
       (the implied reward's sign flipped; unbroken KTO: -16.64)
     rlaif/train/ppo.py: pg1/pg2 = +advantages * ratio               +8.18        fails
-    rlaif/train/common.py encode(): mask 1 on the prompt, 0 on       0.00        fails
+    rlaif/train/encoding.py encode(): mask 1 on the prompt, 0 on     0.00        fails
       the completion (DPO)
     unbroken (DPO)                                                  -10.46       passes
 """

@@ -51,7 +51,8 @@ def trl(kind: str, a) -> dict:
     from transformers import TrainerCallback
 
     from rlaif.records import read_jsonl
-    from rlaif.train.common import load_tokenizer, seed_everything
+    from rlaif.train.models import load_tokenizer
+    from rlaif.train.trainer import seed_everything
 
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(a.prefs)]
     tok = load_tokenizer(a.model)

@@ -19,7 +19,8 @@ from benchmarks.common import Report, hh_pairs, header, model_dir, python, run_j
 
 def write_prefs(path: Path, n: int, max_length: int, model: str) -> int:
     """n HH-RLHF pairs in TRL conversational form whose chosen and rejected fit max_length tokens."""
-    from rlaif.train.common import encode, load_tokenizer
+    from rlaif.train.encoding import encode
+    from rlaif.train.models import load_tokenizer
 
     tok = load_tokenizer(model)
     rows, longest = [], 0

@@ -12,7 +12,7 @@ import sys
 import torch
 import yaml
 
-from rlaif.train.common import make_accelerator
+from rlaif.train.trainer import make_accelerator
 from rlaif.train.distributed import RAM_EFFICIENT_LOADING, unsharded_loading
 from rlaif.train.ppo import PPOConfig, make_reward_fn
 

@@ -106,7 +106,8 @@ def test_all_pairs_are_distinct_texts_and_hard_labels_drop_exact_ties():
 def test_dpo_reference_can_be_another_model(tmp_path, one_thread):
     """With `reference: B`, the implied rewards at the first step are β (log π_A − log π_B) of each
     side, B's log-probs computed on their own; without it they are 0 (the policy is its reference)."""
-    from rlaif.train.common import encode, sequence_logps
+    from rlaif.train.encoding import encode
+    from rlaif.train.maths import sequence_logps
     from rlaif.train.dpo import DPOConfig, train_dpo
     from transformers import AutoModelForCausalLM
 

@@ -206,7 +206,7 @@ def test_margin_from_strength_is_the_documented_formula(tiny_dir):
     assert m[0] == 0 and torch.all(torch.diff(m[:5]) > 0)  # grows with |p − 0.5|
     assert strength_margin(torch.tensor(0.3), 1.0) == pytest.approx(strength_margin(torch.tensor(0.7), 1.0))
 
-    from rlaif.train.common import parse_pair
+    from rlaif.train.examples import parse_pair
 
     tok = tiny_tokenizer()
     rows = toy_prefs(4)

@@ -302,7 +302,8 @@ def test_orpo_gradient_flows_only_through_the_policy(tiny_dir, toy):
     """No reference anywhere: one model, and its log-probs are what the loss reads."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.train.common import load_tokenizer, read_pairs
+    from rlaif.train.examples import read_pairs
+    from rlaif.train.models import load_tokenizer
     from rlaif.train.pair_logps import CompletionPairs
 
     tok = load_tokenizer(str(tiny_dir))

@@ -87,7 +87,7 @@ def test_ppo_whitening_over_two_processes_equals_whitening_the_whole_batch():
     one process. Each shard whitened on its own (TRL's way) gives other numbers."""
     import torch
 
-    from rlaif.train.common import masked_whiten
+    from rlaif.train.maths import masked_whiten
     from tests.whiten_probe import shards
 
     proc = accelerate_launch([str(Path(__file__).parent / "whiten_probe.py")], 2, cwd=ROOT, timeout=120)

@@ -138,7 +138,7 @@ def test_lora_merge_in_the_state_dict_equals_peft(tiny_dir):
     from transformers import AutoModelForCausalLM
 
     from rlaif.train.distributed import lora_scalings, merge_lora_state_dict
-    from rlaif.train.dpo import LoraSettings, apply_lora
+    from rlaif.train.models import LoraSettings, apply_lora
 
     model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), LoraSettings(r=4, alpha=12))
     torch.manual_seed(1)

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest_train import one_thread, tiny_dir, toy_prefs, write_jsonl  # noqa: E402,F401
 
 from rlaif.errors import UserError  # noqa: E402
-from rlaif.train.dpo import DPOConfig, LoraSettings, train_dpo  # noqa: E402
+from rlaif.train.dpo import DPOConfig, train_dpo  # noqa: E402
+from rlaif.train.models import LoraSettings  # noqa: E402
 from rlaif.train.reward_model import RewardConfig, RewardScorer, train_reward_model  # noqa: E402
 
 
@@ -239,7 +240,9 @@ def test_reward_model_first_step_loss_equals_trl_reward_trainer(tiny_dir, tmp_pa
     from trl import RewardConfig as TRLRewardConfig
     from trl import RewardTrainer
 
-    from rlaif.train.common import encode, load_tokenizer, seed_everything
+    from rlaif.train.encoding import encode
+    from rlaif.train.models import load_tokenizer
+    from rlaif.train.trainer import seed_everything
     from rlaif.train.reward_model import load_reward_model
 
     topics = ["the tides", "the moon", "bees", "old maps"]

@@ -10,7 +10,7 @@ import json
 import torch
 from accelerate import Accelerator
 
-from rlaif.train.common import masked_whiten
+from rlaif.train.maths import masked_whiten
 
 
 def shards() -> list[tuple[torch.Tensor, torch.Tensor]]:

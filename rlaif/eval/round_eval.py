@@ -52,7 +52,7 @@ class SampleScorer:
         from transformers import AutoModelForCausalLM
 
         from rlaif.backends.transformers_engine import pick_device
-        from rlaif.train.common import load_tokenizer, resolve, torch_dtype
+        from rlaif.train.models import load_tokenizer, resolve, torch_dtype
 
         path = resolve(model_spec)
         self.torch = torch
@@ -72,7 +72,8 @@ class SampleScorer:
         return prompt + completion, len(prompt)
 
     def __call__(self, batch: list[dict]) -> list[dict]:
-        from rlaif.train.common import pad, pad_id, sequence_logps
+        from rlaif.train.examples import pad, pad_id
+        from rlaif.train.maths import sequence_logps
 
         torch = self.torch
         encoded = [self.ids(s) for s in batch]

@@ -130,7 +130,7 @@ def run_best_of_n(prompts: Sequence[dict], engine: Engine, reward_fn: RewardFn, 
                   out_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Resumable run into `out_dir/best_of_n.jsonl` (+ manifest); returns the baseline summary."""
     from rlaif.runner import run_stage
-    from rlaif.train.common import write_json
+    from rlaif.train.run_log import write_json
 
     items = expand(prompts, engine.model, cfg)
     result = run_stage("best-of-n", items, make_process(engine, reward_fn, cfg), out_dir, config=cfg,

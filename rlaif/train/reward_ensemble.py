@@ -89,7 +89,8 @@ def train_ensemble(cfg, k: int, *, mode: str = "mean-std", lambda_std: float = 1
     measure their offsets on the whole preference file; `cfg` is a RewardConfig. -> summary
     (members' end accuracies and losses, offsets)."""
     from rlaif.records import write_jsonl_atomic
-    from rlaif.train.common import read_pairs, write_json
+    from rlaif.train.examples import read_pairs
+    from rlaif.train.run_log import write_json
     from rlaif.train.reward_model import RewardScorer, train_reward_model
 
     import yaml

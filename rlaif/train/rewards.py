@@ -81,7 +81,7 @@ def reward_fn_from_spec(spec: str, *, judge: str, constitution: str | None = Non
     model spec `judge`;
     `combined:FILE` -> helpful and harmless RMs by the Llama 2 rule (`prompt_records`, the prompt
     file's records, say which prompts are flagged unsafe); `ensemble:...` -> a conservative RM ensemble."""
-    from rlaif.train.common import resolve
+    from rlaif.train.models import resolve
 
     kind, _, arg = spec.partition(":")
     if kind == "rm" and arg:
