@@ -23,3 +23,19 @@ LAYERS = (
                     "rlaif.integrations", "rlaif.gguf_server")),
     ("public API", ("rlaif",)),
 )
+
+# rlaif/train/: a trainer is its config, its batches and its loss on the shared skeleton
+# (rlaif/train/trainer.py); its helpers live in the shared modules (models, examples, maths, rollouts,
+# pair_logps…), so no trainer imports another. GRPO is two modules (its maths and config, its loop). A
+# recipe runs trainers (rejection sampling: SFT on the best samples; an ensemble: K reward models) and
+# may import them. tests/test_layers.py checks both.
+TRAINERS = {
+    "sft": ("rlaif.train.sft",),
+    "reward_model": ("rlaif.train.reward_model",),
+    "dpo": ("rlaif.train.dpo",),
+    "kto": ("rlaif.train.kto",),
+    "orpo": ("rlaif.train.orpo",),
+    "ppo": ("rlaif.train.ppo",),
+    "grpo": ("rlaif.train.grpo", "rlaif.train.grpo_loop"),
+}
+RECIPES = ("rlaif.train.rejection_sampling", "rlaif.train.reward_ensemble")

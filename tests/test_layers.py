@@ -1,6 +1,8 @@
 """Imports only go down: every import in rlaif/ (inside functions too) is checked against the layer
 table in rlaif/layers.py, read with `ast`: nothing is imported and no model loads. Imports under
-`if TYPE_CHECKING:` never run and are left out."""
+`if TYPE_CHECKING:` never run: they are left out of the layer order, but they count for circles (a
+circle held open by `TYPE_CHECKING` is still two modules that need each other) and for the trainers,
+which never import one another (TRAINERS and RECIPES in rlaif/layers.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def read_layers() -> list[tuple[str, tuple[str, ...]]]:
+def read_table(name: str):
+    """A constant of rlaif/layers.py, read without importing the package."""
     tree = ast.parse((PACKAGE / "layers.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "LAYERS" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("rlaif/layers.py has no LAYERS table")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"rlaif/layers.py has no {name} table")
+
+
+def read_layers() -> list[tuple[str, tuple[str, ...]]]:
+    return list(read_table("LAYERS"))
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
@@ -47,14 +54,14 @@ def _type_checking_only(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _nodes(tree: ast.AST):
-    """Every node, leaving out the bodies of `if TYPE_CHECKING:`."""
+def _nodes(tree: ast.AST, type_checking: bool = False):
+    """Every node, leaving out the bodies of `if TYPE_CHECKING:` unless `type_checking`."""
     stack = [tree]
     while stack:
         node = stack.pop()
         yield node
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _type_checking_only(child):
+            if isinstance(child, ast.If) and _type_checking_only(child) and not type_checking:
                 stack.extend(child.orelse)
             else:
                 stack.append(child)
@@ -68,16 +75,17 @@ def _target(importer: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def package_imports() -> tuple[dict[str, dict[str, int]], list[str]]:
-    """{importer: {imported module: first line}} within rlaif, and every use of another module's
-    private name, as a message."""
+def package_imports(type_checking: bool = False) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """{importer: {imported module: first line}} within rlaif (with the imports under `if
+    TYPE_CHECKING:` when `type_checking`), and every use of another module's private name, as a
+    message."""
     edges: dict[str, dict[str, int]] = {}
     private: list[str] = []
     for importer, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
         out = edges.setdefault(importer, {})
         bound: dict[str, str] = {}  # local name -> rlaif module it stands for
-        for node in _nodes(tree):
+        for node in _nodes(tree, type_checking):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] == "rlaif":
@@ -108,6 +116,9 @@ def package_imports() -> tuple[dict[str, dict[str, int]], list[str]]:
 
 
 EDGES, PRIVATE = package_imports()
+ALL_EDGES, _ = package_imports(type_checking=True)  # what each module needs, to run or to be read
+TRAINERS: dict[str, tuple[str, ...]] = read_table("TRAINERS")
+RECIPES: tuple[str, ...] = read_table("RECIPES")
 
 
 def test_every_module_has_a_layer():
@@ -128,12 +139,13 @@ def test_imports_only_go_down():
 
 
 def test_no_import_circles():
-    """Each circle found once, as the chain of modules that closes it."""
+    """Each circle found once, as the chain of modules that closes it; imports under `if
+    TYPE_CHECKING:` count (they only hide a circle from the interpreter)."""
     circles, state = [], {}
 
     def visit(module, chain):
         state[module] = "open"
-        for target in sorted(EDGES.get(module, {})):
+        for target in sorted(ALL_EDGES.get(module, {})):
             if target not in MODULES:
                 continue
             if state.get(target) == "open":
@@ -200,3 +212,30 @@ def test_the_judge_layer_sits_between_engines_and_execution():
     names = [name for name, _ in LAYERS]
     assert names.index("engines") < names.index("judging") < names.index("execution")
     assert ("rlaif.judge",) in [entries for _, entries in LAYERS]
+
+
+def test_type_checking_imports_count_for_circles():
+    """The circle check sees an import that only `if TYPE_CHECKING:` holds."""
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rlaif.x import Y\n")
+    imported = [n.module for n in _nodes(tree, type_checking=True) if isinstance(n, ast.ImportFrom)]
+    assert "rlaif.x" in imported
+    assert "rlaif.x" not in [n.module for n in _nodes(tree) if isinstance(n, ast.ImportFrom)]
+
+
+def test_the_trainer_table_names_modules_of_rlaif_train():
+    named = [m for modules in TRAINERS.values() for m in modules] + list(RECIPES)
+    assert len(named) == len(set(named)), "a module is named twice in TRAINERS / RECIPES"
+    for module in named:
+        assert module in MODULES and module.startswith("rlaif.train."), f"{module} is not a module of rlaif/train/"
+
+
+def test_no_trainer_imports_another_trainer():
+    """A trainer's helpers live in the shared modules of rlaif/train/ (models, examples, maths,
+    rollouts, pair_logps, trainer…), never in another trainer; only a recipe may run trainers."""
+    owner = {m: name for name, modules in TRAINERS.items() for m in modules}
+    borrowed = [f"{MODULES[i].relative_to(PACKAGE.parent)}:{line}: {i} (trainer {owner[i]}) imports {t} "
+                f"(trainer {owner[t]})"
+                for i, targets in ALL_EDGES.items() if i in owner and i not in RECIPES
+                for t, line in targets.items() if t in owner and owner[t] != owner[i]]
+    assert not borrowed, "trainers importing other trainers:\n" + "\n".join(borrowed)
+
