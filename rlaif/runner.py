@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from rlaif.backends.base import independent_requests
 from rlaif.config import config_hash
 from rlaif.errors import RequestFailed, UserError
-from rlaif.manifest import MANIFEST, read_manifest, update_manifest  # noqa: F401  (read_manifest, MANIFEST: re-exported)
-from rlaif.records import FileRecords, append_records, dumps, iter_output, read_output, write_jsonl_atomic
+from rlaif.manifest import update_manifest
+from rlaif.records import FileRecords, append_records, iter_output, read_output, write_jsonl_atomic
 
 FAILURES = "failures.jsonl"
 LOCK = ".rlaif.lock"
@@ -334,6 +334,6 @@ def _checked(outputs: list[dict], batch: list[dict]) -> list[dict]:
     return outputs
 
 
-__all__ = ["run_stage", "StageResult", "OutputLock", "update_manifest", "read_manifest", "dumps",
+__all__ = ["run_stage", "StageResult", "OutputLock",
            "Executor", "current_executor", "executor_in_use", "process_batch",
            "rewrite_failures"]

@@ -5,7 +5,8 @@ import pytest
 
 from rlaif.errors import RequestFailed, UserError
 from rlaif.records import append_records, read_jsonl, read_output, record_id, write_atomic
-from rlaif.runner import FAILURES, MANIFEST, OutputLock, run_stage
+from rlaif.manifest import MANIFEST
+from rlaif.runner import FAILURES, OutputLock, run_stage
 
 
 def items(n):
