@@ -107,22 +107,23 @@ def cmd_label(args) -> int:
 
 
 def cmd_eval_labeler(args) -> int:
+    """The judge against human labels: HH-RLHF-style pairs, or labels made with `rlaif annotate`
+    (a database, or its export); one path for both, each with its reader, run and report."""
+    from rlaif.annotate.human_eval import is_annotation_source
     from rlaif.backends import load_engine
     from rlaif.constitution import load_constitution
-    from rlaif.hh_rlhf import load_human_pairs
-    from rlaif.eval.labeler_report import format_metrics, run_eval
-
-    from rlaif.annotate.human_eval import is_annotation_source
     from rlaif.judge import Judge
 
+    if is_annotation_source(args.human):
+        from rlaif.annotate.human_eval import (format_summary as format_metrics, load_labels as check,
+                                               run_human_eval as run_eval)
+    else:
+        from rlaif.eval.labeler_report import format_metrics, run_eval
+        from rlaif.hh_rlhf import load_human_pairs as check
+
     cfg = judge_config(args)
-
-    if is_annotation_source(args.human):  # labels made with `rlaif annotate` (a db, or its export)
-        from rlaif.annotate.cli import eval_labeler_on_annotations
-
-        return eval_labeler_on_annotations(args, cfg, engine_config(args))
     constitution = load_constitution(args.constitution)
-    load_human_pairs(args.human)  # a bad human-label file fails before the model loads
+    check(args.human)  # a bad human-label file fails before the model loads
     engine = load_engine(engine_config(args))
     try:
         m = run_eval(args.human, Judge(engine, constitution, cfg), args.out, limit=args.limit, seed=args.seed,

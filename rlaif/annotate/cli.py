@@ -1,7 +1,8 @@
 """`rlaif annotate serve|export|import`: argument parsing and the command functions.
 
-`register(sub)` adds the `annotate` command to rlaif's top-level parser; `eval_labeler_on_annotations`
-is what `rlaif eval-labeler` calls when --human names an annotation database or export.
+`register(sub)` adds the `annotate` command to rlaif's top-level parser. `rlaif eval-labeler` reads
+an annotation database or export given as --human itself (rlaif/cli_judge.py, with
+rlaif/annotate/human_eval.py).
 """
 
 from __future__ import annotations
@@ -107,25 +108,6 @@ def cmd_import(args) -> int:
     s = import_label_studio(args.label_studio, store, constitution)
     print(f"annotate import: {s['tasks']} Label Studio tasks -> {s['pairs']} pairs, {s['labels']} labels in {db}")
     return 0
-
-
-def eval_labeler_on_annotations(args, cfg, engine_config) -> int:
-    """`rlaif eval-labeler --human DB|JSONL` for labels made with `rlaif annotate`."""
-    from rlaif.annotate.human_eval import format_summary, load_labels, run_human_eval
-    from rlaif.backends import load_engine
-    from rlaif.constitution import load_constitution
-    from rlaif.judge import Judge
-
-    constitution = load_constitution(args.constitution)
-    load_labels(args.human)  # a bad label file fails before the model loads
-    engine = load_engine(engine_config)
-    try:
-        m = run_human_eval(args.human, Judge(engine, constitution, cfg), args.out, limit=args.limit, seed=args.seed,
-                           batch_size=args.batch_size, overwrite=args.overwrite)
-    finally:
-        engine.close()
-    print(format_summary(m, args.out))
-    return 1 if m["failed"] else 0
 
 
 def register(sub) -> None:
