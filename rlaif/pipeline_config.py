@@ -27,8 +27,6 @@ from rlaif.train.sft import SFTConfig
 
 # ---------------------------------------------------------------- rounds: (run by rlaif/iterate.py)
 
-PAIRINGS = ("best_worst", "all_pairs", "soft_pairs")
-
 
 class RoundsEval(Strict):
     """How each round's policy is measured, on held-out prompts (never training prompts)."""
