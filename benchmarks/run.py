@@ -7,7 +7,8 @@ labeling (labeler vs raw forwards vs one-by-one, linearity, prefix reuse on vs o
 training (DPO/RM vs TRL), reference_free (SimPO/CPO/ORPO vs our DPO: step time, peak RSS), grpo (GRPO vs our PPO: step time, peak RSS, reward per 1k sampled
 tokens), openai (engine vs llama.cpp server), gguf (engine vs transformers on the same weights),
 critique (chains/min, cost per 1000 prompts), ray (the Ray executor vs the in-process runner:
-overhead ratio, driver peak RSS at 10x the pairs).
+overhead ratio, driver peak RSS at 10x the pairs), judge_server (rlaif serve-reward vs the in-process
+judge, micro-batching vs one request at a time, group rewards with prefix reuse on vs off).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ SIZES = {
 }
 # which benchmarks a mode runs (quick leaves out the slow peers unless asked with --only)
 ORDER = ["engine", "omp", "labeling", "critique", "training", "reference_free", "grpo", "openai", "gguf", "distilabel",
-         "ray"]
-QUICK_SKIP = {"distilabel", "omp"}
+         "ray", "judge_server"]
+QUICK_SKIP = {"distilabel", "omp", "judge_server"}
 
 
 def omp_policies(report: Report, sizes: dict) -> None:
@@ -182,6 +183,10 @@ def main(argv=None) -> int:
                 from benchmarks import ray_executor as b
 
                 report.details["ray"] = b.run(report, 200 if mode == "full" else 20, 10 if mode == "full" else 2)
+            elif name == "judge_server":  # the judge as a reward server (rlaif/integrations/)
+                from benchmarks import judge_server as b
+
+                report.details["judge_server"] = b.run(report, mode)
         except Exception as e:  # one broken benchmark must not hide the others' numbers
             traceback.print_exc()
             report.skip(name, f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
