@@ -53,7 +53,8 @@ def judge_from_env(environ=None):
             if batch <= 0:
                 raise ValueError
         except ValueError:
-            raise UserError(f"RLAIF_JUDGE_BATCH={env['RLAIF_JUDGE_BATCH']!r}: expected a positive whole number") from None
+            raise UserError(f"RLAIF_JUDGE_BATCH={env['RLAIF_JUDGE_BATCH']!r}: expected a positive whole "
+                            "number") from None
     key = (spec, constitution, device, batch)
     with _judges_lock:
         if key not in _judges:

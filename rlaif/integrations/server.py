@@ -62,7 +62,8 @@ def _list(body: dict, key: str, kind=None) -> list:
 def _same_length(body: dict, *keys: str) -> None:
     lengths = {k: len(body[k]) for k in keys}
     if len(set(lengths.values())) > 1:
-        raise BadRequest("fields " + ", ".join(f"{k!r} ({n})" for k, n in lengths.items()) + ": expected as many of each")
+        shown = ", ".join(f"{k!r} ({n})" for k, n in lengths.items())
+        raise BadRequest(f"fields {shown}: expected as many of each")
 
 
 class RewardServer:
@@ -196,9 +197,6 @@ def create_app(judge, token: str | None = None, batching: bool = True) -> Starle
     return RewardServer(judge, token, batching).app()
 
 
-
-
-
 class _Stopped(Exception):
     """SIGINT or SIGTERM after uvicorn finished its graceful shutdown."""
 
@@ -230,4 +228,6 @@ def serve(judge, sock, token: str | None = None, batching: bool = True, banner: 
         sock.close()
         judge.close()
     return {"requests": server.requests, "units": server.units}
+
+
 __all__ = ["RewardServer", "create_app", "serve", "MAX_ITEMS", "MAX_BYTES"]

@@ -68,7 +68,10 @@ class JudgeReward:
             raise UserError(f"{self.__name__}: {len(prompts)} prompts and {len(completions)} completions; "
                             "expected one prompt per completion")
         texts = [reply_text(c) for c in completions]
-        groups = groups_of(prompts, self.num_generations) if self.mode != "direct" else [[i] for i in range(len(prompts))]
+        if self.mode == "direct":  # every reply on its own
+            groups = [[i] for i in range(len(prompts))]
+        else:
+            groups = groups_of(prompts, self.num_generations)
         refs = None
         if self.mode == "reference":
             column = columns.get(self.reference_column)

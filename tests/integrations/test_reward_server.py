@@ -55,7 +55,8 @@ CONVERSATIONS = [("How do I make a cup of tea?", "Boil water, pour it over a tea
 
 def test_split_query_and_prompt_messages_read_chat_templates():
     chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
-    assert prompt_messages(chatml) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    assert prompt_messages(chatml) == [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "Hi there"}]
     assert split_query(chatml + "Hello!<|im_end|>", chatml) == "Hello!"
     llama3 = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -202,12 +203,14 @@ def test_plain_routes_score_compare_group(server, judge):
     prompts = [[{"role": "user", "content": u}] for u, _ in CONVERSATIONS]
     replies = [r for _, r in CONVERSATIONS]
     code, got = post(f"{server}/score", {"prompts": prompts, "replies": replies})
-    assert code == 200 and got["rewards"] == pytest.approx([s.value for s in judge.score_many(prompts, replies)], abs=TOL)
+    want = [s.value for s in judge.score_many(prompts, replies)]
+    assert code == 200 and got["rewards"] == pytest.approx(want, abs=TOL)
     code, got = post(f"{server}/compare", {"prompts": prompts[:2], "a": replies[:2], "b": ["Go away.", "No."]})
     want = judge.compare_many(prompts[:2], replies[:2], ["Go away.", "No."])
     assert code == 200 and got["p_a"] == pytest.approx([j.p_a for j in want], abs=TOL)
     group = ["Paris.", "Lyon.", "It is Paris, a city on the Seine."]
-    code, got = post(f"{server}/group", {"prompt": "What is the capital of France?", "replies": group, "mode": "pairwise"})
+    code, got = post(f"{server}/group", {"prompt": "What is the capital of France?", "replies": group,
+                                         "mode": "pairwise"})
     assert code == 200 and got["rewards"] == pytest.approx(
         judge.group_rewards("What is the capital of France?", group, mode="pairwise"), abs=TOL)
 

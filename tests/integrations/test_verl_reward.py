@@ -67,7 +67,8 @@ def test_compute_score_in_the_managers_thread_pool(env_judge):
 @pytest.mark.slow
 def test_compute_score_async_awaited_on_the_managers_loop(env_judge):
     async def manager():
-        return await asyncio.gather(*(compute_score_async(**manager_kwargs(i, q, r)) for i, (q, r) in enumerate(SAMPLES)))
+        return await asyncio.gather(*(compute_score_async(**manager_kwargs(i, q, r))
+                                      for i, (q, r) in enumerate(SAMPLES)))
 
     got = asyncio.run(manager())
     want = env_judge.score_many([q for q, _ in SAMPLES], [r for _, r in SAMPLES])
