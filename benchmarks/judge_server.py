@@ -17,7 +17,10 @@ by side in one run on the embedded judge (SmolLM2-135M, CPU), the two sides alte
 
 Replies are HH-RLHF harmless dev replies cut to `reply_chars` (120 in --quick): off-topic for
 their prompts, which costs nothing here (the judge reads the same number of tokens either way).
-A side that loads the model warms up on a small round first; the two sides then alternate.
+A side that loads the model warms up on a small round first; the two sides then alternate and the
+best time of each is kept. (b) and (c) also give the load-independent part of their ratio: the
+prompt tokens each side's engine ran through the model (from the engine's counters; the servers
+report theirs on /health).
 
     python -m benchmarks.run --quick --only judge_server
 """
@@ -36,7 +39,7 @@ from benchmarks.common import ROOT, Report, header, hh_pairs, red_team_prompts, 
 
 SIZES = {
     "tiny": dict(clients=4, replies=2, burst=4, groups=1, group_size=4, repeats=1, reply_chars=120),
-    "quick": dict(clients=32, replies=8, burst=16, groups=1, group_size=8, repeats=1, reply_chars=120),
+    "quick": dict(clients=32, replies=8, burst=16, groups=1, group_size=8, repeats=2, reply_chars=120),
     "full": dict(clients=32, replies=8, burst=16, groups=2, group_size=8, repeats=2, reply_chars=200),
 }
 
@@ -113,6 +116,18 @@ def post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
+def health(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/health", timeout=60) as r:
+        return json.loads(r.read())
+
+
+def prefilled(before: dict, after: dict) -> int:
+    """Prompt tokens an engine ran through the model between two readings of its counters (the
+    ones a reused prefix covered left out)."""
+    return ((after["prompt_tokens"] - before["prompt_tokens"])
+            - (after["cached_prompt_tokens"] - before["cached_prompt_tokens"]))
+
+
 def together(url: str, bodies: list[dict]) -> list[dict]:
     """Every body posted at the same moment, one client thread each (a barrier releases them)."""
     out: list = [None] * len(bodies)
@@ -179,10 +194,13 @@ def micro_batching(tokenizer, report: Report, s: dict, batch_size: int) -> dict:
     try:
         for srv in (batched, alone):  # warm-up: two requests each
             together(f"{srv.url}/get_reward", bodies[:2])
+        before = {k: health(srv.url)["engine"] for k, srv in (("batched", batched), ("alone", alone))}
         res = side_by_side({
             "batched": lambda: [a["rewards"][0] for a in together(f"{batched.url}/get_reward", bodies)],
             "alone": lambda: [a["rewards"][0] for a in together(f"{alone.url}/get_reward", bodies)],
         }, repeats=s["repeats"], warmup=False)
+        tokens = {k: prefilled(before[k], health(srv.url)["engine"]) for k, srv in (("batched", batched),
+                                                                                  ("alone", alone))}
     finally:
         batched.close()
         alone.close()
@@ -192,10 +210,12 @@ def micro_batching(tokenizer, report: Report, s: dict, batch_size: int) -> dict:
                "replies/s")
     report.add("judge-server", f"{n} simultaneous one-reply requests, each alone: replies/s", n / res["alone"]["best"],
                "replies/s")
+    ideal = tokens["alone"] / max(tokens["batched"], 1)
     report.add("judge-server", "micro-batching / each request alone", ratio, "x", "≥ 3x", ratio >= 3,
-               note=f"max |Δ reward| {diff:.1e}")
+               note=f"tokens prefilled alone / batched {ideal:.2f}x; max |Δ reward| {diff:.1e}")
     return {"requests": n, "best_s": {k: v["best"] for k, v in res.items()},
-            "times": {k: v["times"] for k, v in res.items()}, "max_abs_diff": diff, "ratio": ratio}
+            "times": {k: v["times"] for k, v in res.items()}, "max_abs_diff": diff, "ratio": ratio,
+            "tokens_prefilled": tokens, "token_ratio": ideal}
 
 
 def group_prefix_reuse(judge, report: Report, s: dict) -> dict:
@@ -207,9 +227,14 @@ def group_prefix_reuse(judge, report: Report, s: dict) -> dict:
            "prefix reuse on vs off")
     prompts, groups = groups_of_replies(n, g, s["reply_chars"])
 
+    tokens = {"reuse_on": 0, "reuse_off": 0}
+
     def rewards(on: bool):
         with prefix_reuse(judge.engine, on):
-            return [r for grp in judge.group_rewards_many(prompts, groups, "pairwise") for r in grp]
+            before = dict(judge.engine.counters)
+            out = [r for grp in judge.group_rewards_many(prompts, groups, "pairwise") for r in grp]
+            tokens["reuse_on" if on else "reuse_off"] += prefilled(before, judge.engine.counters)
+            return out
 
     # the engine is warm from (a); each side's first call is timed
     res = side_by_side({"reuse_on": lambda: rewards(True), "reuse_off": lambda: rewards(False)},
@@ -219,10 +244,12 @@ def group_prefix_reuse(judge, report: Report, s: dict) -> dict:
     for k in ("reuse_on", "reuse_off"):
         report.add("judge-server", f"group rewards G={g} pairwise, prefix reuse {k[6:]}: groups/s", n / res[k]["best"],
                    "groups/s")
+    ideal = tokens["reuse_off"] / max(tokens["reuse_on"], 1)
     report.add("judge-server", "group rewards: prefix reuse on / off", ratio, "x", "≥ 2x", ratio >= 2,
-               note=f"max |Δ reward| {diff:.1e}")
+               note=f"tokens prefilled off / on {ideal:.2f}x; max |Δ reward| {diff:.1e}")
     return {"groups": n, "group_size": g, "best_s": {k: v["best"] for k, v in res.items()},
-            "times": {k: v["times"] for k, v in res.items()}, "max_abs_diff": diff, "ratio": ratio}
+            "times": {k: v["times"] for k, v in res.items()}, "max_abs_diff": diff, "ratio": ratio,
+            "tokens_prefilled": tokens, "token_ratio": ideal}
 
 
 def run(report: Report, mode: str) -> dict:

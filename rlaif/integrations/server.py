@@ -10,7 +10,8 @@ Routes (JSON in, JSON out):
     POST /compare     {"prompts": [...], "a": [...], "b": [...]} -> {"p_a": [...], "labels_by_order": [...]}
     POST /group       {"prompt": ..., "replies": [...], "mode": "direct"|"pairwise"|"reference",
                        "reference": ...} -> {"rewards": [...]}
-    GET  /health      {"status": "ok", "judge": ..., "constitution": ..., "requests": n, "units": n}
+    GET  /health      {"status": "ok", "judge": ..., "constitution": ..., "requests": n, "units": n,
+                       "engine": the engine's counters (prompt tokens, tokens reused, forward passes)}
 
 A prompt is text or a list of chat messages. Every request goes through the judge's async twins,
 so requests that arrive together are judged in one engine batch (`batching=False` judges each
@@ -134,8 +135,10 @@ class RewardServer:
         return {"rewards": rewards[0]}
 
     def health(self) -> dict:
+        counters = getattr(self.judge.engine, "counters", None)  # tokens prefilled, reused, forward passes
         return {"status": "ok", "judge": self.judge.name, "constitution": self.judge.constitution.name,
-                "batching": self.batching, "requests": self.requests, "units": self.units}
+                "batching": self.batching, "requests": self.requests, "units": self.units,
+                "engine": dict(counters) if isinstance(counters, dict) else None}
 
     # ---------------------------------------------------------------- plumbing
 
