@@ -16,9 +16,10 @@ import os
 import threading
 from typing import Any, Awaitable
 
+from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
 
-DEFAULT_JUDGE = "embedded:smollm2-135m-instruct"
+DEFAULT_JUDGE = DEFAULT_MODEL  # the judge when neither the call nor RLAIF_JUDGE names one
 
 _judges: dict[tuple, Any] = {}
 _judges_lock = threading.Lock()
