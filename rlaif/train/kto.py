@@ -332,11 +332,9 @@ def train_kto(cfg: KTOConfig) -> dict:
     accelerator = run.accelerator
     read = dict(data_format=cfg.data_format, threshold=cfg.score_threshold, margin=cfg.pair_margin)
     examples, skipped, fmt = read_kto(cfg.data, **read)
-    eval_examples = None
-    if cfg.eval_file:
-        eval_examples, eval_skipped, _ = read_kto(cfg.eval_file, **read)
+    eval_examples, eval_skipped, _ = read_kto(cfg.eval_file, **read) if cfg.eval_file else (None, None, None)
     run.left_out(skipped, "skipped_records")
-    if cfg.eval_file:
+    if eval_examples:
         run.left_out(eval_skipped, "eval_skipped_records", "eval")
     model = start_training(load_policy(run.path, cfg.dtype, cfg.lora), cfg)
 

@@ -133,11 +133,9 @@ def train_sft(cfg: SFTConfig) -> dict:
         raise UserError("sft: no data; set `data` (a prompt/completion JSONL such as critique/sl_cai.jsonl)")
     run = Run.start(cfg, "sft", cfg.policy)
     examples, skipped = read_sft(cfg.data)
-    eval_examples = None
-    if cfg.eval_file:
-        eval_examples, eval_skipped = read_sft(cfg.eval_file)
+    eval_examples, eval_skipped = read_sft(cfg.eval_file) if cfg.eval_file else (None, None)
     run.left_out(skipped, "skipped_records")
-    if cfg.eval_file:
+    if eval_examples:
         run.left_out(eval_skipped, "eval_skipped_records", "eval")
     model = start_training(load_policy(run.path, cfg.dtype, cfg.lora, dropout=True), cfg)
 
