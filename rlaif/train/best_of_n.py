@@ -36,7 +36,7 @@ class BestOfNConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(128, ge=1)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)  # prompts per engine call
+    batch_size: int = Field(8, ge=1, description="prompts per engine call")
 
 
 def kl_best_of_n(n: int) -> float:

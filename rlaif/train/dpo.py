@@ -70,16 +70,21 @@ REFERENCE_FREE = ("simpo", "cpo")
 
 
 class DPOConfig(PairTrainConfig):
-    policy: str = DEFAULT_MODEL  # starting policy and reference: embedded:NAME, local dir, hub id
-    reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
-    prefs: str | None = None  # preference JSONL
-    loss: Literal["sigmoid", "ipo", "simpo", "cpo"] = "sigmoid"
-    beta: float = Field(0.1, gt=0)  # SimPO's paper uses β = 2-2.5 with γ = β/2 (TRL's defaults: 0.1, 0.5)
-    simpo_gamma: float = Field(0.5, ge=0)  # γ, SimPO's target margin (loss simpo)
-    cpo_alpha: float = Field(1.0, ge=0)  # α, the weight of CPO's NLL term (loss cpo)
-    soft_labels: bool = True  # targets from p_chosen; False: every pair counts as p = 1
-    learning_rate: float = Field(5e-6, gt=0)
-    lora: LoraSettings | None = None
+    policy: str = Field(DEFAULT_MODEL, description="starting policy and reference: embedded:NAME, local dir, hub id")
+    reference: str | None = Field(
+        None, description="another reference model (same tokenizer); None: the starting policy")
+    prefs: str | None = Field(None, description="preference JSONL")
+    loss: Literal["sigmoid", "ipo", "simpo", "cpo"] = Field(
+        "sigmoid", description="sigmoid (DPO), ipo, or the reference-free simpo and cpo")
+    beta: float = Field(
+        0.1, gt=0, description="β: the KL constraint's strength (sigmoid, ipo), the reward scale (simpo, cpo); "
+                               "SimPO's paper uses 2-2.5 with γ = β/2")
+    simpo_gamma: float = Field(0.5, ge=0, description="γ, SimPO's target margin (loss simpo)")
+    cpo_alpha: float = Field(1.0, ge=0, description="α, the weight of CPO's NLL term (loss cpo)")
+    soft_labels: bool = Field(True, description="targets from p_chosen; False: every pair counts as p = 1")
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA adapters (r, alpha, dropout, target modules); unset: every weight is trained")
 
     @model_validator(mode="after")
     def _reference_free_has_no_reference(self):

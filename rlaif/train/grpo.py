@@ -61,29 +61,37 @@ STD_EPS = 1e-4
 class GRPOConfig(TrainConfig):
     """TRL-like names (GRPOConfig): num_generations, beta, epsilon, num_iterations, loss_type."""
 
-    policy: str = DEFAULT_MODEL  # start, and reference when beta > 0
-    reference: str | None = None  # another reference (same tokenizer); None: the starting policy
-    prompts: str | None = None
-    judge: str | None = None  # judge rewards: the judge's model spec (the pipeline passes its judge engine)
-    constitution: str | None = None  # judge rewards' default constitution
-    rewards: list[RewardSpec] = [RewardSpec(kind="judge_direct")]
-    reward_weights: dict[str, float] | None = None  # name -> weight, overrides each reward's own
-    batch_size: int = Field(4, ge=1)  # prompts per step (global); each gives num_generations replies
-    num_generations: int = Field(4, ge=2)  # G
-    advantage: Literal["grpo", "rloo", "dr_grpo"] = "grpo"
-    scale_rewards: Literal["group", "batch", "none"] | None = None  # default: group for grpo, none otherwise
-    # default: dr_grpo for `advantage: dr_grpo` (Dr. GRPO is both its advantage and its normaliser), else grpo
-    loss_type: Literal["grpo", "bnpo", "dr_grpo"] | None = None
-    beta: float = Field(0.0, ge=0)  # KL coefficient; 0: no reference model
-    epsilon: float = Field(0.2, gt=0)  # clip ε_low
-    epsilon_high: float | None = Field(None, gt=0)  # clip ε_high (DAPO); default epsilon
-    num_iterations: int = Field(1, ge=1)  # μ: optimisation passes per generation batch
-    use_bias_correction_kl: bool = False  # KL_t · ρ_t (TRL's default); False: the paper's k3 term
-    learning_rate: float = Field(1e-6, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(48, ge=1)
-    missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from R when no EOS was sampled
-    reward_batch_size: int = Field(16, ge=1)
+    policy: str = Field(DEFAULT_MODEL, description="start, and reference when beta > 0")
+    reference: str | None = Field(None, description="another reference (same tokenizer); None: the starting policy")
+    prompts: str | None = Field(None, description="prompt file (JSONL with a prompt field, or text lines)")
+    judge: str | None = Field(
+        None, description="judge rewards: the judge's model spec (the pipeline passes its judge engine)")
+    constitution: str | None = Field(None, description="judge rewards' default constitution")
+    rewards: list[RewardSpec] = Field(
+        [RewardSpec(kind="judge_direct")], description="the rewards and their weights (kinds: judge_direct, judge_pairwise, model, rule)")
+    reward_weights: dict[str, float] | None = Field(None, description="name -> weight, overrides each reward's own")
+    batch_size: int = Field(4, ge=1, description="prompts per step (global); each gives num_generations replies")
+    num_generations: int = Field(4, ge=2, description="G")
+    advantage: Literal["grpo", "rloo", "dr_grpo"] = Field(
+        "grpo", description="grpo (group-normalised), rloo (leave-one-out) or dr_grpo (no std scaling, constant "
+                            "normaliser)")
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        None, description="default: group for grpo, none otherwise")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] | None = Field(
+        None, description="default: dr_grpo for `advantage: dr_grpo` (Dr. GRPO is both its advantage and its "
+                          "normaliser), else grpo")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0: no reference model")
+    epsilon: float = Field(0.2, gt=0, description="clip ε_low")
+    epsilon_high: float | None = Field(None, gt=0, description="clip ε_high (DAPO); default epsilon")
+    num_iterations: int = Field(1, ge=1, description="μ: optimisation passes per generation batch")
+    use_bias_correction_kl: bool = Field(False, description="KL_t · ρ_t (TRL's default); False: the paper's k3 term")
+    learning_rate: float = Field(1e-6, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the rollouts (the log-probs are taken at the same "
+                               "temperature)")
+    max_new_tokens: int = Field(48, ge=1, description="most tokens sampled per reply")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from R when no EOS was sampled")
+    reward_batch_size: int = Field(16, ge=1, description="replies per reward-model or judge call")
 
     @field_validator("rewards")
     @classmethod

@@ -63,17 +63,21 @@ from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class KTOConfig(PairTrainConfig):
-    policy: str = DEFAULT_MODEL  # starting policy and reference: embedded:NAME, local dir, hub id
-    reference: str | None = None  # another reference model (same tokenizer); None: the starting policy
-    data: str | None = None  # JSONL: unpaired (label), scored (score) or preference pairs
-    data_format: Literal["auto", "unpaired", "scores", "pairs"] = "auto"
-    score_threshold: float = Field(0.5, ge=0, le=1)  # scores: desirable when score ≥ threshold
-    pair_margin: float = Field(0.0, ge=0, lt=0.5)  # pairs: used only where |p_chosen − 0.5| > margin
-    beta: float = Field(0.1, gt=0)
-    desirable_weight: float = Field(1.0, gt=0)  # λ_D
-    undesirable_weight: float = Field(1.0, gt=0)  # λ_U
-    learning_rate: float = Field(5e-6, gt=0)
-    lora: LoraSettings | None = None
+    policy: str = Field(DEFAULT_MODEL, description="starting policy and reference: embedded:NAME, local dir, hub id")
+    reference: str | None = Field(
+        None, description="another reference model (same tokenizer); None: the starting policy")
+    data: str | None = Field(None, description="JSONL: unpaired (label), scored (score) or preference pairs")
+    data_format: Literal["auto", "unpaired", "scores", "pairs"] = Field(
+        "auto", description="how the data file is read: unpaired, scored or preference records (auto: by its "
+                            "fields)")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="scores: desirable when score ≥ threshold")
+    pair_margin: float = Field(0.0, ge=0, lt=0.5, description="pairs: used only where |p_chosen − 0.5| > margin")
+    beta: float = Field(0.1, gt=0, description="β: the strength of the KL constraint to the reference")
+    desirable_weight: float = Field(1.0, gt=0, description="λ_D")
+    undesirable_weight: float = Field(1.0, gt=0, description="λ_U")
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA adapters (r, alpha, dropout, target modules); unset: every weight is trained")
 
     @model_validator(mode="after")
     def _kl_needs_a_batch(self):

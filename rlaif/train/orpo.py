@@ -51,13 +51,15 @@ from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class ORPOConfig(PairTrainConfig):
-    policy: str = DEFAULT_MODEL  # starting policy: embedded:NAME, local dir, hub id
-    prefs: str | None = None  # preference JSONL
-    beta: float = Field(0.1, gt=0)  # λ, the weight of the odds-ratio term (TRL's `beta`)
-    sft_on: Literal["completion", "all"] = "completion"  # the SFT term's tokens: the reply, or prompt and reply (TRL)
-    soft_labels: bool = True  # targets from p_chosen; False: every pair counts as p = 1
-    learning_rate: float = Field(5e-6, gt=0)
-    lora: LoraSettings | None = None
+    policy: str = Field(DEFAULT_MODEL, description="starting policy: embedded:NAME, local dir, hub id")
+    prefs: str | None = Field(None, description="preference JSONL")
+    beta: float = Field(0.1, gt=0, description="λ, the weight of the odds-ratio term (TRL's `beta`)")
+    sft_on: Literal["completion", "all"] = Field(
+        "completion", description="the SFT term's tokens: the reply, or prompt and reply (TRL)")
+    soft_labels: bool = Field(True, description="targets from p_chosen; False: every pair counts as p = 1")
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA adapters (r, alpha, dropout, target modules); unset: every weight is trained")
 
 
 # the logged curves whose first and last values the summary gives, and those train_curves.png draws

@@ -57,26 +57,32 @@ RewardFn = Callable[[Sequence[Messages | str], Sequence[str]], Sequence[float]]
 
 
 class PPOConfig(TrainConfig):
-    policy: str = DEFAULT_MODEL  # starting policy and frozen reference
-    prompts: str | None = None  # prompt JSONL (`prompt`: messages or string)
-    reward: str | None = None  # "rm:DIR" | "labeler:direct" | "combined:FILE" | "ensemble:..." (or pass reward_fn)
-    judge: str | None = None  # the judge's model spec for labeler:direct (default: the policy's spec)
-    constitution: str | None = None  # for labeler:direct (default: the labeler's own default)
-    batch_size: int = Field(8, ge=1)  # prompts per PPO step (global)
-    mini_batch_size: int = Field(4, ge=1)  # rollouts per optimizer step (global)
-    ppo_epochs: int = Field(2, ge=1)
-    learning_rate: float = Field(3e-6, gt=0)
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.05, ge=0)  # β
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    cliprange: float = Field(0.2, gt=0)
-    cliprange_value: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    whiten_rewards: bool = False  # scale the per-token rewards by their global-batch std (all processes)
-    missing_eos_penalty: float | None = Field(None, ge=0)  # subtracted from R when no EOS was sampled
-    reward_batch_size: int = Field(16, ge=1)
+    policy: str = Field(DEFAULT_MODEL, description="starting policy and frozen reference")
+    prompts: str | None = Field(None, description="prompt JSONL (`prompt`: messages or string)")
+    reward: str | None = Field(
+        None, description="\"rm:DIR\" | \"labeler:direct\" | \"combined:FILE\" | \"ensemble:...\" (or pass "
+                          "reward_fn)")
+    judge: str | None = Field(
+        None, description="the judge's model spec for labeler:direct (default: the policy's spec)")
+    constitution: str | None = Field(None, description="for labeler:direct (default: the labeler's own default)")
+    batch_size: int = Field(8, ge=1, description="prompts per PPO step (global)")
+    mini_batch_size: int = Field(4, ge=1, description="rollouts per optimizer step (global)")
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    learning_rate: float = Field(3e-6, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    max_new_tokens: int = Field(48, ge=1, description="most tokens sampled per reply")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the rollouts (the log-probs are taken at the same "
+                               "temperature)")
+    kl_coef: float = Field(0.05, ge=0, description="β")
+    gamma: float = Field(1.0, ge=0, le=1, description="γ, the discount of GAE")
+    lam: float = Field(0.95, ge=0, le=1, description="λ, GAE's bias-variance trade-off")
+    cliprange: float = Field(0.2, gt=0, description="ε of the clipped policy objective")
+    cliprange_value: float = Field(0.2, gt=0, description="the value head's clip range")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    whiten_rewards: bool = Field(
+        False, description="scale the per-token rewards by their global-batch std (all processes)")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from R when no EOS was sampled")
+    reward_batch_size: int = Field(16, ge=1, description="replies per reward-model or judge call")
 
 
 # the logged curves whose first and last values the summary gives, and those train_curves.png draws

@@ -53,14 +53,14 @@ class Whitening(Strict):
 class CombineConfig(Strict):
     helpful: str  # reward-model folder (train-rm output)
     harmless: str
-    threshold: float = -1.0  # T, on the whitened harmless score
+    threshold: float = Field(-1.0, description="T, on the whitened harmless score")
     helpful_whitening: Whitening
     harmless_whitening: Whitening
     unsafe_field: str = "unsafe"
     category_field: str = "category"
     unsafe_categories: list[str] = []
-    unsafe_prompts: str | None = None  # optional prompt file whose flagged records count as unsafe
-    calibration: str | None = None  # where the statistics came from (for the record)
+    unsafe_prompts: str | None = Field(None, description="optional prompt file whose flagged records count as unsafe")
+    calibration: str | None = Field(None, description="where the statistics came from (for the record)")
     max_length: int = Field(512, ge=8)
 
 

@@ -46,10 +46,11 @@ from rlaif.records import read_jsonl
 class EnsembleConfig(Strict):
     members: list[str]  # reward-model folders (relative to ensemble.yaml's folder, or absolute)
     mode: Literal["mean-std", "min"] = "mean-std"
-    lambda_std: float = Field(1.0, ge=0)  # λ_std of mean − λ_std·std (a standard deviation, not a variance)
+    lambda_std: float = Field(
+        1.0, ge=0, description="λ_std of mean − λ_std·std (a standard deviation, not a variance)")
     seed: int = 0
-    offsets: list[float] | None = None  # m_k: each member's mean score on the calibration set
-    calibration: str | None = None  # the calibration file the offsets come (or are to come) from
+    offsets: list[float] | None = Field(None, description="m_k: each member's mean score on the calibration set")
+    calibration: str | None = Field(None, description="the calibration file the offsets come (or are to come) from")
 
 
 def conservative(scores: torch.Tensor, mode: str = "mean-std", lambda_std: float = 1.0) -> torch.Tensor:

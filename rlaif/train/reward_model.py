@@ -73,13 +73,16 @@ from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class RewardConfig(PairTrainConfig):
-    base: str = DEFAULT_MODEL  # backbone: embedded:NAME, a local dir or a hub id
-    prefs: str | None = None  # training preference JSONL (TRL conversational or plain strings)
-    human_eval_file: str | None = None  # human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL
-    learning_rate: float = Field(2e-5, gt=0)
-    margin: float = Field(0.0, ge=0)
-    margin_from_strength: float = Field(0.0, ge=0)  # s in m(p) = s·|2p − 1| (Llama 2's graded margin)
-    center_rewards_coefficient: float | None = Field(None, ge=0)
+    base: str = Field(DEFAULT_MODEL, description="backbone: embedded:NAME, a local dir or a hub id")
+    prefs: str | None = Field(None, description="training preference JSONL (TRL conversational or plain strings)")
+    human_eval_file: str | None = Field(
+        None, description="human-labelled pairs (e.g. HH-RLHF converted), any preference JSONL")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    margin: float = Field(
+        0.0, ge=0, description="a Bradley-Terry margin per pair read from the records (Llama 2's margin loss)")
+    margin_from_strength: float = Field(0.0, ge=0, description="s in m(p) = s·|2p − 1| (Llama 2's graded margin)")
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="weight of the penalty on the mean reward's square, which keeps rewards centred")
 
 
 # the logged curves whose first and last values the summary gives, and those train_curves.png draws

@@ -133,14 +133,15 @@ class RewardSpec(Strict):
     """One reward of a weighted sum (a `rewards:` list item)."""
 
     kind: Literal["judge_direct", "judge_pairwise", "model", "rule"]
-    name: str | None = None  # what the log calls it; default: the kind (names must be unique)
+    name: str | None = Field(None, description="what the log calls it; default: the kind (names must be unique)")
     weight: float = 1.0
-    spec: str | None = None  # model: rm:DIR | ensemble:... | combined:FILE
-    function: str | None = None  # rule: module:function
-    constitution: str | None = None  # judge rewards: default the trainer's (or the pipeline's)
-    principles: int = Field(1, ge=1)  # judge_direct: principles asked per prompt (scores averaged)
-    against: Literal["group", "reference"] = "group"  # judge_pairwise
-    references: str | None = None  # against reference: JSONL prompt + response; default the start policy's greedy reply
+    spec: str | None = Field(None, description="model: rm:DIR | ensemble:... | combined:FILE")
+    function: str | None = Field(None, description="rule: module:function")
+    constitution: str | None = Field(None, description="judge rewards: default the trainer's (or the pipeline's)")
+    principles: int = Field(1, ge=1, description="judge_direct: principles asked per prompt (scores averaged)")
+    against: Literal["group", "reference"] = Field("group", description="judge_pairwise")
+    references: str | None = Field(
+        None, description="against reference: JSONL prompt + response; default the start policy's greedy reply")
 
     @field_validator("function")
     @classmethod

@@ -41,10 +41,11 @@ from rlaif.train.trainer import Run, example_stream, run_main
 
 
 class SFTConfig(PairTrainConfig):
-    policy: str = DEFAULT_MODEL  # starting policy: embedded:NAME, local dir, hub id
-    data: str | None = None  # prompt/completion JSONL (e.g. critique/sl_cai.jsonl)
-    learning_rate: float = Field(2e-5, gt=0)  # TRL's SFT default
-    lora: LoraSettings | None = None
+    policy: str = Field(DEFAULT_MODEL, description="starting policy: embedded:NAME, local dir, hub id")
+    data: str | None = Field(None, description="prompt/completion JSONL (e.g. critique/sl_cai.jsonl)")
+    learning_rate: float = Field(2e-5, gt=0, description="TRL's SFT default")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA adapters (r, alpha, dropout, target modules); unset: every weight is trained")
 
 
 # the logged curves: the summary gives their first and last values, train_curves.png draws them
