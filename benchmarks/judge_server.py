@@ -9,6 +9,8 @@ by side in one run on the embedded judge (SmolLM2-135M, CPU), the two sides alte
 (b) micro-batching: 16 clients each posting one reply at the same moment (a barrier releases
     them) to a server that gathers concurrent requests into engine batches, against the same
     server started with --no-batching (each request judged alone, one at a time). Target >= 3x.
+    Two bursts: replies to 16 different prompts, and 16 rollouts of 2 prompts (8 samples each,
+    the shape GRPO groups and OpenRLHF's n_samples_per_prompt give).
 (c) group rewards with prefix reuse: `Judge.group_rewards_many` in pairwise mode (round robin in
     each group of G = 8 replies to one HH-RLHF conversation: 28 pairs, both orders, 56 option
     requests per group) with the engine's
@@ -185,33 +187,43 @@ def server_overhead(judge, tokenizer, report: Report, s: dict, batch_size: int) 
 
 
 def micro_batching(tokenizer, report: Report, s: dict, batch_size: int) -> dict:
+    """(b) on two shapes of burst: 16 different prompts, and 16 rollouts of 2 prompts (8 samples
+    each, as GRPO and OpenRLHF's n_samples_per_prompt send them), on the same two servers."""
     n = s["burst"]
     header(f"judge server (b): {n} clients post one reply each at the same moment: batching server vs "
            "--no-batching server")
-    prompts, replies = rollouts(n, 1, s["reply_chars"])
-    bodies = [openrlhf_request(tokenizer, p, r) for p, r in zip(prompts, replies)]
     batched, alone = Server(batch_size=batch_size), Server("--no-batching", batch_size=batch_size)
+    out = {}
     try:
-        for srv in (batched, alone):  # warm-up: two requests each
-            together(f"{srv.url}/get_reward", bodies[:2])
-        before = {k: health(srv.url)["engine"] for k, srv in (("batched", batched), ("alone", alone))}
-        res = side_by_side({
-            "batched": lambda: [a["rewards"][0] for a in together(f"{batched.url}/get_reward", bodies)],
-            "alone": lambda: [a["rewards"][0] for a in together(f"{alone.url}/get_reward", bodies)],
-        }, repeats=s["repeats"], warmup=False)
-        tokens = {k: prefilled(before[k], health(srv.url)["engine"]) for k, srv in (("batched", batched),
-                                                                                  ("alone", alone))}
+        for shape, n_prompts in (("distinct prompts", n), ("rollouts of 2 prompts", 2)):
+            prompts, replies = rollouts(n_prompts, n // n_prompts, s["reply_chars"])
+            bodies = [openrlhf_request(tokenizer, p, [r]) for p, rs in zip(prompts, replies) for r in rs]
+            out[shape] = burst(batched, alone, bodies, report, s, shape)
     finally:
         batched.close()
         alone.close()
+    return out
+
+
+def burst(batched: Server, alone: Server, bodies: list[dict], report: Report, s: dict, shape: str) -> dict:
+    n = len(bodies)
+    for srv in (batched, alone):  # warm-up: two requests each
+        together(f"{srv.url}/get_reward", bodies[:2])
+    before = {k: health(srv.url)["engine"] for k, srv in (("batched", batched), ("alone", alone))}
+    res = side_by_side({
+        "batched": lambda: [a["rewards"][0] for a in together(f"{batched.url}/get_reward", bodies)],
+        "alone": lambda: [a["rewards"][0] for a in together(f"{alone.url}/get_reward", bodies)],
+    }, repeats=s["repeats"], warmup=False)
+    tokens = {k: prefilled(before[k], health(srv.url)["engine"]) for k, srv in (("batched", batched),
+                                                                              ("alone", alone))}
     diff = max(abs(a - b) for a, b in zip(res["batched"]["out"], res["alone"]["out"]))
     ratio = res["alone"]["best"] / res["batched"]["best"]
-    report.add("judge-server", f"{n} simultaneous one-reply requests, batching: replies/s", n / res["batched"]["best"],
-               "replies/s")
-    report.add("judge-server", f"{n} simultaneous one-reply requests, each alone: replies/s", n / res["alone"]["best"],
-               "replies/s")
     ideal = tokens["alone"] / max(tokens["batched"], 1)
-    report.add("judge-server", "micro-batching / each request alone", ratio, "x", "≥ 3x", ratio >= 3,
+    report.add("judge-server", f"{n} simultaneous requests ({shape}), batching: replies/s",
+               n / res["batched"]["best"], "replies/s")
+    report.add("judge-server", f"{n} simultaneous requests ({shape}), each alone: replies/s",
+               n / res["alone"]["best"], "replies/s")
+    report.add("judge-server", f"micro-batching / each request alone ({shape})", ratio, "x", "≥ 3x", ratio >= 3,
                note=f"tokens prefilled alone / batched {ideal:.2f}x; max |Δ reward| {diff:.1e}")
     return {"requests": n, "best_s": {k: v["best"] for k, v in res.items()},
             "times": {k: v["times"] for k, v in res.items()}, "max_abs_diff": diff, "ratio": ratio,
