@@ -43,7 +43,7 @@ def cmd_serve_reward(args) -> int:
               f"{'token required (' + args.token_env + ')' if token else 'no token'}\n"
               f"  listening on {url}  (POST /get_reward for OpenRLHF: --reward.remote_url {url}/get_reward; "
               f"/score, /compare, /group; GET /health; Ctrl-C stops)")
-    counts = serve(judge, sock, token, args.batching, banner)
+    counts = serve(judge, sock, token, args.batching, banner, args.shutdown_timeout)
     print(f"serve-reward: stopped after {counts['requests']} requests ({counts['units']} replies judged)", flush=True)
     return 0
 
@@ -63,6 +63,8 @@ def register(sub) -> None:
                    "(default: %(default)s)")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    help="judge each request alone instead of gathering concurrent requests into one engine batch")
+    p.add_argument("--shutdown-timeout", type=positive(float), default=120.0, metavar="S",
+                   help="on Ctrl-C or SIGTERM, seconds the requests in flight get to finish (default: %(default)s)")
     p.add_argument("--principles", type=positive(int), default=None, help="principles each reply is judged under "
                    "(averaged; default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the principle draw (default 0)")

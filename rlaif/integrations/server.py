@@ -208,16 +208,18 @@ def _stopped(signum, frame):
     raise _Stopped(signum)
 
 
-def serve(judge, sock, token: str | None = None, batching: bool = True, banner: str = "") -> dict:
+def serve(judge, sock, token: str | None = None, batching: bool = True, banner: str = "",
+          shutdown_timeout: float = 120.0) -> dict:
     """Serve `judge` on the bound socket `sock` until SIGINT or SIGTERM; requests in flight are
-    answered before the engine closes. -> the server's counts."""
+    answered before the engine closes (those still running after `shutdown_timeout` seconds are
+    cut off). -> the server's counts."""
     import signal
 
     import uvicorn
 
     server = RewardServer(judge, token, batching)
     config = uvicorn.Config(server.app(), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=30)
+                            timeout_graceful_shutdown=shutdown_timeout)
     previous = {s: signal.signal(s, _stopped) for s in (signal.SIGINT, signal.SIGTERM)}
     if banner:
         print(banner, flush=True)
