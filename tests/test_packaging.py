@@ -31,3 +31,13 @@ def test_requires_python_is_the_python_the_lock_and_make_test():
     assert f"Python {m[1]}.{m[2]}" in lock_head, lock_head
     assert f"sys.version_info[:2] < ({m[1]}, {m[2]})" in (ROOT / "Makefile").read_text()
     assert f"Python {m[1]}.{m[2]} or newer" in (ROOT / "README.md").read_text()
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """setuptools' `packages` list names every folder of rlaif/ that is a package: a subpackage left
+    out works from a checkout (editable install) and is missing from the built wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rlaif").rglob("__init__.py")}
+    assert found - listed == set(), f"subpackages missing from pyproject's packages: {sorted(found - listed)}"
