@@ -71,6 +71,8 @@ class ModelFlags:
             dest = kwargs.get("dest", "")
             if dest.split(".")[0] in self.exclude:
                 return None
+            # a one-letter field is `-n` to pydantic-settings; our flags are all long (`--n`)
+            names = tuple(f"-{n}" if re.fullmatch(r"-[A-Za-z]", n) else n for n in names)
             names = (*names, *(n for n in self.spellings.get(dest, ()) if n not in names))
             if dest in self.required:
                 kwargs["required"] = True

@@ -246,7 +246,12 @@ class Pipeline:
         block = getattr(self.cfg.stages, name) if block is None else block
         # every trainer builds its prompts as the policy's engine does, with its system prompt
         prompt = {"system_prompt": self.roles["policy"].system_prompt}
-        given = block.model_dump(exclude_unset=True) if block is not None else {}
+        if block is None:
+            given = {}
+        elif isinstance(block, dict):  # a block given as a mapping (a caller's own stage settings)
+            given = dict(block)
+        else:
+            given = block.model_dump(exclude_unset=True)
         cfg = cls.model_validate({**given, **prompt, **fields, "output_dir": str(stage_dir)})
         done = stage_dir / "done.json"
         key = config_hash({"config": cfg.model_dump(mode="json"), "inputs": self._input_hash(fields)})
