@@ -1,4 +1,4 @@
-"""Break GRPO on purpose and measure the learning test's rule arm (tests/test_learning.py): does the
+"""Break GRPO on purpose and measure the learning test's rule arm (tests/train/test_learning.py): does the
 test catch it? Each break is patched into this process only (the tree is left as it is):
 
 - `sign`: the advantage's sign flipped inside the loss (rlaif.train.grpo_loop.grpo_loss gets −A);
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 
 def break_sign() -> None:

@@ -1,18 +1,18 @@
-"""Does training learn from the judge's signal? Effect sizes of tests/test_learning.py over seeds.
+"""Does training learn from the judge's signal? Effect sizes of tests/train/test_learning.py over seeds.
 
 For each seed, trainer (DPO; KTO on the same preference file, chosen desirable and rejected
 undesirable; PPO with the judge's direct score as reward) and judge rule ("shorter":
 the shorter reply wins with p = 0.9; "random": the same confidence on a side that ignores length),
 it prints the mean greedy reply length on the held-out prompts before and after training and the
 change Δ (tokens), then per trainer and rule the mean Δ and the largest |Δ| over the seeds. The
-experiment, sizes and helpers are the test's own (tests/learning_helpers.py).
+experiment, sizes and helpers are the test's own (tests/support/learning_helpers.py).
 
     python -m benchmarks.learning [--seeds 0,1,2] [--trainers dpo,kto,ppo] [--out DIR]
 
 About 2 minutes per (trainer, seed) pair on an idle 2-core CPU; results.json goes under --out.
 
 Breaking a trainer on purpose (seed 0, rule arm; each break applied to a copy of the tree, then
-`Experiment(tmp, SIZES).dpo("shorter", 0)`, `.kto(...)` or `.ppo(...)` from tests/learning_helpers.py):
+`Experiment(tmp, SIZES).dpo("shorter", 0)`, `.kto(...)` or `.ppo(...)` from tests/support/learning_helpers.py):
 
     break                                                         Δ rule arm   the test
     rlaif/train/dpo.py: logsigmoid(beta*h) <-> logsigmoid(-beta*h)   +9.82        fails
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 from learning_helpers import RULES, SIZES, Experiment  # noqa: E402
 
 

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def start_server(gguf: str, port: int, log_path: str):
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.llama_cpp_server", "--model", gguf, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.servers.llama_cpp_server", "--model", gguf, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -23,7 +23,7 @@ The package is in layers; a module imports only from its own layer or one below 
     interfaces     cli, cli_common, cli_flags, cli_judge, cli_train, annotate/, integrations/, gguf_server
     public API     (this file: the names a user imports from rlaif)
 
-The table the tests check against is `LAYERS` in rlaif/layers.py (tests/test_layers.py).
+The table the tests check against is `LAYERS` in rlaif/layers.py (tests/project/test_layers.py).
 """
 
 from rlaif.backends import load_engine

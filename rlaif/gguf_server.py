@@ -15,7 +15,7 @@ NAME is the --alias (default: the file's name without .gguf). Chat completions r
 `logprobs`/`top_logprobs`, which option scoring reads.
 
 `llama_cpp_server_main(argv)` runs llama_cpp.server's own command line the same way, for callers
-that pass its flags (tests/servers/llama_cpp_server.py).
+that pass its flags (tests/support/servers/llama_cpp_server.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The package's layers, bottom to top. A module may import from its own layer or from a layer
 below it, never from one above, and the imports never go round in a circle; no module imports
-another module's private (`_name`) names. tests/test_layers.py reads this table (without
+another module's private (`_name`) names. tests/project/test_layers.py reads this table (without
 importing the package) and checks every import in rlaif/ against it.
 
 An entry names a module (`rlaif.runner`) or a subpackage (`rlaif.backends`: every module in it).
@@ -28,7 +28,7 @@ LAYERS = (
 # (rlaif/train/trainer.py); its helpers live in the shared modules (models, examples, maths, rollouts,
 # pair_logps…), so no trainer imports another. GRPO is two modules (its maths and config, its loop). A
 # recipe runs trainers (rejection sampling: SFT on the best samples; an ensemble: K reward models) and
-# may import them. tests/test_layers.py checks both.
+# may import them. tests/project/test_layers.py checks both.
 TRAINERS = {
     "sft": ("rlaif.train.sft",),
     "reward_model": ("rlaif.train.reward_model",),

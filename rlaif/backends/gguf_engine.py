@@ -8,7 +8,7 @@ Prompts: built exactly as the transformers engine builds them (`LocalPrompts`: t
 with the generation prompt, then the prefill in the assistant turn), with transformers' tokenizer
 read from the GGUF (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`, converted once and cached
 beside the embedded models: the conversion takes seconds). So llama.cpp is fed the token ids the
-transformers engine feeds on the same file (tests/test_gguf_engine.py). Where transformers cannot
+transformers engine feeds on the same file (tests/engines/test_gguf_engine.py). Where transformers cannot
 read the file's tokenizer (an architecture it does not know), llama.cpp's own tokenizer and the chat
 template stored in the file are used (`GGUFTokenizer`); it can split some text differently (on
 SmolLM2: "\n\n1" is one "\n\n" token for llama.cpp, two "\n" for transformers' conversion).
@@ -192,7 +192,7 @@ def load_llama(path: Path, **kwargs):
     """`llama_cpp.Llama` on the file, quiet, with plain attention (flash attention off: see the
     module docstring). On CPUs with AMX, llama.cpp's extra (repacked) weight
     buffers are switched off: with llama-cpp-python 0.3.36 they crash in `llama_decode` on an Intel
-    Xeon with AMX on any prompt longer than one token (see tests/servers/llama_cpp_server.py, which
+    Xeon with AMX on any prompt longer than one token (see tests/support/servers/llama_cpp_server.py, which
     starts the server the same way). `Llama` takes no argument for it, so its default model params
     are patched for the duration of the load only."""
     try:

@@ -14,7 +14,7 @@ caching makes the shared prompt head (system prompt, few-shot exemplars, the two
 free across the position-swapped and principle-ensemble requests the labeler sends.
 
 Settings, as vLLM takes them (read in vLLM's source, not run here: no GPU on the machine this was
-written on; the `gpu` tests in tests/test_vllm_engine.py run them where one is):
+written on; the `gpu` tests in tests/engines/test_vllm_engine.py run them where one is):
 - `device`: vLLM takes no device index (`DeviceConfig.device` is a device type, deprecated and set
   from the platform; vllm/config/device.py). A GPU is chosen with CUDA_VISIBLE_DEVICES, which vLLM
   reads when it counts devices (`cuda_device_count_stateless`) and its engine-core process inherits:

@@ -243,7 +243,7 @@ def win_rate_matrix(i, j, y, n: int) -> dict:
 # search), to a tighter tolerance than liblinear's, so the two agree to its precision.
 #
 # Two variants (`alpaca_exact`):
-# - AlpacaEval's own (`alpaca_eval_lc` by default; tests/test_lc_win_rate.py checks it against
+# - AlpacaEval's own (`alpaca_eval_lc` by default; tests/eval/test_lc_win_rate.py checks it against
 #   alpaca-eval 0.6.6): f_k = 1 for every weight, θ included, and each set of games (the model's,
 #   each gamed variant) scaled by its own s.
 # - `rlaif rank`'s (the default of `lc_win_rate`): θ unpenalised (f = 0) and one s for every row,
@@ -253,7 +253,7 @@ def win_rate_matrix(i, j, y, n: int) -> dict:
 #   at 64 prompts, its CI covering the truth in 45 % of runs, against 0.588 and 93 % here. Scaling
 #   the gamed rows by their own s gives γ a different meaning on their rows than on the model's:
 #   where the model is longer with little spread (Δ ~ N(120, 25) words) their fit leaves ~0.07 of a
-#   pure length bias as "quality"; one scale removes it (tests/test_lc_win_rate.py).
+#   pure length bias as "quality"; one scale removes it (tests/eval/test_lc_win_rate.py).
 #
 # Instruction difficulty, where several players share the prompts (≥ 2 besides the baseline): one
 # joint fit over every player's games against the baseline (gamed copies included), with a length

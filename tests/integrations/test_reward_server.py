@@ -301,7 +301,7 @@ def test_shutdown_answers_the_request_in_flight_and_exits_0():
 def test_port_in_use_is_one_line_and_exit_2():
     import socket
 
-    from conftest import run_cli
+    from testkit import run_cli
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

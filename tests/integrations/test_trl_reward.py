@@ -1,7 +1,7 @@
 """The judge as a TRL reward function (rlaif/integrations/trl.py).
 
 Two real `trl.GRPOTrainer` runs of two steps on CPU: a tiny random-weight policy built here
-(tests/conftest_train.py), the embedded SmolLM2 judge, our reward passed to TRL as it is. A second
+(tests/support/train_fixtures.py), the embedded SmolLM2 judge, our reward passed to TRL as it is. A second
 reward function only records what TRL hands to rewards (it returns None: no reward). The rewards
 TRL logged — the per-step mean under our function's name, and the last step's per-completion
 values in its completions table — must equal what `Judge.score` / `Judge.group_rewards` give for
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest_train, servers/
-from conftest_train import one_thread, save_tiny, tiny_tokenizer  # noqa: E402,F401
+from train_fixtures import save_tiny, tiny_tokenizer
 
 from rlaif.errors import UserError  # noqa: E402
 from rlaif.integrations.trl import AsyncJudgeReward, JudgeReward, groups_of, judge_reward  # noqa: E402
@@ -76,7 +75,7 @@ def test_reference_mode_reads_its_column_and_names_a_missing_one(embedded_engine
 
 
 def test_failed_judge_gives_none_or_raises():
-    """A judge behind an OpenAI-protocol server (tests/servers/fake_openai.py) that answers 500 to
+    """A judge behind an OpenAI-protocol server (tests/support/servers/fake_openai.py) that answers 500 to
     every request showing one of the replies: on_failure="none" gives that reply None (TRL's NaN),
     the others the pair they still have, and logs the failed share; the default raises."""
     from servers.fake_openai import FakeOpenAIServer
