@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from rlaif.backends.base import independent_requests
 from rlaif.config import config_hash
 from rlaif.errors import RequestFailed, UserError
 from rlaif.manifest import update_manifest
