@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from rlaif.config import Strict
+from rlaif.config import DEFAULT_MODEL, Strict
 
 
 class TrainConfig(Strict):
@@ -58,4 +58,12 @@ class PairTrainConfig(TrainConfig):
         return self
 
 
-__all__ = ["TrainConfig", "PairTrainConfig"]
+class ReferencedConfig(PairTrainConfig):
+    """Fields of the trainers that keep a frozen reference policy (DPO, KTO)."""
+
+    policy: str = Field(DEFAULT_MODEL, description="starting policy and reference: embedded:NAME, local dir, hub id")
+    reference: str | None = Field(
+        None, description="another reference model (same tokenizer); None: the starting policy")
+
+
+__all__ = ["TrainConfig", "PairTrainConfig", "ReferencedConfig"]

@@ -58,9 +58,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
-from rlaif.train.config import PairTrainConfig
+from rlaif.train.config import ReferencedConfig
 from rlaif.train.maths import pair_accuracy, sequence_logps
 from rlaif.train.models import LoraSettings, load_policy, reference_model, start_training
 from rlaif.train.pair_logps import CompletionPairs, completion_pairs, pair_logps, soft_nll
@@ -69,10 +68,7 @@ from rlaif.train.trainer import Run, example_stream, run_main
 REFERENCE_FREE = ("simpo", "cpo")
 
 
-class DPOConfig(PairTrainConfig):
-    policy: str = Field(DEFAULT_MODEL, description="starting policy and reference: embedded:NAME, local dir, hub id")
-    reference: str | None = Field(
-        None, description="another reference model (same tokenizer); None: the starting policy")
+class DPOConfig(ReferencedConfig):
     prefs: str | None = Field(None, description="preference JSONL")
     loss: Literal["sigmoid", "ipo", "simpo", "cpo"] = Field(
         "sigmoid", description="sigmoid (DPO), ipo, or the reference-free simpo and cpo")

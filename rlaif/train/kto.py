@@ -49,10 +49,9 @@ from typing import Literal, Sequence
 import torch
 from pydantic import Field, model_validator
 
-from rlaif.config import DEFAULT_MODEL
 from rlaif.errors import UserError
 from rlaif.records import read_jsonl
-from rlaif.train.config import PairTrainConfig
+from rlaif.train.config import ReferencedConfig
 from rlaif.train.encoding import encode, render_completion
 from rlaif.train.examples import (Messages, Skipped, UnusablePair, pad, pad_id, padded, parse_pair,
                                   parse_prompt_completion)
@@ -62,10 +61,7 @@ from rlaif.train.run_log import gather_mean, gather_sum
 from rlaif.train.trainer import Run, example_stream, run_main
 
 
-class KTOConfig(PairTrainConfig):
-    policy: str = Field(DEFAULT_MODEL, description="starting policy and reference: embedded:NAME, local dir, hub id")
-    reference: str | None = Field(
-        None, description="another reference model (same tokenizer); None: the starting policy")
+class KTOConfig(ReferencedConfig):
     data: str | None = Field(None, description="JSONL: unpaired (label), scored (score) or preference pairs")
     data_format: Literal["auto", "unpaired", "scores", "pairs"] = Field(
         "auto", description="how the data file is read: unpaired, scored or preference records (auto: by its "
