@@ -118,7 +118,7 @@ class Judge:
 
     def describe(self) -> dict:
         """What records say produced a label (`labeler` field)."""
-        cfg, (kind, template) = self.config, self.pair_template()
+        cfg, (_, template) = self.config, self.pair_template()
         return {"engine": self.engine.name, "model": self.engine.model, "template": template.id, "mode": cfg.mode,
                 "debias": cfg.debias and cfg.mode == "pairwise", "cot": cfg.cot, "principles": cfg.principles,
                 "self_consistency": cfg.self_consistency, "few_shot": cfg.few_shot,

@@ -3,6 +3,7 @@ GGUF's path, and the `llama_server` fixture (llama-cpp-python's server through r
 settings, on 127.0.0.1)."""
 
 import importlib.util
+import os
 import json
 import socket
 import subprocess

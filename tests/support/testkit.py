@@ -38,6 +38,7 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
 
 def build_tiny_gpt2(tokenizer, seed: int = 0):
     """A random-weight GPT-2 (learned absolute position embeddings) with the embedded tokenizer."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
