@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from testkit import EMBEDDED, ROOT, run_cli
+from testkit import EMBEDDED, ROOT, run_cli, stop_process
 
 pytest.importorskip("llama_cpp", reason="rlaif serve-gguf needs llama-cpp-python (the dev or server extra)")
 pytest.importorskip("llama_cpp.server", reason="rlaif serve-gguf needs llama-cpp-python[server]")
@@ -61,12 +61,7 @@ def served(tmp_path_factory):
             raise RuntimeError(f"serve-gguf did not come up (exit {proc.poll()}): {log_path.read_text()[-1500:]}")
         yield url, log_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from testkit import ROOT
+from testkit import ROOT, stop_process
 
 
 def start_server(db: Path, *args, annotator: str = "alice", timeout: float = 30.0):
@@ -69,10 +69,4 @@ def post_label(base: str, annotator: str, pair_id: str, point: int | None = None
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, grace=10)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit import ROOT, SUPPORT
+from testkit import ROOT, SUPPORT, stop_process
 
 
 def free_port() -> int:
@@ -76,9 +76,4 @@ def llama_server(tmp_path_factory):
         yield url
     finally:
         log.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -46,3 +46,14 @@ def build_tiny_gpt2(tokenizer, seed: int = 0):
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
     return GPT2LMHeadModel(cfg).eval()
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
