@@ -58,11 +58,14 @@ class Sizes:
     kto_batch: int = 4  # at least 2: KTO's KL reference point pairs each prompt with another completion
     kto_lr: float = 3e-5
     kto_beta: float = 0.1
-    # the reference-free losses on the DPO preference file, with DPO's steps, batch and lr: SimPO at
-    # its paper's scale (β = 2 on per-token means, γ = β/2), ORPO at TRL's λ = 0.1
+    # the reference-free losses on the DPO preference file, with DPO's steps and batch: SimPO at its
+    # paper's scale (β = 2 on per-token means, γ = β/2) and DPO's lr; ORPO with λ = 10 and lr 5e-5
+    # (at TRL's λ = 0.1 and DPO's lr the odds-ratio term moved the length by -0.2 tokens: ORPO's SFT
+    # term, which imitates the replies whatever the labels, drowned it)
     simpo_beta: float = 2.0
     simpo_gamma: float = 1.0
-    orpo_beta: float = 0.1
+    orpo_beta: float = 10.0
+    orpo_lr: float = 5e-5
     ppo_steps: int = 4
     ppo_batch: int = 8
     ppo_mini_batch: int = 4
@@ -217,7 +220,7 @@ def run_orpo(prefs: Path, sizes: Sizes, seed: int, out_dir: Path) -> dict:
 
     return train_orpo(ORPOConfig(policy=EMBEDDED, prefs=str(prefs), output_dir=str(out_dir), seed=seed,
                                  max_steps=sizes.dpo_steps, batch_size=sizes.dpo_batch,
-                                 eval_batch_size=sizes.dpo_batch, learning_rate=sizes.dpo_lr,
+                                 eval_batch_size=sizes.dpo_batch, learning_rate=sizes.orpo_lr,
                                  beta=sizes.orpo_beta, max_length=sizes.max_length, progress=False))
 
 
