@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlaif.config import EngineConfig, ExecutorConfig, Strict, engine_field_problem, load_config, validate
+from rlaif.config import (EngineConfig, ExecutorConfig, Strict, apply_overrides, engine_field_problem,
+                          not_applying, read_yaml, validate)
 from rlaif.errors import UserError
 from rlaif.prompts_io import held_out_prompts
 from rlaif.roles import check_trainable, resolve_roles
@@ -197,7 +198,23 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
     from rlaif.config import parse_model_spec
 
     path = resolve_pipeline(path_or_name)
-    cfg = load_config(PipelineConfig, path, overrides)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    for role, spec in (roles or {}).items():  # --judge openai:X over a transformers block, before --set
+        block = data.get(role)
+        if isinstance(block, dict) and "kind" in block:
+            new = parse_model_spec(spec)
+            if ":" in spec and new.kind != block["kind"]:
+                data[role] = {k: v for k, v in block.items() if k not in not_applying(new.kind)} | {
+                    "kind": new.kind, "model": new.model}
+    cfg = validate(PipelineConfig, apply_overrides(data, overrides), str(path))
+    if constitution:
+        cfg = cfg.model_copy(update={"constitution": constitution})
+    if roles:  # --policy/--critic/--judge first: a --set on the role's block is checked against its final engine
+        current, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
+        cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role])
+                                     for role, spec in roles.items()})
     # an engine block that names its kind was checked as it loaded; one that does not runs on transformers
     blocks = {role: getattr(cfg, role) for role in ("policy", "critic", "judge", "engine")}
     if cfg.rounds is not None:
@@ -206,11 +223,6 @@ def load_pipeline(path_or_name: str, overrides: list[str] | None = None,
         problem = block is not None and engine_field_problem(block)
         if problem:
             raise UserError(f"{path}: field {where}: {problem}")
-    if constitution:
-        cfg = cfg.model_copy(update={"constitution": constitution})
-    if roles:
-        current, _ = resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)
-        cfg = cfg.model_copy(update={role: parse_model_spec(spec, current[role]) for role, spec in roles.items()})
     if cfg.executor.base_urls:
         kinds = {role: e.kind for role, e in resolve_roles(cfg.policy, cfg.critic, cfg.judge, cfg.engine)[0].items()}
         if "openai" not in kinds.values():

@@ -98,6 +98,15 @@ class Judge:
         self._lock = threading.RLock()
         self._batchers: dict[str, MicroBatcher] = {}
 
+    def __getstate__(self) -> dict:
+        """A judge travels (a Ray task's closure) without its lock and batchers: each copy makes its own."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_batchers")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._batchers = {}
+
     # ------------------------------------------------------------ what it is
 
     @property

@@ -543,7 +543,7 @@ def _labels(engine, pairs, constitution):
 
     judge = Judge(engine, constitution)
     inputs = L.label_inputs(pairs, judge)
-    votes = {(r["id"], v["principle"], v["order"]): v["p_first"]
+    votes = {(r["source_line"], v["principle"], v["order"]): v["p_first"]  # ids name the judge; lines do not
              for r in L.make_process(judge)(inputs) for v in r["votes"]}
     direct = [s.value for s in judge.score_many([p["prompt"] for p in pairs], [p["a"] for p in pairs])]
     return votes, direct
