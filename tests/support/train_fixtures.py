@@ -101,3 +101,23 @@ def accelerate_launch(args: list[str], num_processes: int, cwd: Path, timeout: i
            "--main_process_port", str(29500 + num_processes * 7 + (hash(str(cwd)) % 1000)), *args]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+WORDS = ["hi", "yo", "ok", "no", "up", "go", "be", "so"]
+
+
+def vowel_reward(prompts, texts) -> list[float]:
+    """Fraction of vowels in the response: in [0, 1], favours five tokens of the tiny vocabulary (the RL
+    tests' checkable reward)."""
+    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
+
+
+def read_log(folder: Path) -> list[dict]:
+    """A run's train_log.jsonl rows."""
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def say_prompts(folder: Path, words=WORDS) -> Path:
+    """A prompt file of one-turn "say WORD" prompts."""
+    return write_jsonl(folder / "prompts.jsonl", [{"prompt": [{"role": "user", "content": f"say {w}"}]}
+                                                  for w in words])

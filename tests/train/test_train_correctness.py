@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_fixtures import tiny_llama, tiny_tokenizer, toy_prefs, write_jsonl
+from train_fixtures import (WORDS, read_log, say_prompts, tiny_llama,
+                            tiny_tokenizer, toy_prefs, vowel_reward, write_jsonl)
 
 from rlaif.train.encoding import encode  # noqa: E402
 from rlaif.train.examples import parse_pair, read_pairs  # noqa: E402
@@ -26,25 +27,17 @@ from rlaif.train.ppo import PPOConfig, train_ppo  # noqa: E402
 from rlaif.train.reward_model import RewardConfig, load_reward_model, train_reward_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-WORDS = ["hi", "yo", "ok", "no"]
 
-
-def _log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
 def _msg(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-def vowel_reward(prompts, texts):
-    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
-
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prompts")
-    return write_jsonl(d / "prompts.jsonl", [{"prompt": [_msg("user", f"say {w}")]} for w in WORDS])
+    return say_prompts(tmp_path_factory.mktemp("prompts"), WORDS[:4])
 
 
 # ---------------------------------------------------------------- 1. one prompt window per pair
@@ -176,7 +169,7 @@ def test_dpo_policy_equals_reference_at_step_0_with_a_dropout_config(dropout_dir
     prefs = write_jsonl(tmp_path / "prefs.jsonl", toy_prefs(4))
     train_dpo(DPOConfig(policy=str(dropout_dir), prefs=str(prefs), output_dir=str(tmp_path / "dpo"), beta=1.0,
                         batch_size=4, max_steps=1, progress=False, save=False))
-    row = _log(tmp_path / "dpo")[0]  # one micro-batch, before the first update
+    row = read_log(tmp_path / "dpo")[0]  # one micro-batch, before the first update
     assert row["rewards_chosen"] == pytest.approx(0.0, abs=1e-5)
     assert row["rewards_rejected"] == pytest.approx(0.0, abs=1e-5)
 
@@ -185,7 +178,7 @@ def test_ppo_ratio_is_1_and_kl_0_at_step_0_with_a_dropout_config(dropout_dir, pr
     cfg = PPOConfig(policy=str(dropout_dir), prompts=str(prompts), output_dir=str(tmp_path), batch_size=4,
                     mini_batch_size=4, ppo_epochs=1, max_steps=1, max_new_tokens=6, progress=False, save=False)
     train_ppo(cfg, reward_fn=vowel_reward)
-    row = _log(tmp_path)[0]  # one epoch of one minibatch: its forward comes before the only update
+    row = read_log(tmp_path)[0]  # one epoch of one minibatch: its forward comes before the only update
     assert row["kl"] == pytest.approx(0.0, abs=1e-5)
     assert row["approx_kl"] == pytest.approx(0.0, abs=1e-10) and row["clipfrac"] == 0.0
 
@@ -207,7 +200,7 @@ def test_ppo_steps_the_optimizer_once_per_grad_accum_micro_batches(tiny_dir, pro
                             progress=False, save=False), reward_fn=vowel_reward)
     finally:
         handle.remove()
-    assert len(_log(tmp_path)) == 2
+    assert len(read_log(tmp_path)) == 2
     assert len(steps_taken) == 2 * 4
 
 
@@ -232,7 +225,7 @@ def test_ppo_warmup_counts_optimizer_steps(tiny_dir, prompts, tmp_path):
         ppo_epochs=2, max_steps=2, max_new_tokens=4, learning_rate=lr, warmup_steps=6, progress=False,
         save=False), reward_fn=vowel_reward))
     assert lrs == pytest.approx([lr * min(1.0, (k + 1) / 6) for k in range(8)])
-    assert _log(tmp_path)[-1]["lr"] == pytest.approx(lr)
+    assert read_log(tmp_path)[-1]["lr"] == pytest.approx(lr)
 
 
 def test_ppo_rollouts_ignore_the_models_generation_config(tiny_dir, tmp_path):
@@ -282,7 +275,7 @@ def test_ppo_kl_is_0_at_step_0_under_bf16_autocast(bf16_autocast, tiny_dir, prom
                     mini_batch_size=4, ppo_epochs=1, max_steps=1, max_new_tokens=6, progress=False, save=False)
     result = train_ppo(cfg, reward_fn=vowel_reward)
     assert result["mixed_precision"] == "bf16"
-    row = _log(tmp_path)[0]
+    row = read_log(tmp_path)[0]
     assert row["kl"] == pytest.approx(0.0, abs=1e-6)
     assert row["approx_kl"] == pytest.approx(0.0, abs=1e-6)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_fixtures import tiny_tokenizer, write_jsonl
+from train_fixtures import WORDS, read_log, say_prompts, tiny_tokenizer, vowel_reward, write_jsonl
 from rule_judge import RuleJudge  # noqa: E402
 
 from rlaif.train.grpo import (GRPOConfig, group_advantages, grpo_loss, k3_kl, per_token_loss,  # noqa: E402
@@ -20,21 +20,13 @@ from rlaif.judge import Judge  # noqa: E402
 from rlaif.train.rewards import Component, JudgeReward, RewardSet, RewardSpec, brevity  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-WORDS = ["hi", "yo", "ok", "no", "up", "go", "be", "so"]
 
 
-def vowel_reward(prompts, texts):
-    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
-
-
-def _log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prompts")
-    return write_jsonl(d / "prompts.jsonl", [{"prompt": [{"role": "user", "content": f"say {w}"}]} for w in WORDS])
+    return say_prompts(tmp_path_factory.mktemp("prompts"))
 
 
 # ---------------------------------------------------------------- advantages
@@ -245,7 +237,7 @@ def grpo_run(one_thread, tiny_dir, prompts, tmp_path_factory):
 
 def test_grpo_raises_the_reward(grpo_run):
     cfg, result, out = grpo_run
-    rows = _log(out)
+    rows = read_log(out)
     assert len(rows) == 14
     first, last = sum(r["reward"] for r in rows[:3]) / 3, sum(r["reward"] for r in rows[-3:]) / 3
     assert last > first + 0.05, (first, last)
@@ -275,7 +267,7 @@ def test_grpo_warmup_counts_optimizer_steps(tiny_dir, prompts, tmp_path):
     finally:
         handle.remove()
     assert lrs == pytest.approx([lr * min(1.0, (k + 1) / 4) for k in range(6)])
-    assert [r["lr"] for r in _log(tmp_path)] == pytest.approx([lr * 0.75, lr, lr])
+    assert [r["lr"] for r in read_log(tmp_path)] == pytest.approx([lr * 0.75, lr, lr])
 
 
 @pytest.mark.parametrize("advantage", ["rloo", "dr_grpo"])
@@ -292,7 +284,7 @@ def test_rloo_and_dr_grpo_raise_the_reward_without_a_reference(advantage, tiny_d
                      loss_type="bnpo" if advantage == "rloo" else "dr_grpo", save=False, progress=False)
     train_grpo(cfg, reward_fn=vowel_reward)
     assert len(loads) == 1  # β = 0: the policy alone, no reference in memory
-    rows = _log(tmp_path)
+    rows = read_log(tmp_path)
     assert "kl" not in rows[0]
     assert sum(r["reward"] for r in rows[-3:]) / 3 > sum(r["reward"] for r in rows[:3]) / 3 + 0.05
 
@@ -306,7 +298,7 @@ def test_failed_rewards_are_counted_and_written(tiny_dir, prompts, tmp_path):
     cfg = GRPOConfig(policy=str(tiny_dir), prompts=str(prompts), output_dir=str(tmp_path), batch_size=8,
                      num_generations=2, max_steps=1, max_new_tokens=4, save=False, progress=False)
     result = train_grpo(cfg, reward_fn=flaky)
-    row = _log(tmp_path)[0]
+    row = read_log(tmp_path)[0]
     assert row["reward_failed"] == 2 and result["reward_failed"] == 2
     lines = [json.loads(x) for x in (tmp_path / "reward_failures.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(x["reward"] == "reward" and x["step"] == 1 for x in lines)
@@ -420,7 +412,7 @@ def test_grpo_under_two_processes_logs_what_one_process_does(tiny_dir, prompts, 
     proc = accelerate_launch(["-m", "rlaif.train.grpo_loop", str(cfg_file)], 2, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
-    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     keys = ["reward", "reward_std", "loss", "kl", "completion_length", "reward_failed", "sampled_tokens"] + [
         f"rewards/{n}/{s}" for n in ("vowels", "length") for s in ("mean", "std")]

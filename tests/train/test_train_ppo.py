@@ -8,29 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import tiny_tokenizer, toy_prefs, write_jsonl
+from train_fixtures import (WORDS, read_log, say_prompts,
+                            tiny_tokenizer, toy_prefs, vowel_reward, write_jsonl)
 
 from rlaif.errors import UserError  # noqa: E402
 from rlaif.train.best_of_n import BestOfNConfig, baseline_summary, best_of_n, kl_best_of_n, run_best_of_n  # noqa: E402
 from rlaif.train.ppo import PPOConfig, make_reward_fn, train_ppo  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-WORDS = ["hi", "yo", "ok", "no", "up", "go", "be", "so"]
 
 
-def vowel_reward(prompts, texts):
-    """Fraction of vowels in the response: in [0, 1], favours five tokens of the vocabulary."""
-    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
-
-
-def _log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("prompts")
-    return write_jsonl(d / "prompts.jsonl", [{"prompt": [{"role": "user", "content": f"say {w}"}]} for w in WORDS])
+    return say_prompts(tmp_path_factory.mktemp("prompts"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def ppo_run(one_thread, tiny_dir, prompts, tmp_path_factory):
 
 def test_ppo_raises_the_reward_with_bounded_kl(ppo_run):
     cfg, result, out = ppo_run
-    rows = _log(out)
+    rows = read_log(out)
     assert len(rows) == 12
     first, last = sum(r["reward"] for r in rows[:3]) / 3, sum(r["reward"] for r in rows[-3:]) / 3
     assert last > first + 0.05, (first, last)
@@ -64,7 +56,7 @@ def test_ppo_seeded_runs_repeat(ppo_run, tmp_path):
     train_ppo(cfg.model_copy(update={"output_dir": str(tmp_path), "max_steps": 3, "save": False}),
               reward_fn=vowel_reward)
     keys = ("reward", "kl", "entropy", "clipfrac", "value_loss", "policy_loss")
-    again, before = _log(tmp_path), _log(out)[:3]
+    again, before = read_log(tmp_path), read_log(out)[:3]
     # step 3 of a 3-step run and of a 12-step run saw the same data, seeds and weights
     assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in before]
 
@@ -83,7 +75,7 @@ def test_ppo_with_a_reward_model_dir(tiny_dir, prompts, tmp_path):
     result = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert result["steps"] == 2 and result["reward"].startswith("rm:")
     # the logged reward is the reward model's score of what was sampled
-    assert all(isinstance(r["reward"], float) for r in _log(tmp_path / "ppo"))
+    assert all(isinstance(r["reward"], float) for r in read_log(tmp_path / "ppo"))
 
 
 def test_ppo_rejects_bad_settings(tiny_dir, prompts, tmp_path):
@@ -150,6 +142,6 @@ def test_ppo_with_the_direct_labeler_reward(tiny_dir, prompts, tmp_path):
     assert main(["ppo", "--prompts", str(prompts), "--policy", str(tiny_dir), "--reward", "labeler:direct",
                  "--labeler-model", str(labeler), "--out", str(tmp_path / "ppo"), "--batch-size", "4",
                  "--mini-batch-size", "4", "--steps", "1", "--max-new-tokens", "4", "--set", "progress=false"]) == 0
-    rows = _log(tmp_path / "ppo")
+    rows = read_log(tmp_path / "ppo")
     assert len(rows) == 1 and 0.0 <= rows[0]["reward"] <= 1.0
     assert json.loads((tmp_path / "ppo" / "summary.json").read_text())["reward"] == "labeler:direct"
